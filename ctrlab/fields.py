@@ -1,0 +1,75 @@
+"""What a model needs to know about its input: the fitted feature layout.
+
+A model never sees raw values. The fitted FeaturePipeline turns a row into
+``dense: float32[n_dense]`` and ``sparse: int64[n_sparse]`` and describes that layout
+with a :class:`FeatureSpec`, which is what model constructors take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: Reserved ids in every vocabulary-encoded sparse field.
+MISSING_ID = 0  # the value was empty / absent
+OOV_ID = 1  # the value was not in the vocabulary fitted on the training split
+NUM_RESERVED_IDS = 2
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Layout of the encoded features.
+
+    dense_names: names of the float columns, in order (may be empty).
+    sparse_names: names of the categorical columns, in order.
+    vocab_sizes: per sparse column, the number of distinct ids (reserved ids included),
+        so valid ids of column j are ``0 .. vocab_sizes[j] - 1``.
+    """
+
+    dense_names: tuple[str, ...]
+    sparse_names: tuple[str, ...]
+    vocab_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dense_names", tuple(self.dense_names))
+        object.__setattr__(self, "sparse_names", tuple(self.sparse_names))
+        object.__setattr__(self, "vocab_sizes", tuple(int(v) for v in self.vocab_sizes))
+        if len(self.sparse_names) != len(self.vocab_sizes):
+            raise ValueError(
+                f"FeatureSpec: {len(self.sparse_names)} sparse names but {len(self.vocab_sizes)} vocab sizes"
+            )
+        if any(v < 1 for v in self.vocab_sizes):
+            raise ValueError(f"FeatureSpec: vocab sizes must be >= 1, got {self.vocab_sizes}")
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense_names)
+
+    @property
+    def n_sparse(self) -> int:
+        return len(self.sparse_names)
+
+    @property
+    def total_vocab(self) -> int:
+        return sum(self.vocab_sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dense_names": list(self.dense_names),
+            "sparse_names": list(self.sparse_names),
+            "vocab_sizes": list(self.vocab_sizes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
+        return cls(data["dense_names"], data["sparse_names"], data["vocab_sizes"])
+
+    @classmethod
+    def criteo_like(cls, vocab_sizes: list[int] | None = None, n_dense: int = 13) -> "FeatureSpec":
+        """A Criteo-shaped spec (13 dense, 26 sparse) for tests and benchmarks."""
+        sizes = vocab_sizes if vocab_sizes is not None else [1000] * 26
+        return cls(
+            tuple(f"I{i}" for i in range(1, n_dense + 1)),
+            tuple(f"C{i}" for i in range(1, len(sizes) + 1)),
+            tuple(sizes),
+        )
