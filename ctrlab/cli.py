@@ -1,0 +1,323 @@
+"""The ``ctrlab`` command line: parse arguments, load the config, call the library.
+
+Run ``ctrlab --help`` or ``ctrlab COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+
+EPILOG = """examples:
+  ctrlab data synth --rows 1000000 --out data/synth.tsv      # Criteo-shaped demo data
+  ctrlab prepare data/synth.tsv --out runs/synth/store         # parse, fit, encode, split 8:1:1
+  ctrlab prepare -c configs/frappe.yaml                        # everything from a config file
+  ctrlab info runs/synth/store                                 # the store's summary again
+  ctrlab models                                                # the registered CTR models
+  ctrlab demo                                                  # the whole chain on a demo dataset
+"""
+
+
+def _threads() -> None:
+    """torch threads follow the cores this process may use (not the machine's total)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores))
+
+
+# --------------------------------------------------------------------------------------------
+# prepare / info
+# --------------------------------------------------------------------------------------------
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare", help="raw logs -> fitted feature pipeline + encoded store",
+        description="Parse raw CTR logs (Criteo TSV, Kaggle CSV, PaddleRec slot, generic CSV/TSV; plain or "
+                    ".gz; files, globs or directories), fit the feature pipeline on the training split only, "
+                    "and write the encoded store (memory-mapped arrays per split) with its metadata.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ctrlab prepare train.txt --format criteo --out runs/criteo\n"
+               "  ctrlab prepare -c configs/frappe.yaml --set features.categorical.min_count=2\n"
+               "  ctrlab prepare 'logs/part-*.gz' --bad-lines skip --out runs/logs")
+    p.add_argument("inputs", nargs="*", help="training data: files, globs or directories (or data.train in the config)")
+    p.add_argument("-c", "--config", help="YAML config with data/features sections")
+    p.add_argument("--out", help="store directory to write (or data.store in the config)")
+    p.add_argument("--format", help="input format (default: detected): criteo, criteo_test, criteo_kaggle_csv, "
+                                    "criteo_csv, slot, csv, tsv")
+    p.add_argument("--valid", action="append", default=None, help="explicit validation file(s)")
+    p.add_argument("--test", action="append", default=None, help="explicit test file(s)")
+    p.add_argument("--split", help="train:valid:test ratios for a random split (default 8:1:1)")
+    p.add_argument("--seed", type=int, help="seed of the random split (default 2024)")
+    p.add_argument("--min-count", type=int, help="vocabulary min_count for categorical columns (default 1)")
+    p.add_argument("--numeric", help="transform for numeric columns: log1p_standardize (default), log1p, "
+                                     "minmax, passthrough, log_square_bucket")
+    p.add_argument("--bad-lines", choices=["error", "skip"], help="stop at the first bad line (default) or skip "
+                                                                  "and count bad lines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+
+def _prepare_config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.set)
+    if args.inputs:
+        overrides.append(f"data.train={_yaml_list(args.inputs)}")
+    if args.valid:
+        overrides.append(f"data.valid={_yaml_list(args.valid)}")
+    if args.test:
+        overrides.append(f"data.test={_yaml_list(args.test)}")
+    if args.out:
+        overrides.append(f"data.store={_yaml_str(args.out)}")
+    if args.format:
+        overrides.append(f"data.format={args.format}")
+    if args.split:
+        parts = args.split.replace(",", ":").split(":")
+        overrides.append(f"data.split=[{','.join(parts)}]")
+    if args.seed is not None:
+        overrides.append(f"data.seed={args.seed}")
+    if args.min_count is not None:
+        overrides.append(f"features.categorical.min_count={args.min_count}")
+    if args.numeric:
+        overrides.append(f"features.numeric.transform={args.numeric}")
+    if args.bad_lines:
+        overrides.append(f"data.bad_lines={args.bad_lines}")
+    return load_config(args.config, overrides)
+
+
+def _yaml_str(text: str) -> str:
+    import json
+
+    return json.dumps(str(text))
+
+
+def _yaml_list(items: list[str]) -> str:
+    return "[" + ",".join(_yaml_str(i) for i in items) + "]"
+
+
+def prepare_options(cfg) -> Any:
+    """Config -> PrepareOptions."""
+    from .config import ConfigError, column_overrides
+    from .data.prepare import PrepareOptions, file_schema
+    from .data.readers import resolve_inputs
+
+    if not cfg.data.train:
+        raise ConfigError("no training data: give INPUT files or set data.train in the config")
+    if len(cfg.data.split) != 3 or any(r < 0 for r in cfg.data.split) or cfg.data.split[0] <= 0:
+        raise ConfigError(f"data.split: expected three ratios train:valid:test with train > 0, got {cfg.data.split}")
+    first = resolve_inputs(cfg.data.train)[0]
+    _, schema = file_schema(first, cfg.data.format, cfg.data.schema)
+    return PrepareOptions(
+        train=cfg.data.train, valid=cfg.data.valid, test=cfg.data.test, format=cfg.data.format,
+        schema=cfg.data.schema, split=tuple(cfg.data.split), seed=cfg.data.seed, bad_lines=cfg.data.bad_lines,
+        categorical=cfg.features.categorical, numeric=cfg.features.numeric,
+        columns=column_overrides(cfg.features, list(schema.dense), list(schema.sparse)),
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .config import ConfigError, dump_config
+    from .data.created import record_created
+    from .data.prepare import format_summary, prepare
+
+    cfg = _prepare_config(args)
+    if not cfg.data.store:
+        raise ConfigError("where should the store go? pass --out DIR or set data.store in the config")
+    opts = prepare_options(cfg)
+    out = Path(cfg.data.store)
+    store = prepare(opts, out, progress=not args.quiet)
+    dump_config(cfg, out / "config.yaml")
+    record_created(out.parent, [out], "store")
+    print(format_summary(store.meta))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print the summary of a prepared store",
+                       description="Print the metadata summary of a store written by `ctrlab prepare`.")
+    p.add_argument("store", help="store directory")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data.prepare import format_summary
+    from .data.store import Store
+
+    print(format_summary(Store(args.store).meta))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# data synth / download / clean
+# --------------------------------------------------------------------------------------------
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="synthetic data, dataset downloads, cleaning up",
+                       description="Make synthetic Criteo-shaped data, download public CTR datasets, or remove "
+                                   "what ctrlab created.")
+    dsub = p.add_subparsers(dest="data_command", metavar="{synth,download,clean}")
+    dsub.required = True
+
+    s = dsub.add_parser("synth", help="write synthetic Criteo-shaped rows",
+                        description="Write Criteo-layout rows (label, 13 counts, 26 hex categories; tab separated) "
+                                    "with Zipf categories, heavy-tailed counts, missing values and labels from a "
+                                    "planted model with feature interactions. .gz output when FILE ends in .gz.")
+    s.add_argument("--rows", type=int, required=True, help="number of rows")
+    s.add_argument("--out", required=True, help="output file (.tsv, .txt or .gz)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--no-label", action="store_true", help="the Kaggle test.txt layout: 39 columns, no label")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    d = dsub.add_parser("download", help="download a public dataset (resumable, checksummed)",
+                        description="Download and extract a public CTR dataset: criteo-kaggle (the Criteo Display "
+                                    "Advertising Challenge, ~4.3 GB) or criteo-slot (PaddleRec's slot files). "
+                                    "Interrupted downloads resume.")
+    d.add_argument("name", help="criteo-kaggle or criteo-slot")
+    d.add_argument("--to", required=True, help="target directory")
+    d.add_argument("--mirror", help="base URL of a mirror (also env CTRLAB_DATA_MIRROR)")
+    d.add_argument("--sha256", help="expected sha256 of the archive (FILE=HASH,... for several files)")
+    d.add_argument("--no-extract", action="store_true", help="keep the archive, do not extract it")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_download)
+
+    c = dsub.add_parser("clean", help="delete downloads, extracted files and stores ctrlab created in DIR",
+                        description="List what ctrlab created in DIR (downloads, extracted files, stores, synthetic "
+                                    "data), ask, and delete it. Files ctrlab did not create are never touched.")
+    c.add_argument("directory")
+    c.add_argument("--yes", action="store_true", help="do not ask")
+    c.set_defaults(func=cmd_clean)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.created import record_created
+    from .data.synth import write_synthetic
+
+    if args.rows < 0:
+        raise ValueError(f"--rows must be >= 0, got {args.rows}")
+    out = Path(args.out)
+    res = write_synthetic(out, args.rows, seed=args.seed, progress=not args.quiet, label=not args.no_label)
+    record_created(out.parent, [out], "synthetic")
+    print(f"wrote {res['rows']:,} rows to {out} ({res['bytes']:,} bytes, positive rate {res['positive_rate']:.4f}, "
+          f"{res['rows_per_s']:,.0f} rows/s)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import download
+
+    paths = download(args.name, args.to, base_url=args.mirror, sha256=args.sha256, extract=not args.no_extract,
+                     progress=not args.quiet)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .data.created import clean
+
+    clean(args.directory, yes=args.yes)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models, or show one",
+                       description="List the registered CTR models with their hyperparameters, defaults and "
+                                   "papers; `ctrlab models NAME` shows one in detail.")
+    p.add_argument("name", nargs="?", help="a model name, e.g. deepfm")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import format_model_detail, format_model_table
+
+    print(format_model_detail(args.name) if args.name else format_model_table())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole chain on a generated demo dataset",
+                       description="Generate a synthetic Criteo-shaped dataset, prepare it and print the summary.")
+    p.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default 200000)")
+    p.add_argument("--dir", default="demo", help="working directory (default ./demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data.created import record_created
+    from .data.prepare import PrepareOptions, format_summary, prepare
+    from .data.synth import write_synthetic
+
+    work = Path(args.dir)
+    raw = work / "synth.tsv"
+    print(f"[1/2] synthetic data: {args.rows:,} Criteo-shaped rows -> {raw}")
+    write_synthetic(raw, args.rows, seed=0, progress=not args.quiet)
+    record_created(work, [raw], "synthetic")
+    store_dir = work / "store"
+    print(f"[2/2] prepare -> {store_dir}")
+    store = prepare(PrepareOptions(train=[str(raw)]), store_dir, progress=not args.quiet)
+    record_created(work, [store_dir], "store")
+    print(format_summary(store.meta))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare, _add_info, _add_data, _add_models, _add_demo,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctrlab", description="ctrlab: click-through-rate prediction toolkit.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"ctrlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _threads()
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"ctrlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Typed configuration: YAML in, dataclasses out, unknown keys are errors.
+
+Sections: ``data`` and ``features`` (this module) plus the sections later stages register
+(``model``, ``train``, ``eval``, ``export``, ``serve``). ``--set a.b=c`` overrides any value
+(the value is parsed as YAML, so ``--set train.lr=1e-4`` gives a float and
+``--set model.hidden_units=[400,400]`` a list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .features.encoders import NumericTransform
+from .features.pipeline import CategoricalOptions, NumericOptions
+from .schema import FORMAT_NAMES, GenericSchemaConfig
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the key path (``data.split``) and what was expected."""
+
+
+@dataclass
+class DataConfig:
+    """Where the raw data is and how to read and split it."""
+
+    train: list[str] = field(default_factory=list)  # files, globs or directories
+    valid: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    format: str = "auto"  # auto | criteo | criteo_test | criteo_kaggle_csv | criteo_csv | slot | csv | tsv
+    schema: GenericSchemaConfig | None = None  # for csv / tsv
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train:valid:test (BARS Criteo_x4)
+    seed: int = 2024
+    bad_lines: str = "error"  # error | skip
+    store: str | None = None  # the encoded store (written by prepare, read by train)
+
+
+@dataclass
+class FeaturesConfig:
+    """How raw columns become model inputs."""
+
+    categorical: CategoricalOptions = field(default_factory=CategoricalOptions)
+    numeric: NumericOptions = field(default_factory=NumericOptions)
+    # per-column overrides: {I1: {transform: log_square_bucket}, C3: {min_count: 10}}
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+
+
+_LIST_FIELDS = {"train", "valid", "test"}  # accept a single string where a list is expected
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            if len(args) < len(get_args(tp)):
+                return None
+            raise ConfigError(f"{path}: a value is required")
+        errors = []
+        for arg in args:
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {[f.name for f in dataclasses.fields(tp)]}, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin is list:
+        (item,) = get_args(tp) or (Any,)
+        if isinstance(value, (str, int, float)) and path.rsplit(".", 1)[-1] in _LIST_FIELDS:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, vt = get_args(tp) or (Any, Any)
+        return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+#: Allowed values of string settings, checked when a config is loaded.
+CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
+    (DataConfig, "format"): ("auto",) + FORMAT_NAMES,
+    (DataConfig, "bad_lines"): ("error", "skip"),
+    (CategoricalOptions, "encoder"): ("vocab", "hash"),
+    (NumericOptions, "transform"): NumericTransform.KINDS + ("log_square_bucket",),
+}
+
+
+def register_choices(cls: type, name: str, values: tuple[str, ...]) -> None:
+    CHOICES[(cls, name)] = tuple(values)
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys raise with the nearest valid key."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {where!r}{_suggest(str(key), names)}; valid keys"
+                              f"{' of ' + path if path else ''}: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], where)
+        choices = CHOICES.get((cls, key))
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {', '.join(choices)}"
+                              f"{_suggest(str(kwargs[key]), list(choices))}")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A config object as plain data (for YAML)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (['a', 'b'], yaml-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. data.seed=7), got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set: empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None, cls: type = Config) -> Any:
+    """Load a YAML config (or start from ``base``), apply ``--set`` overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(load_yaml(path))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, data)
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def column_overrides(features: FeaturesConfig, dense: list[str], sparse: list[str]) -> dict[str, Any]:
+    """``features.columns`` as typed options: numeric columns take NumericOptions keys merged
+    over ``features.numeric``, categorical ones CategoricalOptions keys over ``features.categorical``."""
+    out: dict[str, Any] = {}
+    for col, values in features.columns.items():
+        if col in dense:
+            base, cls, section = features.numeric, NumericOptions, "numeric"
+        elif col in sparse:
+            base, cls, section = features.categorical, CategoricalOptions, "categorical"
+        else:
+            raise ConfigError(f"features.columns.{col}: no such column; columns are {dense + sparse}")
+        merged = {**to_dict(base), **(values or {})}
+        try:
+            out[col] = from_dict(cls, merged, f"features.columns.{col}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (a {section} column)") from None
+    return out

@@ -1,0 +1,92 @@
+"""Batches of (dense, sparse, label) tensors from a store split, with no per-row Python work.
+
+Training order: a fresh permutation per epoch from ``(seed, epoch)``; each batch gathers its
+rows from the memory-mapped arrays with one fancy-index per array (the batch's indices are
+sorted first, which turns random reads into a forward sweep; the order of rows inside a batch
+does not matter to the loss). Evaluation order: the split's row order, every row exactly
+once, the last partial batch included.
+
+``rank``/``world_size`` give each of several processes its own disjoint share of every
+epoch's permutation (for distributed training).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .store import SplitArrays
+
+
+class BatchIterator:
+    """Iterate over one split in batches of ``batch_size`` rows.
+
+    shuffle: a seeded per-epoch permutation (training) or the stored order (evaluation).
+    drop_last: drop the final partial batch (never for evaluation).
+    Yields ``dense float32[B, n_dense]``, ``sparse int64[B, n_sparse]``, ``label float32[B]``.
+    """
+
+    def __init__(self, split: SplitArrays, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> np.ndarray:
+        """This process's row indices for the current epoch, in iteration order."""
+        n = len(self.split)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.world_size > 1:
+            # equal shares (the few rows past the last full share are dropped while shuffling,
+            # so ranks step in lock-step; evaluation keeps every row)
+            if self.shuffle:
+                per_rank = n // self.world_size
+                order = order[: per_rank * self.world_size]
+            order = order[self.rank:: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.indices()) if self.world_size > 1 else len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        dense, sparse, label = self.split.dense, self.split.sparse, self.split.label
+        for lo in range(0, stop, self.batch_size):
+            rows = order[lo: lo + self.batch_size]
+            if self.shuffle:
+                rows = np.sort(rows)
+                yield self._tensors(dense[rows], sparse[rows], label[rows])
+            else:  # contiguous: a slice, no gather
+                a, b = int(rows[0]), int(rows[-1]) + 1
+                if b - a == len(rows):
+                    yield self._tensors(dense[a:b], sparse[a:b], label[a:b])
+                else:
+                    yield self._tensors(dense[rows], sparse[rows], label[rows])
+
+    def _tensors(self, dense: np.ndarray, sparse: np.ndarray, label: np.ndarray):
+        d = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        s = torch.from_numpy(np.ascontiguousarray(sparse).astype(np.int64))
+        y = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))
+        if self.device.type != "cpu":
+            d, s, y = (t.to(self.device, non_blocking=True) for t in (d, s, y))
+        return d, s, y

@@ -1,0 +1,339 @@
+"""``ctrlab prepare``: raw logs -> fitted FeaturePipeline + encoded store, in one parse.
+
+Pass 1 streams the raw rows once: each row gets its split (seeded, from its global row index,
+so the split does not depend on chunk sizes), every column's encoder accumulator sees the
+chunk (only training rows count towards the fit) and turns values into provisional codes,
+which go to temporary files. The encoders are then fitted, and pass 2 turns the codes into
+final features with numpy alone and writes them per split. Memory holds one chunk plus the
+vocabularies being counted; the temporary files are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions, column_values
+from ..fields import MISSING_ID, OOV_ID
+from ..schema import GenericSchemaConfig, Schema, generic_schema
+from .readers import RowReader, SkipReport, detect_format, first_line, resolve_inputs, schema_for_file
+from .store import SPLITS, NpyAppender, Store
+
+PASS2_ROWS = 1 << 18
+
+
+@dataclass
+class PrepareOptions:
+    """Everything prepare needs (built from the config's ``data`` and ``features`` sections)."""
+
+    train: list[str]
+    valid: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    format: str = "auto"
+    schema: GenericSchemaConfig | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2024
+    bad_lines: str = "error"
+    categorical: CategoricalOptions = field(default_factory=CategoricalOptions)
+    numeric: NumericOptions = field(default_factory=NumericOptions)
+    columns: dict[str, CategoricalOptions | NumericOptions] = field(default_factory=dict)
+
+
+def file_schema(path: Path, fmt: str, generic: GenericSchemaConfig | None) -> tuple[str, Schema]:
+    """The format name and schema of one input file."""
+    if fmt == "auto":
+        if generic is not None:
+            fmt = "tsv" if first_line(path).count("\t") > first_line(path).count(",") else "csv"
+        else:
+            fmt = detect_format(path)
+    if fmt in ("csv", "tsv"):
+        cfg = generic or GenericSchemaConfig()
+        header = None
+        if cfg.header:
+            delim = cfg.delimiter or ("\t" if fmt == "tsv" else ",")
+            header = [h.strip().strip('"') for h in first_line(path).split(delim)]
+        return fmt, generic_schema(cfg, fmt, header)
+    return fmt, schema_for_file(path, fmt)
+
+
+def split_uniforms(row_index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per global row index, from a splitmix64 hash of (seed, index).
+
+    Counter-based, so a row's split depends only on its position and the seed."""
+    with np.errstate(over="ignore"):
+        z = row_index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def assign_random_split(n: int, start: int, seed: int, ratios: dict[str, float]) -> np.ndarray:
+    """Split codes (index into SPLITS) for rows start..start+n-1, drawn with the given ratios."""
+    u = split_uniforms(np.arange(start, start + n, dtype=np.uint64), seed)
+    names = [s for s in SPLITS if ratios.get(s, 0) > 0]
+    total = sum(ratios[s] for s in names)
+    edges = np.cumsum([ratios[s] / total for s in names])
+    edges[-1] = 1.0
+    which = np.searchsorted(edges, u, side="right")
+    codes = np.array([SPLITS.index(s) for s in names], dtype=np.uint8)
+    return codes[np.minimum(which, len(names) - 1)]
+
+
+class _Temp:
+    """Append-only raw binary columns for pass 1's codes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, Any] = {}
+        self.meta: dict[str, tuple[np.dtype, int]] = {}
+
+    def append(self, name: str, block: np.ndarray) -> None:
+        if name not in self.files:
+            self.files[name] = open(self.folder / name, "wb")
+            self.meta[name] = (block.dtype, block.shape[1] if block.ndim == 2 else 0)
+        np.ascontiguousarray(block).tofile(self.files[name])
+
+    def open(self, name: str, rows: int) -> np.ndarray:
+        self.files[name].close()
+        dtype, width = self.meta[name]
+        shape = (rows, width) if width else (rows,)
+        if rows == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(self.folder / name, dtype=dtype, mode="r", shape=shape)
+
+
+def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool = True,
+            log: Callable[[str], None] = print) -> Store:
+    """Prepare a store from raw files; returns it (its ``meta`` holds the summary)."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    roles = {"train": opts.train, "valid": opts.valid, "test": opts.test}
+    sources = {role: resolve_inputs(paths) for role, paths in roles.items() if paths}
+    if "train" not in sources:
+        raise ValueError("prepare needs training data (data.train or an INPUT argument)")
+    schemas: dict[str, list[tuple[Path, str, Schema]]] = {}
+    for role, paths in sources.items():
+        schemas[role] = [(p, *file_schema(p, opts.format, opts.schema)) for p in paths]
+    train_schema = schemas["train"][0][2]
+    for role, items in schemas.items():
+        for path, fmt, schema in items:
+            if schema.label is None:
+                raise ValueError(f"{path}: {role} data needs a label column (format {fmt} has none)")
+            if schema.feature_columns != train_schema.feature_columns:
+                raise ValueError(f"{path}: its columns {list(schema.feature_columns)} differ from the "
+                                 f"training data's {list(train_schema.feature_columns)}")
+
+    pipeline = FeaturePipeline.from_options(list(train_schema.dense), list(train_schema.sparse),
+                                            opts.categorical, opts.numeric, opts.columns)
+    random_ratios = {"train": opts.split[0]}
+    if "valid" not in sources:
+        random_ratios["valid"] = opts.split[1]
+    if "test" not in sources:
+        random_ratios["test"] = opts.split[2]
+    split_method = "files" if len(random_ratios) == 1 else "random"
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = _Temp(out / ".prepare-tmp")
+    accs = pipeline.accumulators()
+    dense_in = pipeline.dense_inputs
+    skipped = SkipReport()
+    source_meta: dict[str, list[dict[str, Any]]] = {}
+    rows = 0
+    train_rows_seen = 0  # global index over training-source rows, for the seeded split
+    bar = tqdm(desc="prepare: parse+fit", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5)
+    try:
+        for role, items in schemas.items():
+            for path, fmt, schema in items:
+                reader = RowReader([path], schema, bad_lines=opts.bad_lines)
+                for chunk in reader:
+                    table = chunk.table
+                    n = table.num_rows
+                    if role == "train" and split_method == "random":
+                        split = assign_random_split(n, train_rows_seen, opts.seed, random_ratios)
+                        train_rows_seen += n
+                    else:
+                        split = np.full(n, SPLITS.index(role), dtype=np.uint8)
+                    train_mask = split == 0
+                    tmp.append("split", split)
+                    tmp.append("label", table.column("label").to_numpy().astype(np.uint8))
+                    if dense_in:
+                        tmp.append("dense", np.column_stack([
+                            accs[c].update(column_values(table, c, True), train_mask) for c in dense_in]))
+                    for col in pipeline.sparse_outputs:
+                        codes = accs[col].update(column_values(table, col, col in dense_in), train_mask)
+                        tmp.append(f"codes.{col}", codes.astype(np.int32, copy=False))
+                    rows += n
+                    bar.update(n)
+                skipped.merge_from(reader.skipped)
+                source_meta.setdefault(role, []).extend(
+                    {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
+                     "skipped": s.skipped} for s in reader.sources)
+        bar.close()
+        if rows == 0:
+            raise ValueError(f"no rows read from {[str(p) for ps in sources.values() for p in ps]}")
+        finals = {col: acc.finish() for col, acc in accs.items()}
+        pipeline.fitted = True
+        meta = _write_splits(out, tmp, rows, pipeline, finals, progress)
+    finally:
+        bar.close()
+        for fh in tmp.files.values():
+            fh.close()
+        shutil.rmtree(tmp.folder, ignore_errors=True)
+
+    pipeline.save(out / "pipeline.json")
+    elapsed = time.perf_counter() - started
+    meta.update({
+        "ctrlab_version": __version__,
+        "format_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "schema": train_schema.to_dict(),
+        "sources": source_meta,
+        "split": {"method": split_method, "ratios": random_ratios if split_method == "random" else None,
+                  "seed": opts.seed},
+        "skipped": skipped.to_dict(),
+        "rows_read": rows,
+        "seconds": round(elapsed, 3),
+        "rows_per_second": round(rows / elapsed, 1) if elapsed > 0 else None,
+        "spec": pipeline.spec.to_dict(),
+    })
+    with open(out / "meta.json.tmp", "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=1)
+    os.replace(out / "meta.json.tmp", out / "meta.json")
+    return Store(out)
+
+
+def _write_splits(out: Path, tmp: _Temp, rows: int, pipeline: FeaturePipeline,
+                  finals: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Pass 2: codes -> final features, routed into per-split .npy files; returns statistics."""
+    from tqdm import tqdm
+
+    split = tmp.open("split", rows)
+    label = tmp.open("label", rows)
+    dense_raw = tmp.open("dense", rows) if pipeline.dense_inputs else None
+    codes = {col: tmp.open(f"codes.{col}", rows) for col in pipeline.sparse_outputs}
+    dense_out = pipeline.dense_outputs
+    sparse_out = pipeline.sparse_outputs
+    dense_index = {c: i for i, c in enumerate(pipeline.dense_inputs)}
+    present = [s for s in SPLITS if (split == SPLITS.index(s)).any()]
+    writers: dict[str, dict[str, NpyAppender]] = {}
+    for s in present:
+        (out / s).mkdir(parents=True, exist_ok=True)
+        writers[s] = {
+            "dense": NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),)),
+            "sparse": NpyAppender(out / s / "sparse.npy", np.int32, (len(sparse_out),)),
+            "label": NpyAppender(out / s / "label.npy", np.uint8),
+        }
+    stats = {s: {"rows": 0, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
+                 "oov": np.zeros(len(sparse_out), np.int64)} for s in present}
+    bar = tqdm(total=rows, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
+               mininterval=0.5)
+    for lo in range(0, rows, PASS2_ROWS):
+        hi = min(rows, lo + PASS2_ROWS)
+        dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
+        dense_missing = np.empty((hi - lo, len(dense_out)), dtype=bool)
+        for j, col in enumerate(dense_out):
+            raw = dense_raw[lo:hi, dense_index[col]]  # type: ignore[index]
+            dense[:, j] = finals[col](raw)
+            dense_missing[:, j] = np.isnan(raw)
+        sparse = np.empty((hi - lo, len(sparse_out)), dtype=np.int32)
+        for j, col in enumerate(sparse_out):
+            sparse[:, j] = finals[col](codes[col][lo:hi])
+        block_split = split[lo:hi]
+        block_label = label[lo:hi]
+        for s in present:
+            mask = block_split == SPLITS.index(s)
+            if not mask.any():
+                continue
+            w = writers[s]
+            sp = sparse[mask]
+            w["dense"].append(dense[mask])
+            w["sparse"].append(sp)
+            w["label"].append(block_label[mask])
+            st = stats[s]
+            st["rows"] += int(mask.sum())
+            st["positives"] += int(block_label[mask].sum())
+            st["missing"][: len(sparse_out)] += (sp == MISSING_ID).sum(axis=0)
+            st["missing"][len(sparse_out):] += dense_missing[mask].sum(axis=0)
+            st["oov"] += (sp == OOV_ID).sum(axis=0)
+        bar.update(hi - lo)
+    bar.close()
+    for s in present:
+        for w in writers[s].values():
+            w.close()
+
+    spec = pipeline.spec
+    fields: dict[str, Any] = {}
+    for j, col in enumerate(sparse_out):
+        enc = pipeline.encoders[col]
+        fields[col] = {
+            "output": "sparse", "encoder": enc.kind, "vocab_size": spec.vocab_sizes[j],
+            "missing_rate": {s: _rate(stats[s]["missing"][j], stats[s]["rows"]) for s in present},
+            "oov_rate": {s: _rate(stats[s]["oov"][j], stats[s]["rows"] - stats[s]["missing"][j]) for s in present},
+        }
+    for j, col in enumerate(dense_out):
+        fields[col] = {
+            "output": "dense", "encoder": pipeline.encoders[col].kind,
+            "missing_rate": {s: _rate(stats[s]["missing"][len(sparse_out) + j], stats[s]["rows"]) for s in present},
+        }
+    return {
+        "splits": {s: {"rows": stats[s]["rows"], "positives": stats[s]["positives"],
+                       "positive_rate": _rate(stats[s]["positives"], stats[s]["rows"])} for s in present},
+        "vocab_sizes": dict(zip(sparse_out, spec.vocab_sizes)),
+        "fields": fields,
+    }
+
+
+def _rate(num: int | np.integer, den: int | np.integer) -> float:
+    return round(float(num) / float(den), 6) if den else 0.0
+
+
+def format_summary(meta: dict[str, Any]) -> str:
+    """A human summary of a store's metadata (what `ctrlab prepare` prints)."""
+    lines = []
+    total = sum(s["rows"] for s in meta["splits"].values())
+    lines.append(f"store: {total:,} rows in {meta['seconds']:.1f} s ({meta['rows_per_second']:,.0f} rows/s)")
+    for name, s in meta["splits"].items():
+        lines.append(f"  {name:<5} {s['rows']:>12,} rows  positive rate {s['positive_rate']:.4f}")
+    split = meta["split"]
+    if split["method"] == "random":
+        ratios = ", ".join(f"{k} {v:g}" for k, v in split["ratios"].items())
+        lines.append(f"  split: seeded random ({ratios}; seed {split['seed']})")
+    else:
+        lines.append("  split: from the given files")
+    spec = meta["spec"]
+    lines.append(f"features: {len(spec['dense_names'])} dense, {len(spec['sparse_names'])} sparse, "
+                 f"{sum(spec['vocab_sizes']):,} ids in total")
+    lines.append(f"  {'field':<8} {'encoder':<18} {'vocab':>10} {'missing':>8} {'OOV(valid)':>10} {'OOV(test)':>9}")
+    for name, f in meta["fields"].items():
+        vocab = f"{f['vocab_size']:,}" if "vocab_size" in f else "-"
+        oov = f.get("oov_rate", {})
+        miss = f["missing_rate"].get("train", next(iter(f["missing_rate"].values()), 0.0))
+        ov = f"{oov['valid']:.4f}" if "valid" in oov else "-"
+        ot = f"{oov['test']:.4f}" if "test" in oov else "-"
+        lines.append(f"  {name:<8} {f['encoder']:<18} {vocab:>10} {miss:>8.4f} {ov:>10} {ot:>9}")
+    sk = meta["skipped"]
+    if sk["total"]:
+        lines.append(f"skipped lines: {sk['total']:,}")
+        for reason, n in sk["by_reason"].items():
+            lines.append(f"  {n:>10,}  {reason}")
+        for ex in sk["examples"][:5]:
+            lines.append(f"  e.g. {ex}")
+    else:
+        lines.append("skipped lines: 0")
+    for role, items in meta["sources"].items():
+        for s in items:
+            lines.append(f"source ({role}): {s['path']} [{s['format']}] {s['bytes']:,} bytes, {s['rows']:,} rows, "
+                         f"sha256 {str(s['sha256'])[:16]}...")
+    return "\n".join(lines)

@@ -1,0 +1,434 @@
+"""Feature encoders: categorical vocabularies, hash buckets and numeric transforms.
+
+scikit-learn style: hyperparameters in the constructor, learned state only after fitting
+(names with a trailing underscore), ``transform`` is pure, and every encoder saves to and
+loads from plain JSON (``to_dict`` / ``from_dict``), never pickle.
+
+Fitting streams: ``accumulator()`` returns an object whose ``update(values, train_mask)`` sees
+one chunk at a time (only rows where ``train_mask`` is set count towards the fit: no leakage
+from validation or test rows) and returns per-row *codes*; ``finish()`` fits the encoder and
+returns a function turning those codes into the final encoded values. ``prepare`` uses this to
+parse the raw data only once; the result equals ``transform`` on the raw values (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
+from .keytable import KeyTable, hash_ints, hash_strings
+
+Values = Any  # a pyarrow string Array/ChunkedArray, or a float64 numpy array (NaN = missing)
+Finalize = Callable[[np.ndarray], np.ndarray]
+
+
+class Accumulator(Protocol):
+    def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray: ...
+
+    def finish(self) -> Finalize: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Categorical keys: uniques + inverse, for Arrow strings and for bucketized numbers
+# --------------------------------------------------------------------------------------------
+
+_MISSING_KEY = np.iinfo(np.int64).min
+
+Keys = Any  # an Arrow string array, or an int64 numpy array
+
+
+def unique_inverse(values: Values) -> tuple[Keys, np.ndarray]:
+    """Distinct non-missing keys and, per row, the index of its key (-1 where missing).
+
+    Arrow strings use Arrow's hash-based dictionary encoding; integer numpy arrays (bucket keys,
+    with ``np.iinfo(int64).min`` marking missing) use ``np.unique``.
+    """
+    if isinstance(values, np.ndarray):
+        missing = values == _MISSING_KEY
+        uniques, inverse = np.unique(values[~missing], return_inverse=True)
+        codes = np.full(len(values), -1, dtype=np.int64)
+        codes[~missing] = inverse
+        return uniques, codes
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pc.dictionary_encode(values)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    if encoded.null_count:
+        codes = np.where(np.asarray(encoded.indices.is_valid()), codes, -1)
+    return encoded.dictionary, codes.astype(np.int64, copy=False)
+
+
+def hash_keys(keys: Keys) -> np.ndarray:
+    return hash_ints(keys) if isinstance(keys, np.ndarray) else hash_strings(keys)
+
+
+def _take(keys: Keys, positions: np.ndarray) -> Keys:
+    return keys[positions] if isinstance(keys, np.ndarray) else keys.take(pa.array(positions, type=pa.int64()))
+
+
+def _concat(chunks: list[Keys], like_ints: bool) -> Keys:
+    if like_ints:
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
+
+
+def _key_rank(keys: Keys) -> np.ndarray:
+    """Each key's position in sorted order."""
+    order = np.argsort(keys, kind="stable") if isinstance(keys, np.ndarray) else \
+        pc.sort_indices(keys).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def _ids_from_codes(codes: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Per-unique vocabulary codes (-1 = unknown) + per-row inverse -> per-row ids."""
+    ids = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID).astype(np.int32)
+    return np.append(ids, np.int32(MISSING_ID))[inverse]  # inverse -1 (missing) -> last entry
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------------
+
+class Vocabulary:
+    """Maps category keys to ids: 0 = missing, 1 = out-of-vocabulary, 2.. = kept keys.
+
+    min_count: keys seen fewer times than this in the training rows map to the OOV id.
+    max_size: keep at most this many keys (the most frequent; ties broken by key order).
+    Keys are strings, or integers for bucketized numeric columns.
+    """
+
+    kind = "vocab"
+
+    def __init__(self, min_count: int = 1, max_size: int | None = None):
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if max_size is not None and max_size < 0:
+            raise ValueError(f"max_size must be >= 0 or null, got {max_size}")
+        self.min_count = int(min_count)
+        self.max_size = None if max_size is None else int(max_size)
+        self.keys_: Keys | None = None
+        self._table: KeyTable | None = None
+
+    # fitting ---------------------------------------------------------------------------------
+    def accumulator(self) -> "_VocabAccumulator":
+        return _VocabAccumulator(self)
+
+    def fit(self, values: Values) -> "Vocabulary":
+        acc = self.accumulator()
+        acc.update(values, None)
+        acc.finish()
+        return self
+
+    def _set_keys(self, keys: Keys) -> None:
+        self.keys_ = keys
+        self._table = KeyTable(2 * len(keys) + 16)
+        self._table.insert(hash_keys(keys))  # code i = position i
+
+    # use -------------------------------------------------------------------------------------
+    @property
+    def size_(self) -> int:
+        """Number of ids (reserved ids included)."""
+        self._check_fitted()
+        return NUM_RESERVED_IDS + len(self.keys_)  # type: ignore[arg-type]
+
+    def _check_fitted(self) -> None:
+        if self.keys_ is None:
+            raise RuntimeError("Vocabulary is not fitted")
+
+    def transform(self, values: Values) -> np.ndarray:
+        self._check_fitted()
+        uniques, inverse = unique_inverse(values)
+        return _ids_from_codes(self._table.lookup(hash_keys(uniques)), inverse)  # type: ignore[union-attr]
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        ints = isinstance(self.keys_, np.ndarray)
+        keys = self.keys_.tolist() if ints else self.keys_.to_pylist()  # type: ignore[union-attr]
+        return {"kind": self.kind, "min_count": self.min_count, "max_size": self.max_size,
+                "key_type": "int" if ints else "string", "keys": keys}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Vocabulary":
+        vocab = cls(data["min_count"], data["max_size"])
+        if data["key_type"] == "int":
+            vocab._set_keys(np.array(data["keys"], dtype=np.int64))
+        else:
+            vocab._set_keys(pa.array(data["keys"], type=pa.string()))
+        return vocab
+
+
+class _VocabAccumulator:
+    """Gives every distinct key a provisional code (first-seen order) and counts training rows;
+    ``finish`` orders the vocabulary by training count, then key."""
+
+    def __init__(self, vocab: Vocabulary):
+        self.vocab = vocab
+        self.table = KeyTable()
+        self.key_chunks: list[Keys] = []
+        self.int_keys = False
+        self.counts = np.zeros(1024, dtype=np.int64)
+
+    def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
+        uniques, inverse = unique_inverse(values)
+        self.int_keys = isinstance(uniques, np.ndarray)
+        before = self.table.size
+        codes = self.table.insert(hash_keys(uniques))
+        new = np.flatnonzero(codes >= before)
+        if new.size:
+            self.key_chunks.append(_take(uniques, new[np.argsort(codes[new])]))
+        # row code = provisional code + 1, with 0 for missing
+        row_codes = np.append(codes + 1, np.int32(0))[inverse]
+        n = self.table.size
+        if n + 1 > len(self.counts):
+            grown = np.zeros(max(2 * len(self.counts), n + 1), dtype=np.int64)
+            grown[: len(self.counts)] = self.counts
+            self.counts = grown
+        counted = row_codes if train_mask is None else row_codes[train_mask]
+        self.counts[: n + 1] += np.bincount(counted, minlength=n + 1)
+        return row_codes
+
+    def finish(self) -> Finalize:
+        n = self.table.size
+        counts = self.counts[1 : n + 1]
+        eligible = np.flatnonzero(counts >= self.vocab.min_count)
+        all_keys = _concat(self.key_chunks, self.int_keys)
+        # most frequent first, ties by key: the vocabulary depends on the training rows' values
+        # and counts alone, not on their order nor on the other splits
+        key_rank = _key_rank(_take(all_keys, eligible))
+        order = eligible[np.lexsort((key_rank, -counts[eligible]))]
+        if self.vocab.max_size is not None:
+            order = order[: self.vocab.max_size]
+        self.vocab._set_keys(_take(all_keys, order))
+        remap = np.full(n + 1, OOV_ID, dtype=np.int32)
+        remap[0] = MISSING_ID
+        remap[order + 1] = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(order), dtype=np.int32)
+        self.table, self.key_chunks = KeyTable(), []  # free the provisional state
+        return lambda codes: remap[codes]
+
+
+# --------------------------------------------------------------------------------------------
+# Hash buckets
+# --------------------------------------------------------------------------------------------
+
+class HashBuckets:
+    """One-pass alternative to a vocabulary: id = 2 + hash64(key) mod buckets; 0 = missing.
+
+    Needs no fitting and no memory per key; distinct keys may share an id.
+    """
+
+    kind = "hash"
+
+    def __init__(self, buckets: int = 1_000_000):
+        if buckets < 1:
+            raise ValueError(f"hash buckets must be >= 1, got {buckets}")
+        self.buckets = int(buckets)
+
+    @property
+    def size_(self) -> int:
+        return NUM_RESERVED_IDS + self.buckets
+
+    def transform(self, values: Values) -> np.ndarray:
+        uniques, inverse = unique_inverse(values)
+        codes = (hash_keys(uniques) % np.uint64(self.buckets)).astype(np.int32)
+        return _ids_from_codes(codes, inverse)
+
+    def accumulator(self) -> "_StatelessAccumulator":
+        return _StatelessAccumulator(self.transform)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "buckets": self.buckets}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HashBuckets":
+        return cls(data["buckets"])
+
+
+class _StatelessAccumulator:
+    """For encoders that need no fitting: codes are the final values."""
+
+    def __init__(self, transform: Callable[[Values], np.ndarray]):
+        self._transform = transform
+
+    def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
+        return self._transform(values)
+
+    def finish(self) -> Finalize:
+        return lambda codes: codes
+
+
+# --------------------------------------------------------------------------------------------
+# Numeric transforms
+# --------------------------------------------------------------------------------------------
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """sign(x) * ln(1 + |x|): a log that keeps the (rare) negative counts finite and ordered."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def log_square_bucket(x: np.ndarray) -> np.ndarray:
+    """The Criteo Kaggle-winner bucketing: v > 2 -> floor(ln(v)^2), else int(v); missing stays missing.
+
+    Returns int64 keys with ``np.iinfo(int64).min`` for missing (NaN) values.
+    """
+    out = np.full(x.shape, _MISSING_KEY, dtype=np.int64)
+    present = ~np.isnan(x)
+    v = x[present]
+    big = v > 2
+    keys = np.trunc(v).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keys[big] = np.floor(np.log(v[big]) ** 2).astype(np.int64)
+    out[present] = keys
+    return out
+
+
+class NumericTransform:
+    """A dense numeric column -> float32 feature.
+
+    kind:
+      ``passthrough``        the raw value;
+      ``log1p``              sign(x) * ln(1 + |x|);
+      ``log1p_standardize``  log1p as above, then (v - mean) / std with mean and std fitted on
+                             the training rows;
+      ``minmax``             (x - min) / (max - min) fitted on the training rows, clipped to [0, 1].
+    fill_value: the output for a missing value (after the transform; 0.0 = the training mean
+      for ``log1p_standardize``).
+    """
+
+    KINDS = ("passthrough", "log1p", "log1p_standardize", "minmax")
+
+    def __init__(self, kind: str = "log1p_standardize", fill_value: float = 0.0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown numeric transform {kind!r}; valid: {', '.join(self.KINDS + ('log_square_bucket',))}")
+        self.kind = kind
+        self.fill_value = float(fill_value)
+        self.mean_: float | None = None
+        self.std_: float | None = None
+        self.min_: float | None = None
+        self.max_: float | None = None
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.kind in ("log1p_standardize", "minmax")
+
+    def _pre(self, x: np.ndarray) -> np.ndarray:
+        return signed_log1p(x) if self.kind in ("log1p", "log1p_standardize") else x
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """float64 raw values (NaN = missing) -> float32 features."""
+        x = np.asarray(x, dtype=np.float64)
+        v = self._pre(x)
+        if self.kind == "log1p_standardize":
+            v = (v - self.mean_) / self.std_
+        elif self.kind == "minmax":
+            span = (self.max_ - self.min_) or 1.0  # type: ignore[operator]
+            v = np.clip((v - self.min_) / span, 0.0, 1.0)
+        v = np.where(np.isnan(x), self.fill_value, v)
+        return v.astype(np.float32)
+
+    def accumulator(self) -> "_NumericAccumulator":
+        return _NumericAccumulator(self)
+
+    def fit(self, x: np.ndarray) -> "NumericTransform":
+        acc = self.accumulator()
+        acc.update(x, None)
+        acc.finish()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "fill_value": self.fill_value, "mean": self.mean_, "std": self.std_,
+                "min": self.min_, "max": self.max_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NumericTransform":
+        t = cls(data["kind"], data["fill_value"])
+        t.mean_, t.std_, t.min_, t.max_ = data["mean"], data["std"], data["min"], data["max"]
+        return t
+
+
+class _NumericAccumulator:
+    """Streams count, sum, sum of squares, min and max of the (pre-transformed) training values;
+    codes are the raw float64 values themselves."""
+
+    def __init__(self, transform: NumericTransform):
+        self.t = transform
+        self.n = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
+        x = np.asarray(values, dtype=np.float64)
+        if self.t.needs_fit:
+            v = self.t._pre(x if train_mask is None else x[train_mask])
+            v = v[~np.isnan(v)]
+            if v.size:
+                self.n += v.size
+                self.total += float(v.sum())
+                self.total_sq += float(np.square(v).sum())
+                self.lo = min(self.lo, float(v.min()))
+                self.hi = max(self.hi, float(v.max()))
+        return x
+
+    def finish(self) -> Finalize:
+        t = self.t
+        if t.needs_fit:
+            if self.n:
+                mean = self.total / self.n
+                var = max(self.total_sq / self.n - mean * mean, 0.0)
+                t.mean_, t.std_ = mean, (math.sqrt(var) or 1.0)
+                t.min_, t.max_ = self.lo, self.hi
+            else:  # no training value at all: the feature is constant fill_value
+                t.mean_, t.std_, t.min_, t.max_ = 0.0, 1.0, 0.0, 1.0
+        return t.transform
+
+
+class BucketizedNumeric:
+    """A numeric column turned into a categorical one: log-square bucket keys + a vocabulary."""
+
+    kind = "log_square_bucket"
+
+    def __init__(self, vocab: Vocabulary | None = None):
+        self.vocab = vocab or Vocabulary()
+
+    @property
+    def size_(self) -> int:
+        return self.vocab.size_
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return self.vocab.transform(log_square_bucket(np.asarray(x, dtype=np.float64)))
+
+    def accumulator(self) -> "_BucketAccumulator":
+        return _BucketAccumulator(self.vocab.accumulator())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab": self.vocab.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BucketizedNumeric":
+        return cls(Vocabulary.from_dict(data["vocab"]))
+
+
+class _BucketAccumulator:
+    def __init__(self, inner: _VocabAccumulator):
+        self.inner = inner
+
+    def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
+        return self.inner.update(log_square_bucket(np.asarray(values, dtype=np.float64)), train_mask)
+
+    def finish(self) -> Finalize:
+        return self.inner.finish()
+
+
+def encoder_from_dict(data: dict[str, Any]):
+    kinds = {"vocab": Vocabulary, "hash": HashBuckets, "log_square_bucket": BucketizedNumeric}
+    if data["kind"] in kinds:
+        return kinds[data["kind"]].from_dict(data)
+    return NumericTransform.from_dict(data)

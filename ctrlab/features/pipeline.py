@@ -1,0 +1,202 @@
+"""FeaturePipeline: raw columns -> (dense float32[N, n_dense], sparse int32[N, n_sparse]).
+
+The one implementation of feature encoding. Training-data preparation, evaluation, offline
+prediction, the exported bundle and the HTTP server all call :meth:`FeaturePipeline.transform`
+on the same fitted object (loaded from ``pipeline.json``), so online and offline encodings
+agree by construction.
+
+Output layout: dense features are the numeric columns kept numeric, in schema order; sparse
+features are the numeric columns that were bucketized (in schema order) followed by the
+categorical columns (in schema order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from ..fields import FeatureSpec
+from ..schema import LABEL
+from .encoders import (BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, encoder_from_dict)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CategoricalOptions:
+    """How categorical columns are encoded (the ``features.categorical`` config section)."""
+
+    encoder: str = "vocab"  # vocab | hash
+    min_count: int = 1
+    max_size: int | None = None
+    hash_buckets: int = 1_000_000
+
+
+@dataclass
+class NumericOptions:
+    """How numeric columns are encoded (the ``features.numeric`` config section)."""
+
+    transform: str = "log1p_standardize"  # log1p_standardize | log1p | minmax | passthrough | log_square_bucket
+    fill_value: float = 0.0
+    # options for transform: log_square_bucket (its vocabulary over bucket keys)
+    min_count: int = 1
+
+
+def _categorical_encoder(opts: CategoricalOptions):
+    if opts.encoder == "vocab":
+        return Vocabulary(opts.min_count, opts.max_size)
+    if opts.encoder == "hash":
+        return HashBuckets(opts.hash_buckets)
+    raise ValueError(f"unknown categorical encoder {opts.encoder!r}; valid: vocab, hash")
+
+
+def _numeric_encoder(opts: NumericOptions):
+    if opts.transform == "log_square_bucket":
+        return BucketizedNumeric(Vocabulary(opts.min_count))
+    return NumericTransform(opts.transform, opts.fill_value)
+
+
+class FeaturePipeline:
+    """Encoders for every input column, fitted on training rows only.
+
+    Build one with :meth:`from_options` (per-column options, defaults for the rest), fit it with
+    :meth:`fit` on training tables (or through ``prepare``), then call :meth:`transform`.
+    """
+
+    def __init__(self, dense_inputs: list[str], sparse_inputs: list[str], encoders: dict[str, Any]):
+        self.dense_inputs = list(dense_inputs)
+        self.sparse_inputs = list(sparse_inputs)
+        self.encoders = dict(encoders)
+        missing = [c for c in self.dense_inputs + self.sparse_inputs if c not in self.encoders]
+        if missing:
+            raise ValueError(f"no encoder for columns {missing}")
+        self.fitted = False
+
+    # construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, dense_inputs: list[str], sparse_inputs: list[str],
+                     categorical: CategoricalOptions | None = None, numeric: NumericOptions | None = None,
+                     overrides: dict[str, CategoricalOptions | NumericOptions] | None = None) -> "FeaturePipeline":
+        categorical = categorical or CategoricalOptions()
+        numeric = numeric or NumericOptions()
+        overrides = overrides or {}
+        unknown = set(overrides) - set(dense_inputs) - set(sparse_inputs)
+        if unknown:
+            raise ValueError(f"features.columns names unknown columns {sorted(unknown)}; "
+                             f"columns are {list(dense_inputs) + list(sparse_inputs)}")
+        encoders: dict[str, Any] = {}
+        for col in dense_inputs:
+            encoders[col] = _numeric_encoder(overrides.get(col, numeric))  # type: ignore[arg-type]
+        for col in sparse_inputs:
+            encoders[col] = _categorical_encoder(overrides.get(col, categorical))  # type: ignore[arg-type]
+        return cls(dense_inputs, sparse_inputs, encoders)
+
+    # layout ----------------------------------------------------------------------------------
+    @property
+    def dense_outputs(self) -> list[str]:
+        return [c for c in self.dense_inputs if isinstance(self.encoders[c], NumericTransform)]
+
+    @property
+    def sparse_outputs(self) -> list[str]:
+        bucketized = [c for c in self.dense_inputs if isinstance(self.encoders[c], BucketizedNumeric)]
+        return bucketized + list(self.sparse_inputs)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return self.dense_inputs + self.sparse_inputs
+
+    @property
+    def spec(self) -> FeatureSpec:
+        self._check_fitted()
+        return FeatureSpec(self.dense_outputs, self.sparse_outputs,
+                           [self.encoders[c].size_ for c in self.sparse_outputs])
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError("FeaturePipeline is not fitted: run fit() or load a fitted pipeline.json")
+
+    # fitting ---------------------------------------------------------------------------------
+    def accumulators(self) -> dict[str, Any]:
+        """Streaming fit state per input column (see encoders.Accumulator)."""
+        return {col: self.encoders[col].accumulator() for col in self.input_columns}
+
+    def fit(self, tables: Iterable[pa.Table]) -> "FeaturePipeline":
+        """Fit on training tables (canonical columns, see data.readers)."""
+        accs = self.accumulators()
+        for table in tables:
+            for col, acc in accs.items():
+                acc.update(column_values(table, col, col in self.dense_inputs), None)
+        for acc in accs.values():
+            acc.finish()
+        self.fitted = True
+        return self
+
+    # use -------------------------------------------------------------------------------------
+    def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Encode a table of raw rows: dense float32[N, n_dense], sparse int32[N, n_sparse]."""
+        self._check_fitted()
+        missing = [c for c in self.input_columns if c not in table.column_names]
+        if missing:
+            raise ValueError(f"input lacks columns {missing}")
+        n = table.num_rows
+        dense = np.empty((n, len(self.dense_outputs)), dtype=np.float32)
+        for j, col in enumerate(self.dense_outputs):
+            dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
+        sparse = np.empty((n, len(self.sparse_outputs)), dtype=np.int32)
+        for j, col in enumerate(self.sparse_outputs):
+            sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
+        return dense, sparse
+
+    # persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format_version": FORMAT_VERSION,
+            "dense_inputs": self.dense_inputs,
+            "sparse_inputs": self.sparse_inputs,
+            "encoders": {col: self.encoders[col].to_dict() for col in self.input_columns},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeaturePipeline":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"pipeline format_version {version!r} is not supported (this ctrlab reads {FORMAT_VERSION})")
+        pipe = cls(data["dense_inputs"], data["sparse_inputs"],
+                   {col: encoder_from_dict(enc) for col, enc in data["encoders"].items()})
+        pipe.fitted = True
+        return pipe
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, separators=(",", ":"))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeaturePipeline":
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def column_values(table: pa.Table, col: str, numeric: bool):
+    """A column as the encoders take it: float64 numpy (NaN = missing) or an Arrow string array."""
+    column = table.column(col)
+    if numeric:
+        return column.to_numpy().astype(np.float64, copy=False)  # nulls become NaN
+    if column.type != pa.string():
+        column = column.cast(pa.string())
+    return column
+
+
+def labels_of(table: pa.Table) -> np.ndarray | None:
+    if LABEL not in table.column_names:
+        return None
+    return table.column(LABEL).to_numpy().astype(np.float32)
