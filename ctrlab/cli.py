@@ -23,19 +23,6 @@ EPILOG = """examples:
 """
 
 
-def _threads() -> None:
-    """torch threads follow the cores this process may use (not the machine's total)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores))
-
-
 # --------------------------------------------------------------------------------------------
 # prepare / info
 # --------------------------------------------------------------------------------------------
@@ -306,7 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _threads()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

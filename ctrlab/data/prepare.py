@@ -3,9 +3,10 @@
 Pass 1 streams the raw rows once: each row gets its split (seeded, from its global row index,
 so the split does not depend on chunk sizes), every column's encoder accumulator sees the
 chunk (only training rows count towards the fit) and turns values into provisional codes,
-which go to temporary files. The encoders are then fitted, and pass 2 turns the codes into
-final features with numpy alone and writes them per split. Memory holds one chunk plus the
-vocabularies being counted; the temporary files are deleted at the end.
+which are written straight into each split's ``sparse.npy`` (raw numeric values go to a
+temporary file). The encoders are then fitted, and pass 2 remaps the codes to final ids in
+place and transforms the numeric values, with numpy alone. Memory holds a chunk or two plus
+the vocabularies being counted; the temporary files are deleted at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
+from ..runtime import available_cores
 from ..features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions, column_values
 from ..fields import MISSING_ID, OOV_ID
 from ..schema import GenericSchemaConfig, Schema, generic_schema
@@ -28,6 +31,8 @@ from .readers import RowReader, SkipReport, detect_format, first_line, resolve_i
 from .store import SPLITS, NpyAppender, Store
 
 PASS2_ROWS = 1 << 18
+
+
 
 
 @dataclass
@@ -88,30 +93,6 @@ def assign_random_split(n: int, start: int, seed: int, ratios: dict[str, float])
     return codes[np.minimum(which, len(names) - 1)]
 
 
-class _Temp:
-    """Append-only raw binary columns for pass 1's codes."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.files: dict[str, Any] = {}
-        self.meta: dict[str, tuple[np.dtype, int]] = {}
-
-    def append(self, name: str, block: np.ndarray) -> None:
-        if name not in self.files:
-            self.files[name] = open(self.folder / name, "wb")
-            self.meta[name] = (block.dtype, block.shape[1] if block.ndim == 2 else 0)
-        np.ascontiguousarray(block).tofile(self.files[name])
-
-    def open(self, name: str, rows: int) -> np.ndarray:
-        self.files[name].close()
-        dtype, width = self.meta[name]
-        shape = (rows, width) if width else (rows,)
-        if rows == 0:
-            return np.zeros(shape, dtype=dtype)
-        return np.memmap(self.folder / name, dtype=dtype, mode="r", shape=shape)
-
-
 def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool = True,
             log: Callable[[str], None] = print) -> Store:
     """Prepare a store from raw files; returns it (its ``meta`` holds the summary)."""
@@ -145,14 +126,32 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
     split_method = "files" if len(random_ratios) == 1 else "random"
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = _Temp(out / ".prepare-tmp")
+    tmp_dir = out / ".prepare-tmp"
+    tmp_dir.mkdir(exist_ok=True)
     accs = pipeline.accumulators()
     dense_in = pipeline.dense_inputs
+    dense_out = pipeline.dense_outputs
+    sparse_out = pipeline.sparse_outputs
+    # Pass 1 writes each split's provisional sparse codes straight into its sparse.npy (pass 2
+    # remaps them in place), its labels into label.npy, and its raw dense values to a temp file.
+    writers: dict[str, dict[str, NpyAppender]] = {}
+
+    def writer(split_name: str) -> dict[str, NpyAppender]:
+        if split_name not in writers:
+            (out / split_name).mkdir(exist_ok=True)
+            writers[split_name] = {
+                "sparse": NpyAppender(out / split_name / "sparse.npy", np.int32, (len(sparse_out),)),
+                "label": NpyAppender(out / split_name / "label.npy", np.uint8),
+                "raw_dense": NpyAppender(tmp_dir / f"{split_name}.dense.npy", np.float64, (len(dense_out),)),
+            }
+        return writers[split_name]
+
     skipped = SkipReport()
     source_meta: dict[str, list[dict[str, Any]]] = {}
     rows = 0
     train_rows_seen = 0  # global index over training-source rows, for the seeded split
     bar = tqdm(desc="prepare: parse+fit", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5)
+    pool = ThreadPoolExecutor(max_workers=available_cores())
     try:
         for role, items in schemas.items():
             for path, fmt, schema in items:
@@ -166,14 +165,32 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                     else:
                         split = np.full(n, SPLITS.index(role), dtype=np.uint8)
                     train_mask = split == 0
-                    tmp.append("split", split)
-                    tmp.append("label", table.column("label").to_numpy().astype(np.uint8))
-                    if dense_in:
-                        tmp.append("dense", np.column_stack([
-                            accs[c].update(column_values(table, c, True), train_mask) for c in dense_in]))
-                    for col in pipeline.sparse_outputs:
-                        codes = accs[col].update(column_values(table, col, col in dense_in), train_mask)
-                        tmp.append(f"codes.{col}", codes.astype(np.int32, copy=False))
+                    # rows of each split, so that every column worker scatters its codes straight
+                    # into per-split blocks (no extra copy of the chunk)
+                    parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
+                    codes = {s: np.empty((len(ix), len(sparse_out)), dtype=np.int32) for s, ix in parts.items()}
+                    raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
+
+                    def encode(j: int) -> None:  # one column through its accumulator
+                        if j < len(sparse_out):
+                            col = sparse_out[j]
+                            values = accs[col].update(column_values(table, col, col in dense_in), train_mask)
+                            for s, ix in parts.items():
+                                codes[s][:, j] = values[ix]
+                        else:
+                            k = j - len(sparse_out)
+                            values = accs[dense_out[k]].update(column_values(table, dense_out[k], True), train_mask)
+                            for s, ix in parts.items():
+                                raw[s][:, k] = values[ix]
+
+                    # columns are independent and Arrow/numpy release the GIL: encode them in parallel
+                    list(pool.map(encode, range(len(sparse_out) + len(dense_out))))
+                    label = table.column("label").to_numpy().astype(np.uint8)
+                    for s, ix in parts.items():
+                        w = writer(s)
+                        w["sparse"].append(codes[s])
+                        w["label"].append(label[ix])
+                        w["raw_dense"].append(raw[s])
                     rows += n
                     bar.update(n)
                 skipped.merge_from(reader.skipped)
@@ -181,16 +198,21 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                     {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
                      "skipped": s.skipped} for s in reader.sources)
         bar.close()
+        for w in writers.values():
+            for appender in w.values():
+                appender.close()
         if rows == 0:
             raise ValueError(f"no rows read from {[str(p) for ps in sources.values() for p in ps]}")
         finals = {col: acc.finish() for col, acc in accs.items()}
         pipeline.fitted = True
-        meta = _write_splits(out, tmp, rows, pipeline, finals, progress)
+        meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finals, pool, progress)
     finally:
+        pool.shutdown()
         bar.close()
-        for fh in tmp.files.values():
-            fh.close()
-        shutil.rmtree(tmp.folder, ignore_errors=True)
+        for w in writers.values():
+            for appender in w.values():
+                appender.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
     pipeline.save(out / "pipeline.json")
     elapsed = time.perf_counter() - started
@@ -214,71 +236,58 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
     return Store(out)
 
 
-def _write_splits(out: Path, tmp: _Temp, rows: int, pipeline: FeaturePipeline,
-                  finals: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Pass 2: codes -> final features, routed into per-split .npy files; returns statistics."""
+def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
+                     finals: dict[str, Any], pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
+    """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
+    per-split statistics."""
     from tqdm import tqdm
 
-    split = tmp.open("split", rows)
-    label = tmp.open("label", rows)
-    dense_raw = tmp.open("dense", rows) if pipeline.dense_inputs else None
-    codes = {col: tmp.open(f"codes.{col}", rows) for col in pipeline.sparse_outputs}
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
-    dense_index = {c: i for i, c in enumerate(pipeline.dense_inputs)}
-    present = [s for s in SPLITS if (split == SPLITS.index(s)).any()]
-    writers: dict[str, dict[str, NpyAppender]] = {}
-    for s in present:
-        (out / s).mkdir(parents=True, exist_ok=True)
-        writers[s] = {
-            "dense": NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),)),
-            "sparse": NpyAppender(out / s / "sparse.npy", np.int32, (len(sparse_out),)),
-            "label": NpyAppender(out / s / "label.npy", np.uint8),
-        }
-    stats = {s: {"rows": 0, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
-                 "oov": np.zeros(len(sparse_out), np.int64)} for s in present}
-    bar = tqdm(total=rows, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
+    present = [s for s in SPLITS if s in present]
+    total = sum(NpyAppender.rows_in(out / s / "label.npy") for s in present)
+    bar = tqdm(total=total, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
                mininterval=0.5)
-    for lo in range(0, rows, PASS2_ROWS):
-        hi = min(rows, lo + PASS2_ROWS)
-        dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
-        dense_missing = np.empty((hi - lo, len(dense_out)), dtype=bool)
-        for j, col in enumerate(dense_out):
-            raw = dense_raw[lo:hi, dense_index[col]]  # type: ignore[index]
-            dense[:, j] = finals[col](raw)
-            dense_missing[:, j] = np.isnan(raw)
-        sparse = np.empty((hi - lo, len(sparse_out)), dtype=np.int32)
-        for j, col in enumerate(sparse_out):
-            sparse[:, j] = finals[col](codes[col][lo:hi])
-        block_split = split[lo:hi]
-        block_label = label[lo:hi]
-        for s in present:
-            mask = block_split == SPLITS.index(s)
-            if not mask.any():
-                continue
-            w = writers[s]
-            sp = sparse[mask]
-            w["dense"].append(dense[mask])
-            w["sparse"].append(sp)
-            w["label"].append(block_label[mask])
-            st = stats[s]
-            st["rows"] += int(mask.sum())
-            st["positives"] += int(block_label[mask].sum())
-            st["missing"][: len(sparse_out)] += (sp == MISSING_ID).sum(axis=0)
-            st["missing"][len(sparse_out):] += dense_missing[mask].sum(axis=0)
-            st["oov"] += (sp == OOV_ID).sum(axis=0)
-        bar.update(hi - lo)
-    bar.close()
+    stats: dict[str, dict[str, Any]] = {}
     for s in present:
-        for w in writers[s].values():
-            w.close()
+        sparse = np.load(out / s / "sparse.npy", mmap_mode="r+")
+        label = np.load(out / s / "label.npy", mmap_mode="r")
+        raw_dense = np.load(tmp_dir / f"{s}.dense.npy", mmap_mode="r")
+        dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),))
+        st = {"rows": len(label), "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
+              "oov": np.zeros(len(sparse_out), np.int64)}
+        for lo in range(0, len(label), PASS2_ROWS):
+            hi = min(len(label), lo + PASS2_ROWS)
+            block = np.array(sparse[lo:hi])
+            raw = np.array(raw_dense[lo:hi])
+            dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
+
+            def finalize(j: int) -> None:
+                if j < len(sparse_out):
+                    block[:, j] = finals[sparse_out[j]](block[:, j])
+                else:
+                    k = j - len(sparse_out)
+                    dense[:, k] = finals[dense_out[k]](raw[:, k])
+
+            list(pool.map(finalize, range(len(sparse_out) + len(dense_out))))
+            sparse[lo:hi] = block
+            dense_writer.append(dense)
+            st["positives"] += int(label[lo:hi].sum())
+            st["missing"][: len(sparse_out)] += (block == MISSING_ID).sum(axis=0)
+            st["missing"][len(sparse_out):] += np.isnan(raw).sum(axis=0)
+            st["oov"] += (block == OOV_ID).sum(axis=0)
+            bar.update(hi - lo)
+        sparse.flush()
+        del sparse
+        dense_writer.close()
+        stats[s] = st
+    bar.close()
 
     spec = pipeline.spec
     fields: dict[str, Any] = {}
     for j, col in enumerate(sparse_out):
-        enc = pipeline.encoders[col]
         fields[col] = {
-            "output": "sparse", "encoder": enc.kind, "vocab_size": spec.vocab_sizes[j],
+            "output": "sparse", "encoder": pipeline.encoders[col].kind, "vocab_size": spec.vocab_sizes[j],
             "missing_rate": {s: _rate(stats[s]["missing"][j], stats[s]["rows"]) for s in present},
             "oov_rate": {s: _rate(stats[s]["oov"][j], stats[s]["rows"] - stats[s]["missing"][j]) for s in present},
         }

@@ -62,9 +62,16 @@ class NpyAppender:
         self.rows += block.shape[0]
 
     def close(self) -> None:
+        if self._fh.closed:
+            return
         self._fh.seek(0)
         self._fh.write(self._header(self.rows))
         self._fh.close()
+
+    @staticmethod
+    def rows_in(path: str | os.PathLike) -> int:
+        """The row count recorded in a .npy header (without reading the data)."""
+        return read_npy_shape(path)[0]
 
 
 @dataclass

@@ -77,15 +77,6 @@ def _concat(chunks: list[Keys], like_ints: bool) -> Keys:
     return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
 
 
-def _key_rank(keys: Keys) -> np.ndarray:
-    """Each key's position in sorted order."""
-    order = np.argsort(keys, kind="stable") if isinstance(keys, np.ndarray) else \
-        pc.sort_indices(keys).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    return rank
-
-
 def _ids_from_codes(codes: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """Per-unique vocabulary codes (-1 = unknown) + per-row inverse -> per-row ids."""
     ids = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID).astype(np.int32)
@@ -100,7 +91,7 @@ class Vocabulary:
     """Maps category keys to ids: 0 = missing, 1 = out-of-vocabulary, 2.. = kept keys.
 
     min_count: keys seen fewer times than this in the training rows map to the OOV id.
-    max_size: keep at most this many keys (the most frequent; ties broken by key order).
+    max_size: keep at most this many keys (the most frequent; ties broken by the key's hash).
     Keys are strings, or integers for bucketized numeric columns.
     """
 
@@ -126,10 +117,10 @@ class Vocabulary:
         acc.finish()
         return self
 
-    def _set_keys(self, keys: Keys) -> None:
+    def _set_keys(self, keys: Keys, hashes: np.ndarray | None = None) -> None:
         self.keys_ = keys
         self._table = KeyTable(2 * len(keys) + 16)
-        self._table.insert(hash_keys(keys))  # code i = position i
+        self._table.insert(hash_keys(keys) if hashes is None else hashes)  # code i = position i
 
     # use -------------------------------------------------------------------------------------
     @property
@@ -166,7 +157,7 @@ class Vocabulary:
 
 class _VocabAccumulator:
     """Gives every distinct key a provisional code (first-seen order) and counts training rows;
-    ``finish`` orders the vocabulary by training count, then key."""
+    ``finish`` orders the vocabulary by training count, then by the key's hash."""
 
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
@@ -199,13 +190,13 @@ class _VocabAccumulator:
         counts = self.counts[1 : n + 1]
         eligible = np.flatnonzero(counts >= self.vocab.min_count)
         all_keys = _concat(self.key_chunks, self.int_keys)
-        # most frequent first, ties by key: the vocabulary depends on the training rows' values
-        # and counts alone, not on their order nor on the other splits
-        key_rank = _key_rank(_take(all_keys, eligible))
-        order = eligible[np.lexsort((key_rank, -counts[eligible]))]
+        # most frequent first, ties by the key's hash: the vocabulary depends on the training
+        # rows' values and counts alone, not on their order nor on the other splits
+        hashes = self.table.hashes()
+        order = eligible[np.lexsort((hashes[eligible], -counts[eligible]))]
         if self.vocab.max_size is not None:
             order = order[: self.vocab.max_size]
-        self.vocab._set_keys(_take(all_keys, order))
+        self.vocab._set_keys(_take(all_keys, order), hashes[order])
         remap = np.full(n + 1, OOV_ID, dtype=np.int32)
         remap[0] = MISSING_ID
         remap[order + 1] = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(order), dtype=np.int32)

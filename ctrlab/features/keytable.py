@@ -2,8 +2,8 @@
 
 Category keys (Arrow strings or int64 bucket keys) are hashed to 64 bits with numpy, and the
 hashes live in an open-addressing table (linear probing) whose probes run as whole-array
-numpy operations. Memory is about 24 bytes per distinct key (8 key + 4 code, table kept at
-most half full), against several hundred for a Python dict of strings.
+numpy operations. Memory is about 40 bytes per distinct key (8-byte key and code slots, table kept at most
+half full, plus the hash per code), against several hundred for a Python dict of strings.
 
 Two distinct keys with equal 64-bit hashes would share a code. With splitmix64-mixed hashes the
 chance of any such collision among 30 million distinct values is about 2.5e-5.
@@ -95,7 +95,8 @@ class KeyTable:
     def __init__(self, capacity: int = 1024):
         cap = 1 << max(4, int(capacity - 1).bit_length())
         self._keys = np.zeros(cap, dtype=np.uint64)
-        self._codes = np.full(cap, -1, dtype=np.int32)
+        self._codes = np.full(cap, -1, dtype=np.int64)
+        self._by_code = np.zeros(max(16, capacity), dtype=np.uint64)  # hash of code i, for regrowth
         self.size = 0
 
     @property
@@ -103,12 +104,12 @@ class KeyTable:
         return len(self._keys)
 
     def nbytes(self) -> int:
-        return self._keys.nbytes + self._codes.nbytes
+        return self._keys.nbytes + self._codes.nbytes + self._by_code.nbytes
 
     def _probe(self, hashes: np.ndarray, insert: bool) -> np.ndarray:
-        """The slot of every hash (-1 if absent and not inserting). Inserted keys get their slot
-        claimed (key written, code still -1); the caller numbers them."""
-        keys = self._keys
+        """The slot of every hash (-1 if absent and not inserting). A key inserted here gets its
+        slot claimed (key written, code left negative); ``insert`` numbers them."""
+        keys, codes = self._keys, self._codes
         mask = len(keys) - 1
         found = np.full(len(hashes), -1, dtype=np.int64)
         pending = np.arange(len(hashes))
@@ -121,11 +122,13 @@ class KeyTable:
             done = hit.copy()
             found[pending[hit]] = slot[hit]
             if insert and empty.any():
-                # several new keys may want one empty slot: the first of each slot wins, the
-                # others look again next round (and move on, the slot being taken)
+                # several new keys may want one empty slot: each writes its mark into the slot's
+                # code and the one whose mark stays wins; the others look again next round (and
+                # move on, the slot being taken). Marks are negative: codes come later.
                 cand = np.flatnonzero(empty)
-                _, first = np.unique(slot[cand], return_index=True)
-                win = cand[first]
+                mark = -2 - pending[cand]
+                codes[slot[cand]] = mark
+                win = cand[codes[slot[cand]] == mark]
                 keys[slot[win]] = h[win]
                 found[pending[win]] = slot[win]
                 done[win] = True
@@ -139,30 +142,38 @@ class KeyTable:
 
     def _grow_for(self, extra: int) -> None:
         need = self.size + extra
+        if need > len(self._by_code):
+            grown = np.zeros(max(need, 2 * len(self._by_code)), dtype=np.uint64)
+            grown[: self.size] = self._by_code[: self.size]
+            self._by_code = grown
         if need * 2 <= len(self._keys):
             return
         cap = len(self._keys)
         while need * 2 > cap:
             cap *= 2
-        used = self._keys != 0
-        old_keys, old_codes = self._keys[used], self._codes[used]
-        order = np.argsort(old_codes, kind="stable")
         self._keys = np.zeros(cap, dtype=np.uint64)
-        self._codes = np.full(cap, -1, dtype=np.int32)
+        self._codes = np.full(cap, -1, dtype=np.int64)
+        old = self._by_code[: self.size].copy()
         self.size = 0
-        self.insert(old_keys[order])  # re-inserted in code order: codes unchanged
+        self.insert(old)  # re-inserted in code order: codes unchanged
 
     def insert(self, hashes: np.ndarray) -> np.ndarray:
         """Codes for ``hashes`` (which must be distinct), adding the ones not yet present;
         new keys are numbered in their order in ``hashes``."""
+        hashes = np.asarray(hashes, dtype=np.uint64)
         self._grow_for(len(hashes))
-        slots = self._probe(np.asarray(hashes, dtype=np.uint64), insert=True)
+        slots = self._probe(hashes, insert=True)
         codes = self._codes[slots]
         new = np.flatnonzero(codes < 0)
-        codes[new] = np.arange(self.size, self.size + len(new), dtype=np.int32)
+        codes[new] = np.arange(self.size, self.size + len(new))
         self._codes[slots[new]] = codes[new]
+        self._by_code[self.size: self.size + len(new)] = hashes[new]
         self.size += len(new)
-        return codes
+        return codes.astype(np.int32)
+
+    def hashes(self) -> np.ndarray:
+        """The hash of every code, in code order."""
+        return self._by_code[: self.size]
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """Codes for ``hashes``; -1 where absent."""
