@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..runtime import available_cores
+from ..features.encoders import RemapFinalize
 from ..features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions, column_values
 from ..fields import MISSING_ID, OOV_ID
 from ..schema import GenericSchemaConfig, Schema, generic_schema
@@ -249,36 +250,51 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
     bar = tqdm(total=total, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
                mininterval=0.5)
     stats: dict[str, dict[str, Any]] = {}
+    # vocabulary columns remap through one concatenated lookup array with per-column offsets
+    remapped = [j for j, c in enumerate(sparse_out) if isinstance(finals[c], RemapFinalize)]
+    others = [j for j in range(len(sparse_out)) if j not in remapped]
+    tables = [finals[sparse_out[j]].remap for j in remapped]
+    flat_remap = np.concatenate(tables) if tables else np.zeros(0, np.int32)
+    remap_offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int32)
     for s in present:
-        sparse = np.load(out / s / "sparse.npy", mmap_mode="r+")
-        label = np.load(out / s / "label.npy", mmap_mode="r")
-        raw_dense = np.load(tmp_dir / f"{s}.dense.npy", mmap_mode="r")
+        # plain reads and writes, not memory maps: the store's pages stay out of this process's RSS
+        n_rows = NpyAppender.rows_in(out / s / "label.npy")
+        sparse_file = open(out / s / "sparse.npy", "r+b")
+        label_file = open(out / s / "label.npy", "rb")
+        raw_file = open(tmp_dir / f"{s}.dense.npy", "rb")
+        for fh in (sparse_file, label_file, raw_file):
+            fh.seek(NpyAppender.HEADER_BYTES)
         dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),))
-        st = {"rows": len(label), "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
+        st = {"rows": n_rows, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
               "oov": np.zeros(len(sparse_out), np.int64)}
-        for lo in range(0, len(label), PASS2_ROWS):
-            hi = min(len(label), lo + PASS2_ROWS)
-            block = np.array(sparse[lo:hi])
-            raw = np.array(raw_dense[lo:hi])
+        for lo in range(0, n_rows, PASS2_ROWS):
+            hi = min(n_rows, lo + PASS2_ROWS)
+            start = sparse_file.tell()
+            block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * len(sparse_out)).reshape(hi - lo, -1)
+            raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
+            label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
             dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
 
             def finalize(j: int) -> None:
-                if j < len(sparse_out):
+                if j < 0:  # all vocabulary columns at once: one gather over the row-major block
+                    block[:, remapped] = flat_remap[block[:, remapped] + remap_offsets]
+                elif j < len(sparse_out):
                     block[:, j] = finals[sparse_out[j]](block[:, j])
                 else:
                     k = j - len(sparse_out)
                     dense[:, k] = finals[dense_out[k]](raw[:, k])
 
-            list(pool.map(finalize, range(len(sparse_out) + len(dense_out))))
-            sparse[lo:hi] = block
+            list(pool.map(finalize, [-1] + others + list(range(len(sparse_out), len(sparse_out) + len(dense_out)))))
+            sparse_file.seek(start)
+            block.tofile(sparse_file)
             dense_writer.append(dense)
-            st["positives"] += int(label[lo:hi].sum())
+            st["positives"] += int(label.sum())
             st["missing"][: len(sparse_out)] += (block == MISSING_ID).sum(axis=0)
             st["missing"][len(sparse_out):] += np.isnan(raw).sum(axis=0)
             st["oov"] += (block == OOV_ID).sum(axis=0)
             bar.update(hi - lo)
-        sparse.flush()
-        del sparse
+        for fh in (sparse_file, label_file, raw_file):
+            fh.close()
         dense_writer.close()
         stats[s] = st
     bar.close()

@@ -183,28 +183,29 @@ def schema_for_file(path: str | os.PathLike, fmt: str) -> Schema:
 
 
 # --------------------------------------------------------------------------------------------
-# Hashing file wrapper: the source's sha256 comes for free while it is read
+# Source hashes, computed beside the parse
 # --------------------------------------------------------------------------------------------
 
-class _HashingFile(io.RawIOBase):
+def sha256_file(path: str | os.PathLike) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(4 << 20), b""):
+            sha.update(block)  # releases the GIL
+    return sha.hexdigest()
+
+
+class _BackgroundHash:
+    """sha256 of a file in a thread (file reads and hashlib release the GIL)."""
+
     def __init__(self, path: Path):
-        self._fh = open(path, "rb")
-        self.sha = hashlib.sha256()
-        self.nbytes = 0
+        self._result: list[str] = []
+        self._thread = threading.Thread(target=lambda: self._result.append(sha256_file(path)), daemon=True,
+                                        name="ctrlab-sha256")
+        self._thread.start()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        n = self._fh.readinto(buf)
-        if n:
-            self.sha.update(memoryview(buf)[:n])
-            self.nbytes += n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
+    def result(self) -> str | None:
+        self._thread.join()
+        return self._result[0] if self._result else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,8 +263,8 @@ class _FallbackNeeded(Exception):
 def _fast_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
                     block_bytes: int) -> Iterator[Chunk]:
     header_lines = 1 if schema.header else 0
-    hashing = _HashingFile(path)
-    stream: Any = pa.PythonFile(hashing, mode="r")
+    digest = _BackgroundHash(path)
+    stream: Any = pa.OSFile(str(path))
     if _is_gzip(path):
         stream = pa.CompressedInputStream(stream, "gzip")
     expected = len(schema.columns)
@@ -290,12 +291,13 @@ def _fast_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
         table = _check_labels(table, str(path), first, bad_lines, report)
         info.rows += table.num_rows
         yield Chunk(table, str(path), first)
-    info.sha256 = hashing.sha.hexdigest()
-    info.bytes = hashing.nbytes
+    info.sha256 = digest.result()
+    info.bytes = path.stat().st_size
 
 
 def _joined_batches(reader, schema: Schema, rows: int) -> Iterator[pa.Table]:
-    """Arrow batches joined into contiguous tables of about ``rows`` rows (canonical columns)."""
+    """Arrow batches joined into tables of about ``rows`` rows (canonical columns; chunked, not
+    copied: the encoders work on chunked columns)."""
     batches: list[pa.RecordBatch] = []
     pending = 0
     while True:
@@ -308,10 +310,10 @@ def _joined_batches(reader, schema: Schema, rows: int) -> Iterator[pa.Table]:
         batches.append(batch)
         pending += batch.num_rows
         if pending >= rows:
-            yield _canonical(pa.Table.from_batches(batches).combine_chunks(), schema)
+            yield _canonical(pa.Table.from_batches(batches), schema)
             batches, pending = [], 0
     if batches:
-        yield _canonical(pa.Table.from_batches(batches).combine_chunks(), schema)
+        yield _canonical(pa.Table.from_batches(batches), schema)
 
 
 def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -407,11 +409,7 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
     types = _output_types(schema)
     rows: list[list[str]] = []
     first_of_chunk = None
-    sha = hashlib.sha256()
-    with open(path, "rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            sha.update(block)
-    info.sha256 = sha.hexdigest()
+    info.sha256 = sha256_file(path)
     info.bytes = path.stat().st_size
 
     def flush() -> Chunk:
@@ -488,11 +486,7 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
     dense_rows: list[list[float | None]] = []
     sparse_cols: dict[str, list[str | None]] = {name: [] for name in schema.sparse}
     first_of_chunk = None
-    sha = hashlib.sha256()
-    with open(path, "rb") as raw:
-        for block in iter(lambda: raw.read(1 << 20), b""):
-            sha.update(block)
-    info.sha256 = sha.hexdigest()
+    info.sha256 = sha256_file(path)
     info.bytes = path.stat().st_size
 
     def parse(line: str) -> tuple[float | None, list[float], dict[str, str]] | tuple[str, str | None]:

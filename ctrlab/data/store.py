@@ -33,7 +33,11 @@ _HEADER_BYTES = 128  # fixed .npy header size, so the row count can be rewritten
 
 
 class NpyAppender:
-    """Write a .npy file row block by row block without knowing the row count in advance."""
+    """Write a .npy file row block by row block without knowing the row count in advance.
+
+    The header has a fixed size (``HEADER_BYTES``), so the data starts at that offset."""
+
+    HEADER_BYTES = _HEADER_BYTES
 
     def __init__(self, path: str | os.PathLike, dtype: np.dtype, row_shape: tuple[int, ...] = ()):
         self.path = Path(path)

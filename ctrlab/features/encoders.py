@@ -54,13 +54,19 @@ def unique_inverse(values: Values) -> tuple[Keys, np.ndarray]:
         codes = np.full(len(values), -1, dtype=np.int64)
         codes[~missing] = inverse
         return uniques, codes
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    if encoded.null_count:
-        codes = np.where(np.asarray(encoded.indices.is_valid()), codes, -1)
-    return encoded.dictionary, codes.astype(np.int64, copy=False)
+    if isinstance(encoded, pa.ChunkedArray):
+        # one hash table runs across the chunks: every chunk carries the (final) dictionary
+        if encoded.num_chunks == 0:
+            return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
+        dictionary = encoded.chunk(encoded.num_chunks - 1).dictionary
+        indices = pa.chunked_array([c.indices for c in encoded.chunks], type=encoded.type.index_type)
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices
+    codes = indices.to_numpy()
+    if indices.null_count:
+        codes = np.where(np.asarray(indices.is_valid()), codes, -1)
+    return dictionary, codes.astype(np.int64, copy=False)
 
 
 def hash_keys(keys: Keys) -> np.ndarray:
@@ -117,10 +123,16 @@ class Vocabulary:
         acc.finish()
         return self
 
-    def _set_keys(self, keys: Keys, hashes: np.ndarray | None = None) -> None:
+    def _set_keys(self, keys: Keys) -> None:
         self.keys_ = keys
-        self._table = KeyTable(2 * len(keys) + 16)
-        self._table.insert(hash_keys(keys) if hashes is None else hashes)  # code i = position i
+        self._table = None  # built on first use: prepare never needs it
+
+    def _lookup_table(self) -> KeyTable:
+        if self._table is None:
+            table = KeyTable(2 * len(self.keys_) + 16)  # type: ignore[arg-type]
+            table.insert(hash_keys(self.keys_))  # code i = position i
+            self._table = table
+        return self._table
 
     # use -------------------------------------------------------------------------------------
     @property
@@ -136,23 +148,51 @@ class Vocabulary:
     def transform(self, values: Values) -> np.ndarray:
         self._check_fitted()
         uniques, inverse = unique_inverse(values)
-        return _ids_from_codes(self._table.lookup(hash_keys(uniques)), inverse)  # type: ignore[union-attr]
+        return _ids_from_codes(self._lookup_table().lookup(hash_keys(uniques)), inverse)
 
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
-        ints = isinstance(self.keys_, np.ndarray)
-        keys = self.keys_.tolist() if ints else self.keys_.to_pylist()  # type: ignore[union-attr]
-        return {"kind": self.kind, "min_count": self.min_count, "max_size": self.max_size,
-                "key_type": "int" if ints else "string", "keys": keys}
+        out = {"kind": self.kind, "min_count": self.min_count, "max_size": self.max_size}
+        return {**out, **keys_to_json(self.keys_)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Vocabulary":
         vocab = cls(data["min_count"], data["max_size"])
-        if data["key_type"] == "int":
-            vocab._set_keys(np.array(data["keys"], dtype=np.int64))
-        else:
-            vocab._set_keys(pa.array(data["keys"], type=pa.string()))
+        vocab._set_keys(keys_from_json(data))
         return vocab
+
+
+_JOIN_MIN_KEYS = 1000  # below this a vocabulary is saved as a readable JSON list
+
+
+def keys_to_json(keys: Keys) -> dict[str, Any]:
+    """Keys as JSON data. Large string vocabularies become one newline-joined string (built and
+    split by Arrow, with no Python object per key), unless a key contains a newline."""
+    if isinstance(keys, np.ndarray):
+        return {"key_type": "int", "keys": keys.tolist()}
+    if len(keys) >= _JOIN_MIN_KEYS and not pc.any(pc.match_substring(keys, "\n")).as_py():
+        listed = pa.ListArray.from_arrays(pa.array([0, len(keys)], type=pa.int32()), keys)
+        return {"key_type": "string", "keys_joined": pc.binary_join(listed, "\n")[0].as_py()}
+    return {"key_type": "string", "keys": keys.to_pylist()}
+
+
+def keys_from_json(data: dict[str, Any]) -> Keys:
+    if data["key_type"] == "int":
+        return np.array(data["keys"], dtype=np.int64)
+    if "keys_joined" in data:
+        parts = pc.split_pattern(pa.array([data["keys_joined"]], type=pa.string()), "\n")
+        return parts.flatten()
+    return pa.array(data["keys"], type=pa.string())
+
+
+class RemapFinalize:
+    """Provisional codes -> ids through a lookup array (``remap[code]``)."""
+
+    def __init__(self, remap: np.ndarray):
+        self.remap = remap
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        return self.remap[codes]
 
 
 class _VocabAccumulator:
@@ -196,12 +236,12 @@ class _VocabAccumulator:
         order = eligible[np.lexsort((hashes[eligible], -counts[eligible]))]
         if self.vocab.max_size is not None:
             order = order[: self.vocab.max_size]
-        self.vocab._set_keys(_take(all_keys, order), hashes[order])
+        self.vocab._set_keys(_take(all_keys, order))
         remap = np.full(n + 1, OOV_ID, dtype=np.int32)
         remap[0] = MISSING_ID
         remap[order + 1] = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(order), dtype=np.int32)
         self.table, self.key_chunks = KeyTable(), []  # free the provisional state
-        return lambda codes: remap[codes]
+        return RemapFinalize(remap)
 
 
 # --------------------------------------------------------------------------------------------
