@@ -84,7 +84,8 @@ class BatchIterator:
                     yield self._tensors(dense[rows], sparse[rows], label[rows])
 
     def _tensors(self, dense: np.ndarray, sparse: np.ndarray, label: np.ndarray):
-        d = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        # np.array copies: a slice of the read-only memory map must not become a writable tensor
+        d = torch.from_numpy(np.array(dense, dtype=np.float32))
         s = torch.from_numpy(np.ascontiguousarray(sparse).astype(np.int64))
         y = torch.from_numpy(np.ascontiguousarray(label).astype(np.float32))
         if self.device.type != "cpu":

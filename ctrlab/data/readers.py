@@ -29,7 +29,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,8 @@ FALLBACK_ROWS = 65536  # rows per table from the line-by-line parser
 ID = "id"
 
 # What the fast path accepts as a number; the fallback parser applies the same rule.
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# (ASCII digits only; surrounding blanks are allowed, as Arrow allows them; nan/inf are not numbers)
+_NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
 
 
 class DataError(ValueError):
@@ -139,7 +140,7 @@ def open_text(path: str | os.PathLike) -> io.TextIOBase:
     """Open a plain or gzip file as text (UTF-8), whatever its extension says."""
     path = Path(path)
     raw: Any = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is dropped
 
 
 def first_line(path: str | os.PathLike) -> str:
@@ -150,7 +151,7 @@ def first_line(path: str | os.PathLike) -> str:
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the preset of a file from its first line (and extension); raise when unsure."""
     line = first_line(path)
-    lowered = line.lower()
+    lowered = line.lower().replace('"', "")
     if lowered.startswith("click:") or " dense_feature:" in line:
         return "slot"
     if lowered.startswith("id,label,") or lowered.startswith("id,i1,"):
@@ -238,22 +239,47 @@ def _canonical(table: pa.Table, schema: Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _check_labels(table: pa.Table, path: str, first_line_no: int, bad_lines: str, report: SkipReport) -> pa.Table:
-    """Labels must be 0 or 1. Under ``error`` the first bad one raises; under ``skip`` its row goes."""
-    if LABEL not in table.column_names:
-        return table
-    labels = table.column(LABEL).to_numpy(zero_copy_only=False)
-    bad = ~((labels == 0.0) | (labels == 1.0))  # NaN (missing label) is bad too
-    if not bad.any():
+def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, report: SkipReport,
+                info: SourceInfo, schema: Schema) -> pa.Table:
+    """What Arrow's parser lets through but ctrlab does not accept, row by row, vectorized:
+    an empty line (Arrow makes it a row of nulls), a label other than 0/1, a count written as
+    nan or inf. Under ``error`` the first such row raises (its line number is exact: nothing
+    was skipped before it); under ``skip`` the rows go and are counted."""
+    n = table.num_rows
+    problems: list[tuple[np.ndarray, str, str | None, Callable[[int], str]]] = []
+    empty = np.ones(n, dtype=bool)
+    for col in table.column_names:
+        empty &= np.asarray(table.column(col).is_null())
+    if empty.any():
+        problems.append((empty, "empty line", None, lambda i: "empty line"))
+    if LABEL in table.column_names:
+        labels = table.column(LABEL).to_numpy()
+        bad = ~((labels == 0.0) | (labels == 1.0)) & ~empty  # NaN (missing label) is bad too
+        if bad.any():
+            def label_reason(i: int) -> str:
+                value = table.column(LABEL)[i].as_py()
+                return f"expected a 0/1 label, got {'empty' if value is None else repr(value)}"
+            problems.append((bad, "label not 0/1", LABEL, label_reason))
+    for col in schema.dense:
+        values = table.column(col).to_numpy()
+        bad = ~np.isfinite(values) & np.asarray(table.column(col).is_valid())
+        if bad.any():
+            problems.append((bad, "not a number", col,
+                             lambda i, c=col: f"expected a number, got {table.column(c)[i].as_py()!r}"))
+    if not problems:
         return table
     if bad_lines == "error":
-        idx = int(np.flatnonzero(bad)[0])
-        value = table.column(LABEL)[idx].as_py()
-        shown = "empty" if value is None else repr(value)
-        raise DataError(path, first_line_no + idx, f"expected a 0/1 label, got {shown}", field=LABEL)
-    for idx in np.flatnonzero(bad)[:1]:
-        report.add("label not 0/1", f"{path}:{first_line_no + int(idx)}", n=int(bad.sum()))
-    return table.filter(pa.array(~bad))
+        first = min((int(np.flatnonzero(mask)[0]), reason_fn, col) for mask, _, col, reason_fn in problems)
+        idx, reason_fn, col = first
+        raise DataError(path, first_line_no + idx, reason_fn(idx), field=col)
+    drop = np.zeros(n, dtype=bool)
+    for mask, reason, _, _ in problems:
+        fresh = mask & ~drop
+        if fresh.any():
+            report.add(reason, f"{path}:{first_line_no + int(np.flatnonzero(fresh)[0])}", n=int(fresh.sum()))
+            info.skipped += int(fresh.sum())
+        drop |= mask
+    return table.filter(pa.array(~drop))
 
 
 class _FallbackNeeded(Exception):
@@ -288,7 +314,7 @@ def _fast_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
     for table in prefetch(_joined_batches(reader, schema, CHUNK_ROWS)):
         first = next_line
         next_line += table.num_rows
-        table = _check_labels(table, str(path), first, bad_lines, report)
+        table = _check_rows(table, str(path), first, bad_lines, report, info, schema)
         info.rows += table.num_rows
         yield Chunk(table, str(path), first)
     info.sha256 = digest.result()
@@ -373,22 +399,24 @@ def _open_arrow_csv(stream, schema: Schema, header_lines: int, block_bytes: int,
     )
 
 
-def _line_error(fields: list[str], schema: Schema) -> tuple[str, str | None] | None:
-    """Why a split line is bad (reason, field), or None. Mirrors the fast path's rules."""
+def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None] | None:
+    """Why a split line is bad (reason, message, field), or None. The same rules and reason
+    names as the fast path (Arrow's parser + _check_rows)."""
     expected = len(schema.columns)
+    if not fields or (len(fields) == 1 and fields[0].strip() == ""):
+        return "empty line", "empty line", None
     if len(fields) != expected:
-        if len(fields) == 1 and fields[0].strip() == "":
-            return "empty line", None
-        return f"wrong field count (got {len(fields)}, expected {expected})", None
+        reason = f"wrong field count (got {len(fields)}, expected {expected})"
+        return reason, reason, None
     index = {c: i for i, c in enumerate(schema.columns)}
-    for col in ((schema.label,) if schema.label else ()) + schema.dense:
-        value = fields[index[col]]
-        if value != "" and not _NUMBER.fullmatch(value):
-            return f"expected a number, got {value[:40]!r}", col
     if schema.label:
         value = fields[index[schema.label]]
-        if value == "" or float(value) not in (0.0, 1.0):
-            return f"expected a 0/1 label, got {value[:40]!r}" if value else "expected a 0/1 label, got empty", schema.label
+        if not _NUMBER.fullmatch(value) or float(value) not in (0.0, 1.0):
+            return "label not 0/1", f"expected a 0/1 label, got {repr(value[:40]) if value else 'empty'}", schema.label
+    for col in schema.dense:
+        value = fields[index[col]]
+        if value != "" and not _NUMBER.fullmatch(value):
+            return "not a number", f"expected a number, got {value[:40]!r}", col
     return None
 
 
@@ -429,9 +457,9 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
         for line_no, fields in enumerate(_split_lines(fh, schema), start=header_lines + 1):
             problem = _line_error(fields, schema)
             if problem is not None:
-                reason, col = problem
+                reason, message, col = problem
                 if bad_lines == "error":
-                    raise DataError(path, line_no, reason, field=col)
+                    raise DataError(path, line_no, message, field=col)
                 report.add(reason, f"{path}:{line_no}")
                 info.skipped += 1
                 continue
@@ -498,6 +526,8 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
             if not sep or value == "":
                 return f"expected key:value, got {token[:40]!r}", None
             if key == "click":
+                if label is not None:
+                    return "click appears twice", LABEL
                 if not _NUMBER.fullmatch(value) or float(value) not in (0.0, 1.0):
                     return f"expected a 0/1 label, got {value[:40]!r}", LABEL
                 label = float(value)

@@ -63,7 +63,7 @@ def unique_inverse(values: Values) -> tuple[Keys, np.ndarray]:
         indices = pa.chunked_array([c.indices for c in encoded.chunks], type=encoded.type.index_type)
     else:
         dictionary, indices = encoded.dictionary, encoded.indices
-    codes = indices.to_numpy()
+    codes = indices.to_numpy(zero_copy_only=False) if isinstance(indices, pa.Array) else indices.to_numpy()
     if indices.null_count:
         codes = np.where(np.asarray(indices.is_valid()), codes, -1)
     return dictionary, codes.astype(np.int64, copy=False)
@@ -384,14 +384,15 @@ class NumericTransform:
 
 
 class _NumericAccumulator:
-    """Streams count, sum, sum of squares, min and max of the (pre-transformed) training values;
-    codes are the raw float64 values themselves."""
+    """Streams count, mean, sum of squared deviations (combined per chunk, Chan et al., so a
+    constant column has exactly zero spread), min and max of the (pre-transformed) training
+    values; codes are the raw float64 values themselves."""
 
     def __init__(self, transform: NumericTransform):
         self.t = transform
         self.n = 0
-        self.total = 0.0
-        self.total_sq = 0.0
+        self.mean = 0.0
+        self.m2 = 0.0
         self.lo = math.inf
         self.hi = -math.inf
 
@@ -401,9 +402,14 @@ class _NumericAccumulator:
             v = self.t._pre(x if train_mask is None else x[train_mask])
             v = v[~np.isnan(v)]
             if v.size:
-                self.n += v.size
-                self.total += float(v.sum())
-                self.total_sq += float(np.square(v).sum())
+                mean_b = float(v.mean())
+                m2_b = float(np.square(v - mean_b).sum())
+                n_a, n_b = self.n, v.size
+                delta = mean_b - self.mean
+                total = n_a + n_b
+                self.mean += delta * n_b / total
+                self.m2 += m2_b + delta * delta * n_a * n_b / total
+                self.n = total
                 self.lo = min(self.lo, float(v.min()))
                 self.hi = max(self.hi, float(v.max()))
         return x
@@ -412,13 +418,19 @@ class _NumericAccumulator:
         t = self.t
         if t.needs_fit:
             if self.n:
-                mean = self.total / self.n
-                var = max(self.total_sq / self.n - mean * mean, 0.0)
-                t.mean_, t.std_ = mean, (math.sqrt(var) or 1.0)
+                std = math.sqrt(self.m2 / self.n)
+                # rounded to 12 significant digits: the fitted values do not depend on how the
+                # rows were chunked (float sums differ in the last bits)
+                t.mean_ = _round_sig(self.mean)
+                t.std_ = _round_sig(std) if std > 1e-12 * max(1.0, abs(self.mean)) else 1.0
                 t.min_, t.max_ = self.lo, self.hi
             else:  # no training value at all: the feature is constant fill_value
                 t.mean_, t.std_, t.min_, t.max_ = 0.0, 1.0, 0.0, 1.0
         return t.transform
+
+
+def _round_sig(x: float, digits: int = 12) -> float:
+    return float(f"{x:.{digits - 1}e}")
 
 
 class BucketizedNumeric:

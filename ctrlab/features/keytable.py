@@ -11,6 +11,8 @@ chance of any such collision among 30 million distinct values is about 2.5e-5.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 
@@ -36,18 +38,25 @@ def hash_ints(keys: np.ndarray) -> np.ndarray:
     return h
 
 
-_POWERS = np.ones(1, dtype=np.uint64)
+def _power_table(n: int) -> np.ndarray:
+    powers = np.empty(n, dtype=np.uint64)
+    powers[0] = 1
+    with np.errstate(over="ignore"):
+        for i in range(1, n):
+            powers[i] = powers[i - 1] * _POLY
+    return powers
+
+
+_POWERS = _power_table(4096)  # keys longer than this are hashed with a table built for them
+_POWERS_LOCK = threading.Lock()
 
 
 def _powers(n: int) -> np.ndarray:
     global _POWERS
     if len(_POWERS) < n:
-        powers = np.empty(max(n, 2 * len(_POWERS)), dtype=np.uint64)
-        powers[0] = 1
-        with np.errstate(over="ignore"):
-            for i in range(1, len(powers)):  # once per process, a few hundred entries
-                powers[i] = powers[i - 1] * _POLY
-        _POWERS = powers
+        with _POWERS_LOCK:  # columns are hashed from several threads
+            if len(_POWERS) < n:
+                _POWERS = _power_table(max(n, 2 * len(_POWERS)))
     return _POWERS[:n]
 
 

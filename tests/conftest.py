@@ -1,0 +1,50 @@
+"""Shared fixtures for the ctrlab test suite.
+
+``shared_data`` locates the real CTR files in ``<repo>/../shared/data`` (see its PROVENANCE.md)
+and skips the test when they are absent. Those files are never copied into the repository;
+tests that need crafted variants write them to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Paths of the real files, relative to SHARED_DATA.
+REAL_FILES = {
+    "criteo_train": "ChanghuiLi__classic_recalgorithm_inTF2/dataset/Criteo/train.txt",
+    "paddle_part0": "PaddlePaddle__PaddleRec/tools/dataset/utils/part-0",
+    "paddle_dnn_test": "PaddlePaddle__PaddleRec/models/rank/dnn/data/test/sample_test.txt",
+    "paddle_dnn_train": "PaddlePaddle__PaddleRec/models/rank/dnn/data/train/sample_train.txt",
+    "paddle_slot": "PaddlePaddle__PaddleRec/models/rank/wide_deep/data/sample_data/train/sample_train.txt",
+    "paddle_feat_idx": "PaddlePaddle__PaddleRec/models/rank/dataset/Criteo_data/sample_data/train/sample_train.txt",
+    "kaggle_tr_rx": "ChenglongChen__kaggle-2014-criteo/tr.rx.csv",
+    "kaggle_va_rx": "ChenglongChen__kaggle-2014-criteo/va.rx.csv",
+    "deepctr_sample": "shenweichen__DeepCTR/examples/criteo_sample.txt",
+    "frappe_valid": "reczoo_Frappe_x1_from_AFN/valid.csv",
+    "frappe_test": "reczoo_Frappe_x1_from_AFN/test.csv",
+}
+
+
+class SharedData:
+    """The shared data folder; ``data["criteo_train"]`` gives a real file's path (skips if absent)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __getitem__(self, name: str) -> Path:
+        path = self.root / REAL_FILES[name]
+        if not path.is_file():
+            pytest.skip(f"real data file {path} is not available")
+        return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> SharedData:
+    """The real CTR data in ../shared/data; skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared real data not found at {SHARED_DATA}")
+    return SharedData(SHARED_DATA)
