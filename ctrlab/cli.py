@@ -221,6 +221,105 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# train / eval
+# --------------------------------------------------------------------------------------------
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a prepared store (or raw data in the config)",
+        description="Train a CTR model. With -c, everything comes from the config (native sections, or a "
+                    "PaddleRec-style file with runner:/hyper_parameters:); with --data/--model, the model's "
+                    "ready config is the base. Checkpoints after every epoch; an interrupted run resumes. "
+                    "At the end the best epoch (by validation metric) is evaluated on the test split.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ctrlab train --data runs/synth/store --model deepfm --out runs/deepfm\n"
+               "  ctrlab train -c configs/frappe_deepfm.yaml --set train.lr=1e-4\n"
+               "  ctrlab train -m paddlerec_config.yaml")
+    p.add_argument("-c", "-m", "--config", dest="config", help="YAML config (native or PaddleRec style)")
+    p.add_argument("--data", help="prepared store directory (data.store)")
+    p.add_argument("--model", help="model name (model.name); see `ctrlab models`")
+    p.add_argument("--out", help="run directory (run_dir)")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--no-resume", action="store_true", help="start over even if RUN_DIR has checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+
+def _run_config(args: argparse.Namespace):
+    """Config for train/eval: file (native or PaddleRec), model base config, flags, --set."""
+    from .config import load_config, load_yaml
+    from .configs import base_config_for, is_paddlerec_config, paddlerec_to_native
+
+    overrides = list(getattr(args, "set", []) or [])
+    data: dict[str, Any] = {}
+    if args.config:
+        raw = load_yaml(args.config)
+        if is_paddlerec_config(raw):
+            raw, notes = paddlerec_to_native(raw, Path(args.config).parent)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        data = raw
+    model = getattr(args, "model", None) or (data.get("model") or {}).get("name")
+    if model and not args.config:
+        data = base_config_for(model)
+    if getattr(args, "model", None):
+        overrides.append(f"model.name={args.model}")
+    if getattr(args, "data", None):
+        overrides.append(f"data.store={_yaml_str(args.data)}")
+    out = getattr(args, "out", None) or getattr(args, "run", None)
+    if out:
+        overrides.append(f"run_dir={_yaml_str(out)}")
+    if getattr(args, "epochs", None) is not None and args.command == "train":
+        overrides.append(f"train.epochs={args.epochs}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return load_config(None, overrides, base=data)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.run import run_training
+
+    cfg = _run_config(args)
+    run_training(cfg, resume=not args.no_resume, progress=not args.quiet)
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate saved epochs of a run (exact AUC and logloss)",
+        description="Evaluate every saved epoch in a range (PaddleRec's infer_start_epoch/infer_end_epoch) on a "
+                    "split of the store, with AUC and logloss computed exactly over all rows.")
+    p.add_argument("run", nargs="?", help="run directory (or run_dir in the config)")
+    p.add_argument("-c", "-m", "--config", dest="config", help="the run's config (default: RUN/config.yaml)")
+    p.add_argument("--epochs", help="START:END (inclusive) or N; default all saved epochs")
+    p.add_argument("--split", choices=["train", "valid", "test"], help="split to evaluate (default test)")
+    p.add_argument("--device", help="cpu (default), cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .train.run import run_eval
+
+    if not args.config and args.run:
+        args.config = str(Path(args.run) / "config.yaml")
+    if args.epochs:
+        args.set.append(f"eval.epochs={_yaml_str(args.epochs)}")
+    if args.split:
+        args.set.append(f"eval.split={args.split}")
+    cfg = _run_config(args)
+    results = run_eval(cfg)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------
 
@@ -273,7 +372,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_data, _add_models, _add_demo,
+    _add_prepare, _add_info, _add_train, _add_eval, _add_data, _add_models, _add_demo,
 ]
 
 

@@ -53,9 +53,56 @@ class FeaturesConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Which model and its hyperparameters (checked against the model's constructor)."""
+
+    name: str = "deepfm"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the ``train`` config section)."""
+
+    epochs: int = 1
+    batch_size: int = 4096
+    optimizer: str = "adam"  # adam | adamw | sgd | adagrad
+    lr: float = 1e-3
+    embedding_lr: float | None = None  # learning rate of the embedding tables (default: lr)
+    momentum: float = 0.0  # sgd
+    reg: float = 0.0  # L2 on the embedding rows each batch touches
+    weight_decay: float = 0.0  # L2 on the other (dense) weights
+    grad_clip: float | None = None  # max global norm of the dense weights' gradients
+    monitor: str = "auc"  # validation metric for early stopping / LR reduction: auc | logloss
+    early_stopping_patience: int = 2  # stop after this many epochs without improvement
+    lr_decay_factor: float = 0.1  # multiply the learning rates by this on each epoch without improvement
+    seed: int = 2024
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int | None = None  # torch threads (default: the available cores)
+    log_every: int = 50  # steps between loss records
+    eval_batch_size: int = 16384
+    tensorboard: bool = False
+    init_from: str | None = None  # warm start: a checkpoint or model.pt to load weights from
+    shuffle: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """``ctrlab eval``: which saved epochs to evaluate, on which split."""
+
+    split: str = "test"
+    epochs: str | None = None  # "START:END" (inclusive), e.g. "1:4"; default: all saved epochs
+    batch_size: int = 16384
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str | None = None  # where training writes checkpoints and logs
 
 
 _LIST_FIELDS = {"train", "valid", "test"}  # accept a single string where a list is expected
@@ -135,6 +182,9 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (DataConfig, "bad_lines"): ("error", "skip"),
     (CategoricalOptions, "encoder"): ("vocab", "hash"),
     (NumericOptions, "transform"): NumericTransform.KINDS + ("log_square_bucket",),
+    (TrainConfig, "optimizer"): ("adam", "adamw", "sgd", "adagrad"),
+    (TrainConfig, "monitor"): ("auc", "logloss"),
+    (EvalConfig, "split"): ("train", "valid", "test"),
 }
 
 

@@ -1,0 +1,149 @@
+"""``ctrlab train`` and ``ctrlab eval``: config -> store -> model -> trainer -> metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, dump_config
+from ..data.store import Store
+from ..runtime import configure_torch_threads
+from .metrics import evaluate_scores
+from .trainer import Trainer, evaluate, load_weights, predict_split, set_seed
+
+
+def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], None] = print) -> Store:
+    """The config's store; prepared first from ``data.train`` when it does not exist yet."""
+    if not cfg.data.store:
+        if not cfg.data.train:
+            raise ConfigError("no data: set data.store (a prepared store) or data.train (raw files), "
+                              "or pass --data STORE")
+        if not cfg.run_dir:
+            raise ConfigError("set run_dir (or --out) so the store can be prepared inside it")
+        cfg.data.store = str(Path(cfg.run_dir) / "store")
+    store_dir = Path(cfg.data.store)
+    if (store_dir / "meta.json").is_file():
+        return Store(store_dir)
+    if not cfg.data.train:
+        raise FileNotFoundError(f"{store_dir}: no store there and no data.train to prepare one from")
+    from ..cli import prepare_options
+    from ..data.prepare import format_summary, prepare
+
+    log(f"preparing {store_dir} from {cfg.data.train}")
+    store = prepare(prepare_options(cfg), store_dir, progress=progress)
+    dump_config(cfg, store_dir / "config.yaml")
+    log(format_summary(store.meta))
+    return store
+
+
+def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
+    from ..models import build_model
+
+    return build_model(cfg.model.name, store.spec, cfg.model.params)
+
+
+def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train per the config; returns the summary (also written to RUN/summary.json)."""
+    if not cfg.run_dir:
+        raise ConfigError("where should the run go? pass --out RUN_DIR or set run_dir in the config")
+    run_dir = Path(cfg.run_dir)
+    store = ensure_store(cfg, progress=progress, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    set_seed(cfg.train.seed)
+    model = build_model_for(cfg, store)
+    trainer = Trainer(model, store, cfg.train, run_dir, progress=progress, log=log)
+    resumed = resume and trainer.try_resume()
+    if not resumed and cfg.train.init_from:
+        model.load_state_dict(load_weights(cfg.train.init_from))
+        log(f"warm start from {cfg.train.init_from}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {cfg.model.name}: {n_params:,} parameters; train rows {len(store.split('train')):,}; "
+        f"device {trainer.device}; torch threads {torch.get_num_threads()}")
+    started = time.perf_counter()
+    history = trainer.fit()
+    summary: dict[str, Any] = {
+        "model": cfg.model.name, "parameters": n_params, "epochs_run": trainer.epoch,
+        "best_epoch": trainer.best["epoch"], "stopped_early": trainer.stopped_early,
+        "train_seconds": round(time.perf_counter() - started, 3), "history": history,
+    }
+    best_epoch = trainer.best["epoch"] or trainer.epoch
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    if best:
+        summary["valid_auc"], summary["valid_logloss"] = best["valid_auc"], best["valid_logloss"]
+        summary["train_loss"] = best["train_loss"]
+        summary["samples_per_s"] = float(np.mean([h["samples_per_s"] for h in history]))
+    if store.has_split("test"):
+        model.load_state_dict(load_weights(trainer.best_checkpoint()))
+        test = evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
+        summary["test_auc"], summary["test_logloss"], summary["test_rows"] = test["auc"], test["logloss"], test["rows"]
+        log(f"best epoch {best_epoch} (by valid {cfg.train.monitor}); test rows {test['rows']:,}")
+        log(f"test AUC {test['auc']:.5f}")
+        log(f"test logloss {test['logloss']:.5f}")
+    with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    log(format_history(history))
+    return summary
+
+
+def format_history(history: list[dict[str, Any]]) -> str:
+    lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13} {'lr':>9} {'samples/s':>10} {'s':>7}"]
+    for h in history:
+        va = f"{h['valid_auc']:.5f}" if h["valid_auc"] is not None else "-"
+        vl = f"{h['valid_logloss']:.5f}" if h["valid_logloss"] is not None else "-"
+        mark = " *" if h.get("best_epoch") == h["epoch"] else ""
+        lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13} {h['lr']:>9.2e} "
+                     f"{h['samples_per_s']:>10,.0f} {h['seconds']:>7.1f}{mark}")
+    return "\n".join(lines)
+
+
+def parse_epoch_range(text: str | None, available: list[int]) -> list[int]:
+    """'1:4' -> the saved epochs 1..4 (inclusive); None -> all saved epochs."""
+    if text is None:
+        return available
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if m:
+        lo = int(m.group(1)) if m.group(1) else min(available, default=0)
+        hi = int(m.group(2)) if m.group(2) else max(available, default=0)
+    elif text.strip().isdigit():
+        lo = hi = int(text)
+    else:
+        raise ConfigError(f"--epochs expects START:END or N, got {text!r}")
+    chosen = [e for e in available if lo <= e <= hi]
+    if not chosen:
+        raise ConfigError(f"no saved epoch in {lo}..{hi}; saved epochs: {available}")
+    return chosen
+
+
+def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Evaluate every saved epoch in ``eval.epochs`` on ``eval.split`` (exact AUC/logloss)."""
+    if not cfg.run_dir:
+        raise ConfigError("which run? pass RUN_DIR or set run_dir in the config")
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    available = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("epoch_*.pt"))
+    if not available:
+        raise FileNotFoundError(f"{ckpt_dir}: no saved epochs (train first)")
+    epochs = parse_epoch_range(cfg.eval.epochs, available)
+    store = ensure_store(cfg, progress=False, log=log)
+    split = store.split(cfg.eval.split)
+    configure_torch_threads(cfg.train.threads)
+    device = torch.device(cfg.train.device)
+    model = build_model_for(cfg, store).to(device)
+    results = []
+    labels = np.asarray(split.label)
+    for epoch in epochs:
+        model.load_state_dict(load_weights(ckpt_dir / f"epoch_{epoch}.pt"))
+        probs = predict_split(model, split, cfg.eval.batch_size, device)
+        res = {"epoch": epoch, "split": cfg.eval.split, **evaluate_scores(labels, probs)}
+        results.append(res)
+        log(f"epoch {epoch}: {cfg.eval.split} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
+            f"rows {res['rows']:,}")
+    return results

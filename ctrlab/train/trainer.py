@@ -1,0 +1,297 @@
+"""Trainer: binary cross-entropy on logits, sparse embedding updates, early stopping,
+learning-rate reduction on plateau, atomic per-epoch checkpoints and exact resume.
+
+Run directory::
+
+    RUN/config.yaml            the resolved config
+    RUN/checkpoints/epoch_K.pt model weights after epoch K (state_dict; weights_only loadable)
+    RUN/checkpoints/last.pt    full training state after the last complete epoch (resume)
+    RUN/epochs.jsonl, epochs.csv   per-epoch metrics
+    RUN/steps.jsonl            training loss every ``log_every`` steps
+    RUN/summary.json           best epoch, its validation metrics, test metrics
+    RUN/tensorboard/           event files when ``train.tensorboard`` is on
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data.batches import BatchIterator
+from ..config import TrainConfig
+from ..data.store import SplitArrays, Store
+from ..runtime import configure_torch_threads
+from .metrics import evaluate_scores
+from .optim import RowSparseOptimizer, dense_optimizer
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def embedding_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The embedding tables of a model (updated row-sparsely), switching them to sparse grads."""
+    from ..nn.embedding import FieldEmbedding
+
+    params = []
+    for module in model.modules():
+        if isinstance(module, FieldEmbedding):
+            module.sparse_grad = True
+            params.append(module.weight)
+    return params
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, split: SplitArrays, batch_size: int,
+                  device: torch.device) -> np.ndarray:
+    """Probabilities for every row of a split, in stored order (last partial batch included)."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(split), dtype=np.float32)
+    pos = 0
+    for dense, sparse, _ in BatchIterator(split, batch_size, shuffle=False, device=device):
+        p = torch.sigmoid(model(dense, sparse)).float().cpu().numpy()
+        out[pos: pos + len(p)] = p
+        pos += len(p)
+    if pos != len(split):  # a broken iterator must not pass silently
+        raise RuntimeError(f"evaluated {pos} rows of {len(split)}")
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: torch.nn.Module, split: SplitArrays, batch_size: int, device: torch.device) -> dict[str, float]:
+    probs = predict_split(model, split, batch_size, device)
+    return evaluate_scores(np.asarray(split.label), probs)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Model weights from an epoch checkpoint, a last.pt or a bundle's model.pt."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data["model"] if isinstance(data, dict) and "model" in data else data
+
+
+class Trainer:
+    """Train ``model`` on a store's train split, validating on its valid split each epoch."""
+
+    def __init__(self, model: torch.nn.Module, store: Store, cfg: TrainConfig, run_dir: str | os.PathLike,
+                 *, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.store = store
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.log = log
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("train.device is cuda but no CUDA device is available (use --device cpu)")
+        configure_torch_threads(cfg.threads)
+        self.model = model.to(self.device)
+        sparse_params = embedding_parameters(self.model)
+        sparse_ids = {id(p) for p in sparse_params}
+        dense_params = [p for p in self.model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+        self.dense_params = dense_params
+        self.sparse_opt = RowSparseOptimizer(sparse_params, cfg.optimizer, lr=cfg.embedding_lr or cfg.lr,
+                                             momentum=cfg.momentum, reg=cfg.reg)
+        self.dense_opt = dense_optimizer(dense_params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum) \
+            if dense_params else None
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best: dict[str, Any] = {"epoch": None, "metric": None}
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.stopped_early = False
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._tb = None
+
+    # ----------------------------------------------------------------------------------------
+    def _lrs(self) -> tuple[float, float]:
+        dense = self.dense_opt.param_groups[0]["lr"] if self.dense_opt else self.cfg.lr
+        return dense, self.sparse_opt.lr
+
+    def _scale_lr(self, factor: float) -> None:
+        if self.dense_opt:
+            for group in self.dense_opt.param_groups:
+                group["lr"] *= factor
+        self.sparse_opt.lr *= factor
+
+    def _better(self, value: float) -> bool:
+        best = self.best["metric"]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if best is None:
+            return True
+        return value > best if self.cfg.monitor == "auc" else value < best
+
+    # ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "dense_opt": self.dense_opt.state_dict() if self.dense_opt else None,
+            "sparse_opt": self.sparse_opt.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
+            "history": self.history, "stopped_early": self.stopped_early,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.dense_opt and state["dense_opt"]:
+            self.dense_opt.load_state_dict(state["dense_opt"])
+        self.sparse_opt.load_state_dict(state["sparse_opt"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.history, self.stopped_early = state["history"], state["stopped_early"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def try_resume(self) -> bool:
+        last = self.ckpt_dir / "last.pt"
+        if not last.is_file():
+            return False
+        self.load_state(torch.load(last, map_location=self.device, weights_only=True))
+        self.log(f"resumed from {last} after epoch {self.epoch}")
+        return True
+
+    def save_checkpoint(self) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"model": self.model.state_dict(), "epoch": self.epoch},
+                     self.ckpt_dir / f"epoch_{self.epoch}.pt")
+        _atomic_save(self.state(), self.ckpt_dir / "last.pt")
+
+    # ----------------------------------------------------------------------------------------
+    def train_epoch(self) -> tuple[float, float]:
+        """One pass over the training split; returns (mean loss, samples/s)."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        split = self.store.split("train")
+        batches = BatchIterator(split, cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed, device=self.device)
+        batches.set_epoch(self.epoch)
+        self.model.train()
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        window_loss, window_rows = 0.0, 0
+        started = time.perf_counter()
+        bar = tqdm(total=len(split), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
+                   disable=not self.progress, mininterval=1.0, leave=False)
+        steps_file = open(self.run_dir / "steps.jsonl", "a", encoding="utf-8")
+        try:
+            for dense, sparse, label in batches:
+                logits = self.model(dense, sparse)
+                loss = self.loss_fn(logits, label)
+                self.sparse_opt.zero_grad()
+                if self.dense_opt:
+                    self.dense_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip and self.dense_params:
+                    torch.nn.utils.clip_grad_norm_(self.dense_params, cfg.grad_clip)
+                if self.dense_opt:
+                    self.dense_opt.step()
+                self.sparse_opt.step()
+                n = label.shape[0]
+                detached = loss.detach()
+                total_loss += detached.double() * n
+                seen += n
+                self.step += 1
+                if self.step % cfg.log_every == 0:
+                    value = float(detached)
+                    window_loss += value * n
+                    window_rows += n
+                    rate = seen / (time.perf_counter() - started)
+                    steps_file.write(json.dumps({"step": self.step, "epoch": self.epoch + 1, "loss": value,
+                                                 "samples_per_s": round(rate, 1)}) + "\n")
+                    bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
+                    if self._tb:
+                        self._tb.add_scalar("train/loss", value, self.step)
+                bar.update(n)
+        finally:
+            bar.close()
+            steps_file.close()
+        elapsed = time.perf_counter() - started
+        mean_loss = float(total_loss) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise RuntimeError(f"training diverged in epoch {self.epoch + 1} (loss {mean_loss}); lower train.lr")
+        return mean_loss, seen / elapsed if elapsed > 0 else float("nan")
+
+    def fit(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise RuntimeError("train.tensorboard needs the tensorboard package: pip install tensorboard") from exc
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        has_valid = self.store.has_split("valid")
+        while self.epoch < cfg.epochs and not self.stopped_early:
+            started = time.perf_counter()
+            train_loss, rate = self.train_epoch()
+            valid = evaluate(self.model, self.store.split("valid"), cfg.eval_batch_size, self.device) \
+                if has_valid else None
+            self.epoch += 1
+            lr_dense, _ = self._lrs()
+            record = {"epoch": self.epoch, "train_loss": train_loss,
+                      "valid_auc": valid["auc"] if valid else None,
+                      "valid_logloss": valid["logloss"] if valid else None,
+                      "lr": lr_dense, "seconds": round(time.perf_counter() - started, 3),
+                      "samples_per_s": round(rate, 1)}
+            if valid:
+                value = valid[cfg.monitor]
+                if self._better(value):
+                    self.best = {"epoch": self.epoch, "metric": value}
+                    self.bad_epochs = 0
+                else:
+                    self.bad_epochs += 1
+                    self._scale_lr(cfg.lr_decay_factor)
+                    if self.bad_epochs >= cfg.early_stopping_patience:
+                        self.stopped_early = True
+            else:  # no validation data: the last epoch is the one to use
+                self.best = {"epoch": self.epoch, "metric": None}
+            record["best_epoch"] = self.best["epoch"]
+            self.history.append(record)
+            self.save_checkpoint()
+            self._write_epoch_logs()
+            if self._tb and valid:
+                self._tb.add_scalar("valid/auc", valid["auc"], self.epoch)
+                self._tb.add_scalar("valid/logloss", valid["logloss"], self.epoch)
+            msg = f"epoch {self.epoch}: train loss {train_loss:.5f}, {rate:,.0f} samples/s"
+            if valid:
+                msg += f", valid AUC {valid['auc']:.5f} logloss {valid['logloss']:.5f}"
+            if self.stopped_early:
+                msg += f" (no improvement for {self.bad_epochs} epochs: stopping)"
+            self.log(msg)
+        if self._tb:
+            self._tb.close()
+        return self.history
+
+    def _write_epoch_logs(self) -> None:
+        with open(self.run_dir / "epochs.jsonl", "w", encoding="utf-8") as fh:
+            for rec in self.history:
+                fh.write(json.dumps(rec) + "\n")
+        with open(self.run_dir / "epochs.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def best_checkpoint(self) -> Path:
+        epoch = self.best["epoch"] or self.epoch
+        return self.ckpt_dir / f"epoch_{epoch}.pt"
