@@ -153,6 +153,8 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
     train_rows_seen = 0  # global index over training-source rows, for the seeded split
     bar = tqdm(desc="prepare: parse+fit", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5)
     pool = ThreadPoolExecutor(max_workers=available_cores())
+    write_pool = ThreadPoolExecutor(max_workers=1)
+    pending_writes: list[Any] = []
     try:
         for role, items in schemas.items():
             for path, fmt, schema in items:
@@ -187,11 +189,12 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                     # columns are independent and Arrow/numpy release the GIL: encode them in parallel
                     list(pool.map(encode, range(len(sparse_out) + len(dense_out))))
                     label = table.column("label").to_numpy().astype(np.uint8)
-                    for s, ix in parts.items():
-                        w = writer(s)
-                        w["sparse"].append(codes[s])
-                        w["label"].append(label[ix])
-                        w["raw_dense"].append(raw[s])
+                    # writes go to a writer thread (file writes release the GIL), at most two
+                    # chunks behind, so the next chunk's encoding overlaps them
+                    while len(pending_writes) > 2:
+                        pending_writes.pop(0).result()
+                    blocks = [(writer(s), codes[s], label[ix], raw[s]) for s, ix in parts.items()]
+                    pending_writes.append(write_pool.submit(_append_blocks, blocks))
                     rows += n
                     bar.update(n)
                 skipped.merge_from(reader.skipped)
@@ -199,15 +202,18 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                     {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
                      "skipped": s.skipped} for s in reader.sources)
         bar.close()
+        for future in pending_writes:
+            future.result()
         for w in writers.values():
             for appender in w.values():
                 appender.close()
         if rows == 0:
             raise ValueError(f"no rows read from {[str(p) for ps in sources.values() for p in ps]}")
-        finals = {col: acc.finish() for col, acc in accs.items()}
+        finals = dict(zip(accs, pool.map(lambda acc: acc.finish(), accs.values())))
         pipeline.fitted = True
         meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finals, pool, progress)
     finally:
+        write_pool.shutdown()
         pool.shutdown()
         bar.close()
         for w in writers.values():
@@ -235,6 +241,13 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
         json.dump(meta, fh, indent=1)
     os.replace(out / "meta.json.tmp", out / "meta.json")
     return Store(out)
+
+
+def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    for w, sparse, label, raw in blocks:
+        w["sparse"].append(sparse)
+        w["label"].append(label)
+        w["raw_dense"].append(raw)
 
 
 def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
@@ -275,23 +288,29 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
             label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
             dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
 
-            def finalize(j: int) -> None:
-                if j < 0:  # all vocabulary columns at once: one gather over the row-major block
-                    block[:, remapped] = flat_remap[block[:, remapped] + remap_offsets]
-                elif j < len(sparse_out):
-                    block[:, j] = finals[sparse_out[j]](block[:, j])
-                else:
-                    k = j - len(sparse_out)
-                    dense[:, k] = finals[dense_out[k]](raw[:, k])
+            def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                """One share of the block's rows: ids, numeric features, and their statistics."""
+                part = block[rows]
+                if len(remapped) == len(sparse_out):  # all vocabulary columns: one gather
+                    part[:] = flat_remap[part + remap_offsets]
+                elif remapped:
+                    part[:, remapped] = flat_remap[part[:, remapped] + remap_offsets]
+                for j in others:
+                    part[:, j] = finals[sparse_out[j]](part[:, j])
+                for k, col in enumerate(dense_out):
+                    dense[rows, k] = finals[col](raw[rows, k])
+                return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
+                        (part == OOV_ID).sum(axis=0))
 
-            list(pool.map(finalize, [-1] + others + list(range(len(sparse_out), len(sparse_out) + len(dense_out)))))
+            cut = (hi - lo) // 2  # two shares: both cores work on one block
+            for missing_sparse, missing_dense, oov in pool.map(finalize, [slice(0, cut), slice(cut, hi - lo)]):
+                st["missing"][: len(sparse_out)] += missing_sparse
+                st["missing"][len(sparse_out):] += missing_dense
+                st["oov"] += oov
             sparse_file.seek(start)
             block.tofile(sparse_file)
             dense_writer.append(dense)
             st["positives"] += int(label.sum())
-            st["missing"][: len(sparse_out)] += (block == MISSING_ID).sum(axis=0)
-            st["missing"][len(sparse_out):] += np.isnan(raw).sum(axis=0)
-            st["oov"] += (block == OOV_ID).sum(axis=0)
             bar.update(hi - lo)
         for fh in (sparse_file, label_file, raw_file):
             fh.close()
