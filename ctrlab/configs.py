@@ -33,11 +33,11 @@ PADDLE_MODEL_PARAMS = {
     "layer_sizes_dnn": "hidden_units",
     "cross_num": "cross_layers",
     "layer_sizes_cin": "cin_layer_units",
-    "bot_layer_sizes": "bottom_units",
-    "top_layer_sizes": "top_units",
+    "bot_layer_sizes": "bottom_mlp_units",
+    "top_layer_sizes": "top_mlp_units",
     "num_field": None,  # derived from the data
-    "use_embedding_gate": "embedding_gate",
-    "use_hidden_gate": "hidden_gate",
+    "use_embedding_gate": "use_embedding_gate",
+    "use_hidden_gate": "use_hidden_gate",
     "dropout_rate": "dropout",
 }
 
