@@ -1,0 +1,158 @@
+"""ONNX export of ctrlab models and an onnxruntime parity check.
+
+The exported graph has inputs ``dense: float32[batch, n_dense]`` and
+``sparse: int64[batch, n_sparse]`` and outputs ``logits: float32[batch]`` and
+``probabilities = sigmoid(logits)``, with a dynamic ``batch`` axis.
+
+Exporter: torch 2.13 defaults to the torch.export-based ("dynamo") exporter, which needs
+the extra ``onnxscript`` package. We use the TorchScript exporter (``dynamo=False``),
+which ships with torch, handles every model in the zoo and keeps the graph's input
+names exactly as given. It emits a DeprecationWarning in torch 2.13, silenced here.
+
+No dense columns (``n_dense == 0``): the ``dense`` input is still declared, with shape
+``[batch, 0]``, so every bundle has the same two-input signature. The model ignores it and
+the TorchScript exporter prunes an input that no node reads, so :func:`export_onnx` adds
+``dense`` back as a declared (unused) graph input; onnxruntime accepts a ``[B, 0]`` array
+for it.
+:func:`onnx_runtime_inputs` only feeds the inputs a graph declares, so callers never need
+to special-case it either way.
+
+Size: a graph over 2 GB (protobuf's limit; e.g. FFM, whose table is n_fields times wider)
+is written by the exporter with its large weights as external data files next to the
+``.onnx`` file (checked: a 2.7 GB FFM exports and matches eager); keep that directory
+together.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctrlab.fields import FeatureSpec
+
+INPUT_NAMES = ("dense", "sparse")
+OUTPUT_NAMES = ("logits", "probabilities")
+BATCH_AXIS = "batch"
+DEFAULT_OPSET = 17
+
+
+class _LogitsAndProbabilities(nn.Module):
+    """Wraps a model so the graph returns both logits and sigmoid(logits)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(dense, sparse)
+        return logits, torch.sigmoid(logits)
+
+
+def example_inputs(spec: FeatureSpec, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid all-zero inputs for ``spec`` (id 0 = missing is valid in every field)."""
+    return (
+        torch.zeros(batch_size, spec.n_dense, dtype=torch.float32),
+        torch.zeros(batch_size, spec.n_sparse, dtype=torch.int64),
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    spec: FeatureSpec,
+    path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``model`` (in eval mode) to ``path``; returns the path.
+
+    The model's train/eval mode is restored afterwards. The graph is checked with
+    ``onnx.checker``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    # Batch 2, not 1: a size-1 example invites the tracer to treat the batch as broadcastable.
+    dense, sparse = example_inputs(spec, batch_size=2)
+    dynamic_axes = {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                _LogitsAndProbabilities(model),
+                (dense, sparse),
+                str(path),
+                dynamo=False,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+    # Weights stay where the exporter put them: over 2 GB (protobuf's limit) they are
+    # external data files next to the graph, which a graph-only load/save keeps valid.
+    graph = onnx.load(str(path), load_external_data=False)
+    if "dense" not in {value.name for value in graph.graph.input}:
+        _declare_unused_dense_input(graph, spec)
+        onnx.save(graph, str(path))
+    onnx.checker.check_model(str(path))  # by path: works for models over 2 GB too
+    return path
+
+
+def _declare_unused_dense_input(graph, spec: FeatureSpec) -> None:
+    """Put back a pruned ``dense`` input as ``float32[batch, n_dense]`` so the signature is stable."""
+    from onnx import TensorProto, helper
+
+    dense_input = helper.make_tensor_value_info("dense", TensorProto.FLOAT, [BATCH_AXIS, spec.n_dense])
+    graph.graph.input.insert(0, dense_input)
+
+
+def onnx_runtime_inputs(session, dense: np.ndarray, sparse: np.ndarray) -> dict[str, np.ndarray]:
+    """The feed dict for an onnxruntime session: only the inputs its graph declares."""
+    available = {
+        "dense": np.ascontiguousarray(dense, dtype=np.float32),
+        "sparse": np.ascontiguousarray(sparse, dtype=np.int64),
+    }
+    return {item.name: available[item.name] for item in session.get_inputs()}
+
+
+def onnx_parity(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    dense: torch.Tensor | np.ndarray,
+    sparse: torch.Tensor | np.ndarray,
+) -> float:
+    """Max absolute difference between eager (eval mode) and onnxruntime outputs.
+
+    Compares both ``logits`` and ``probabilities`` and returns the larger difference.
+    The model's train/eval mode is restored afterwards.
+    """
+    import onnxruntime
+
+    dense_t = torch.as_tensor(dense, dtype=torch.float32)
+    sparse_t = torch.as_tensor(sparse, dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(dense_t, sparse_t)
+    finally:
+        model.train(was_training)
+    expected = {"logits": logits.numpy(), "probabilities": torch.sigmoid(logits).numpy()}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(list(OUTPUT_NAMES), onnx_runtime_inputs(session, dense_t.numpy(), sparse_t.numpy()))
+    diffs = []
+    for name, got in zip(OUTPUT_NAMES, outputs):
+        if got.shape != expected[name].shape:
+            raise ValueError(f"onnx output '{name}' has shape {got.shape}, eager has {expected[name].shape}")
+        diffs.append(float(np.max(np.abs(got.astype(np.float64) - expected[name].astype(np.float64)), initial=0.0)))
+    return max(diffs)

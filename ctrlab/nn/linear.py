@@ -1,0 +1,33 @@
+"""First-order (linear / "wide") term."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctrlab.fields import FeatureSpec
+from ctrlab.nn.embedding import FieldEmbedding
+
+
+class FirstOrder(nn.Module):
+    """``w0 + sum_j w[field j, id_j] + sum_i u_i * dense_i`` (logistic-regression logit).
+
+    The per-id weights are a fused 1-dim :class:`FieldEmbedding` (one gather); the dense
+    part is a bias-free ``Linear(n_dense, 1)``, absent when ``n_dense == 0``.
+
+    Shapes:
+        dense: float32 ``[B, n_dense]``, sparse: int64 ``[B, n_sparse]``
+        returns: float32 ``[B]``
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.sparse_weight = FieldEmbedding(spec.vocab_sizes, 1, field_names=spec.sparse_names)
+        self.dense_weight = nn.Linear(spec.n_dense, 1, bias=False) if spec.n_dense > 0 else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        logit = self.sparse_weight(sparse).sum(dim=(1, 2)) + self.bias
+        if self.dense_weight is not None:
+            logit = logit + self.dense_weight(dense).squeeze(-1)
+        return logit
