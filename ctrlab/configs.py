@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+NATIVE_SECTIONS = ("data", "features", "model", "train", "eval", "run_dir")
 
 # PaddleRec model folder names -> ctrlab model names
 PADDLE_MODEL_NAMES = {
@@ -67,8 +68,20 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
     data = copy.deepcopy(data)
     runner = data.pop("runner", {}) or {}
     hyper = data.pop("hyper_parameters", {}) or {}
-    out: dict[str, Any] = {k: v for k, v in data.items()}  # native sections may sit beside them
     notes: list[str] = []
+    out: dict[str, Any] = {}
+    for key, value in data.items():  # native sections may sit beside them; anything else is noted
+        if key in NATIVE_SECTIONS:
+            out[key] = value
+        else:
+            notes.append(f"top-level section {key!r} is not used by ctrlab")
+    # one run directory: training writes model_save_path, PaddleRec's infer reads infer_load_path
+    save, load = runner.pop("model_save_path", None), runner.pop("infer_load_path", None)
+    if save is not None or load is not None:
+        out["run_dir"] = str(save if save is not None else load)
+        if save is not None and load is not None and str(save) != str(load):
+            notes.append(f"runner.infer_load_path {load!r} differs from model_save_path {save!r}: ctrlab trains "
+                         f"into and evaluates {save!r}; run `ctrlab eval {load}` for the other")
     d = out.setdefault("data", {})
     t = out.setdefault("train", {})
     e = out.setdefault("eval", {})
@@ -97,13 +110,6 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             t["tensorboard"] = bool(value)
         elif key == "print_interval":
             t["log_every"] = int(value)
-        elif key == "model_save_path":
-            out["run_dir"] = str(value)
-        elif key == "infer_load_path":
-            if out.get("run_dir") not in (None, str(value)):
-                notes.append(f"runner.infer_load_path {value!r} differs from model_save_path; "
-                             f"ctrlab eval reads {value!r}")
-            out["run_dir"] = str(value)
         elif key == "infer_batch_size":
             e["batch_size"] = int(value)
         elif key in ("infer_start_epoch", "infer_end_epoch"):
@@ -146,9 +152,12 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
         elif key == "reg":
             t["reg"] = float(value)
         elif key == "sparse_feature_number":
-            # PaddleRec's ids are pre-hashed into a table of this many rows: keep that table size
-            out.setdefault("features", {}).setdefault("categorical", {}).update(
-                {"encoder": "hash", "hash_buckets": int(value)})
+            # PaddleRec slot ids are (slot, value) pairs pre-hashed into [0, N): a vocabulary per
+            # field keeps exactly the ids that occur, at most N rows in all
+            out.setdefault("features", {}).setdefault("categorical", {}).setdefault("encoder", "vocab")
+            notes.append(f"hyper_parameters.sparse_feature_number ({value}): ctrlab fits a vocabulary per slot "
+                         f"on the training rows instead of one table of {value} rows (the ids that occur, at most "
+                         f"{value} in all)")
         elif key in ("dense_input_dim", "sparse_inputs_slots", "sparse_input_dim", "slot_num"):
             notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab (value {value} not needed)")
         elif key in PADDLE_MODEL_PARAMS:

@@ -56,12 +56,16 @@ class RowSparseOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
+        seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         for p, st in zip(self.params, self.state):
             if p.grad is None:
                 continue
-            rows, grad = _row_grad(p.grad)
+            rows, grad, seen = _row_grad(p.grad, seen)
             if self.reg:
                 grad = grad + self.reg * p.index_select(0, rows)
+            # rows are unique: read-modify-write with index_select/index_copy_ (faster than
+            # index_add_ on CPU)
+            weights = p.index_select(0, rows)
             if self.kind == "adam":
                 b1, b2 = self.betas
                 m = st["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
@@ -70,18 +74,19 @@ class RowSparseOptimizer:
                 st["exp_avg_sq"].index_copy_(0, rows, v)
                 bias1 = 1 - b1 ** self.step_count
                 bias2 = 1 - b2 ** self.step_count
-                denom = (v / bias2).sqrt_().add_(self.eps)
-                p.index_add_(0, rows, m.div_(denom), alpha=-self.lr / bias1)
+                denom = v.div_(bias2).sqrt_().add_(self.eps)  # v is not needed after this
+                weights.addcdiv_(m, denom, value=-self.lr / bias1)
             elif self.kind == "adagrad":
                 acc = st["sum"].index_select(0, rows).addcmul_(grad, grad)
                 st["sum"].index_copy_(0, rows, acc)
-                p.index_add_(0, rows, grad / acc.sqrt_().add_(self.eps), alpha=-self.lr)
+                weights.addcdiv_(grad, acc.sqrt_().add_(self.eps), value=-self.lr)
             else:  # sgd
                 if self.momentum:
                     buf = st["momentum_buffer"].index_select(0, rows).mul_(self.momentum).add_(grad)
                     st["momentum_buffer"].index_copy_(0, rows, buf)
                     grad = buf
-                p.index_add_(0, rows, grad, alpha=-self.lr)
+                weights.add_(grad, alpha=-self.lr)
+            p.index_copy_(0, rows, weights)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "lr": self.lr, "step_count": self.step_count,
@@ -97,26 +102,35 @@ class RowSparseOptimizer:
                 st[k].copy_(v)
 
 
-def _row_grad(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unique rows, summed gradient per row) of a sparse COO or dense gradient."""
+def _row_grad(grad: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+    """(unique rows, summed gradient per row, cache) of a sparse COO or dense gradient.
+
+    Tables indexed by the same ids in one step (a model's k-dim embedding and its 1-dim
+    first-order weights share the fused ids) reuse one ``unique``: ``seen`` caches the last
+    (indices, rows, inverse)."""
     if grad.is_sparse:
         indices = grad._indices()[0]
         values = grad._values()
-        rows, inverse = torch.unique(indices, return_inverse=True)
+        if seen is not None and seen[0].shape == indices.shape and torch.equal(seen[0], indices):
+            rows, inverse = seen[1], seen[2]
+        else:
+            rows, inverse = torch.unique(indices, return_inverse=True)
+            seen = (indices, rows, inverse)
         summed = torch.zeros(rows.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
         summed.index_add_(0, inverse, values)
-        return rows, summed
+        return rows, summed, seen
     rows = torch.arange(grad.shape[0], device=grad.device)
-    return rows, grad
+    return rows, grad, seen
 
 
 def dense_optimizer(params: list[torch.nn.Parameter], kind: str, lr: float, weight_decay: float,
                     momentum: float) -> torch.optim.Optimizer:
     """A torch optimizer for the non-embedding parameters."""
+    # fused kernels where torch has them for the device (CPU too since torch 2.4): one pass
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     if kind == "adagrad":

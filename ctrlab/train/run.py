@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +57,11 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
     run_dir = Path(cfg.run_dir)
     store = ensure_store(cfg, progress=progress, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # start over: nothing of an earlier run may be mistaken for this one's
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     dump_config(cfg, run_dir / "config.yaml")
     set_seed(cfg.train.seed)
     model = build_model_for(cfg, store)
@@ -89,16 +95,16 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
         log(f"test logloss {test['logloss']:.5f}")
     with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=1)
-    log(format_history(history))
+    log(format_history(history, best_epoch))
     return summary
 
 
-def format_history(history: list[dict[str, Any]]) -> str:
+def format_history(history: list[dict[str, Any]], best_epoch: int | None = None) -> str:
     lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13} {'lr':>9} {'samples/s':>10} {'s':>7}"]
     for h in history:
         va = f"{h['valid_auc']:.5f}" if h["valid_auc"] is not None else "-"
         vl = f"{h['valid_logloss']:.5f}" if h["valid_logloss"] is not None else "-"
-        mark = " *" if h.get("best_epoch") == h["epoch"] else ""
+        mark = " <- best" if best_epoch == h["epoch"] else ""
         lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13} {h['lr']:>9.2e} "
                      f"{h['samples_per_s']:>10,.0f} {h['seconds']:>7.1f}{mark}")
     return "\n".join(lines)

@@ -168,8 +168,21 @@ class Trainer:
         if not last.is_file():
             return False
         self.load_state(torch.load(last, map_location=self.device, weights_only=True))
+        self._truncate_steps_log()
         self.log(f"resumed from {last} after epoch {self.epoch}")
         return True
+
+    def _truncate_steps_log(self) -> None:
+        """Drop step records written after the checkpoint (an interrupted epoch re-runs)."""
+        path = self.run_dir / "steps.jsonl"
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as fh:
+            kept = [line for line in fh if line.strip() and json.loads(line)["step"] <= self.step]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
 
     def save_checkpoint(self) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
