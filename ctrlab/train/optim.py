@@ -116,9 +116,11 @@ def _row_grad(grad: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor, torch.
         else:
             rows, inverse = torch.unique(indices, return_inverse=True)
             seen = (indices, rows, inverse)
-        summed = torch.zeros(rows.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
-        summed.index_add_(0, inverse, values)
-        return rows, summed, seen
+        # summed per row; accumulating along dim 1 of the transposed layout is several times
+        # faster on CPU than index_add_ over short rows along dim 0
+        summed_t = torch.zeros(values.shape[1], rows.shape[0], dtype=values.dtype, device=values.device)
+        summed_t.index_add_(1, inverse, values.t())
+        return rows, summed_t.t(), seen
     rows = torch.arange(grad.shape[0], device=grad.device)
     return rows, grad, seen
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..data.batches import BatchIterator
+from ..data.readers import prefetch
 from ..config import TrainConfig
 from ..data.store import SplitArrays, Store
 from ..runtime import configure_torch_threads
@@ -40,16 +41,35 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def embedding_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The embedding tables of a model (updated row-sparsely), switching them to sparse grads."""
+def embedding_parameters(model: torch.nn.Module, *, ids_checked: bool = False) -> list[torch.nn.Parameter]:
+    """The embedding tables of a model (updated row-sparsely), switching them to sparse grads.
+
+    ids_checked: the training data's ids were checked against the vocabulary sizes up front
+    (:func:`check_store_ids`), so the per-batch range check can be skipped."""
     from ..nn.embedding import FieldEmbedding
 
     params = []
     for module in model.modules():
         if isinstance(module, FieldEmbedding):
             module.sparse_grad = True
+            if ids_checked:
+                module.validate_ids = False
             params.append(module.weight)
     return params
+
+
+def check_store_ids(store: Store, split: str = "train") -> None:
+    """Every sparse id of a split within its field's vocabulary (once, instead of per batch)."""
+    arrays = store.split(split)
+    sizes = np.asarray(store.spec.vocab_sizes)
+    if arrays.sparse.shape[1] != len(sizes):
+        raise ValueError(f"{store.path}: {split} has {arrays.sparse.shape[1]} sparse columns, the spec {len(sizes)}")
+    for lo in range(0, len(arrays), 1 << 20):
+        block = np.asarray(arrays.sparse[lo: lo + (1 << 20)])
+        if block.size and (block.min() < 0 or (block.max(axis=0) >= sizes).any()):
+            col = int(np.flatnonzero((block.max(axis=0) >= sizes) | (block.min(axis=0) < 0))[0])
+            raise ValueError(f"{store.path}: {split} ids of field {store.spec.sparse_names[col]!r} fall outside "
+                             f"0..{sizes[col] - 1}: the store does not match its pipeline")
 
 
 @torch.no_grad()
@@ -102,7 +122,8 @@ class Trainer:
             raise RuntimeError("train.device is cuda but no CUDA device is available (use --device cpu)")
         configure_torch_threads(cfg.threads)
         self.model = model.to(self.device)
-        sparse_params = embedding_parameters(self.model)
+        check_store_ids(store)
+        sparse_params = embedding_parameters(self.model, ids_checked=True)
         sparse_ids = {id(p) for p in sparse_params}
         dense_params = [p for p in self.model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.dense_params = dense_params
@@ -208,7 +229,9 @@ class Trainer:
                    disable=not self.progress, mininterval=1.0, leave=False)
         steps_file = open(self.run_dir / "steps.jsonl", "a", encoding="utf-8")
         try:
-            for dense, sparse, label in batches:
+            # the next batch is gathered in a thread while this one trains (numpy gathers release
+            # the GIL)
+            for dense, sparse, label in prefetch(iter(batches), depth=2):
                 logits = self.model(dense, sparse)
                 loss = self.loss_fn(logits, label)
                 self.sparse_opt.zero_grad()
