@@ -19,14 +19,7 @@ from ctrlab.train.metrics import LOGLOSS_EPS, evaluate_scores, log_loss, roc_auc
 from ctrlab.train.optim import OPTIMIZERS, RowSparseOptimizer, dense_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread (restored afterwards; training
-    itself sets torch's thread count from train.threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --------------------------------------------------------------------------------------------
 # metrics

@@ -22,14 +22,7 @@ from ctrlab.data.store import Store
 from ctrlab.models import list_models
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread (restored afterwards; training
-    itself sets torch's thread count from train.threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def to_native(data: dict[str, Any], folder: Path) -> tuple[Config, dict[str, Any], list[str]]:

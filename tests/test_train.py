@@ -29,14 +29,7 @@ from ctrlab.train.run import parse_epoch_range, run_eval, run_training
 from ctrlab.train.trainer import Trainer, load_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread (restored afterwards; training
-    itself sets torch's thread count from train.threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROWS = 6000
 EVAL_BATCH = 100  # the test split (613 rows) is not a multiple of it: a last partial batch

@@ -174,6 +174,11 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                     codes = {s: np.empty((len(ix), len(sparse_out)), dtype=np.int32) for s, ix in parts.items()}
                     raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
 
+                    def work_estimate(j: int) -> int:
+                        acc = accs[sparse_out[j]] if j < len(sparse_out) else None
+                        table = getattr(getattr(acc, "inner", acc), "table", None)
+                        return -(table.size if table is not None else 0)
+
                     def encode(j: int) -> None:  # one column through its accumulator
                         if j < len(sparse_out):
                             col = sparse_out[j]
@@ -187,7 +192,9 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                                 raw[s][:, k] = values[ix]
 
                     # columns are independent and Arrow/numpy release the GIL: encode them in parallel
-                    list(pool.map(encode, range(len(sparse_out) + len(dense_out))))
+                    # longest first (columns with the most distinct values), so that no thread is
+                    # left finishing a big column alone at the end of the chunk
+                    list(pool.map(encode, sorted(range(len(sparse_out) + len(dense_out)), key=work_estimate)))
                     label = table.column("label").to_numpy().astype(np.uint8)
                     # writes go to a writer thread (file writes release the GIL), at most two
                     # chunks behind, so the next chunk's encoding overlaps them
