@@ -41,7 +41,7 @@ DATASETS = {
                      "numeric": {"transform": "log_square_bucket", "min_count": 2}},
         # batch norm off: on these 8k training rows it lowered DeepFM's test AUC by ~0.03 (see README)
         "params": {"embedding_dim": 10, "batch_norm": False, "dropout": 0.2},
-        "train": {"epochs": 30, "batch_size": 256, "lr": 0.001, "early_stopping_patience": 2},
+        "train": {"epochs": 30, "batch_size": 256, "lr": 0.001, "early_stopping_patience": 2, "threads": 1},
         "bars": SHARED / "reczoo__BARS/docs/CTR/leaderboard/criteo_x1.csv",
     },
 }
