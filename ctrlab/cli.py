@@ -18,6 +18,9 @@ EPILOG = """examples:
   ctrlab prepare data/synth.tsv --out runs/synth/store         # parse, fit, encode, split 8:1:1
   ctrlab prepare -c configs/frappe.yaml                        # everything from a config file
   ctrlab info runs/synth/store                                 # the store's summary again
+  ctrlab train --data runs/synth/store --model deepfm --out runs/deepfm
+  ctrlab export runs/deepfm --out bundles/deepfm               # manifest + pipeline + weights + ONNX
+  ctrlab predict bundles/deepfm test.txt --out scores.tsv      # raw rows in, probabilities out
   ctrlab models                                                # the registered CTR models
   ctrlab demo                                                  # the whole chain on a demo dataset
 """
@@ -389,8 +392,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 
+from .cli_deploy import add_bench, add_export, add_predict  # noqa: E402  (their imports are lazy)
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_train, _add_eval, _add_data, _add_models, _add_demo,
+    _add_prepare, _add_info, _add_train, _add_eval, add_export, add_predict, add_bench, _add_data, _add_models,
+    _add_demo,
 ]
 
 

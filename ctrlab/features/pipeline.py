@@ -141,7 +141,8 @@ class FeaturePipeline:
     def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Encode a table of raw rows: dense float32[N, n_dense], sparse int32[N, n_sparse]."""
         self._check_fitted()
-        missing = [c for c in self.input_columns if c not in table.column_names]
+        present = set(table.column_names)  # (a property that builds a new list on every access)
+        missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise ValueError(f"input lacks columns {missing}")
         n = table.num_rows
