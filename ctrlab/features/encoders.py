@@ -248,8 +248,11 @@ class _VocabAccumulator:
             grown = np.zeros(max(2 * len(self.counts), n + 1), dtype=np.int64)
             grown[: len(self.counts)] = self.counts
             self.counts = grown
-        counted = row_codes if train_mask is None else row_codes[train_mask]
-        self.counts[: n + 1] += np.bincount(counted, minlength=n + 1)
+        # count per distinct key of this chunk (O(chunk), not O(table)), then add at their codes
+        counted = inverse if train_mask is None else inverse[train_mask]
+        per_unique = np.bincount(counted + 1, minlength=len(codes) + 1)  # slot 0: missing
+        self.counts[codes.astype(np.int64) + 1] += per_unique[1:]
+        self.counts[0] += per_unique[0]
         return row_codes
 
     def finish(self) -> Finalize:
