@@ -1,0 +1,550 @@
+"""Experiments: many training runs on one prepared split, one directory, resumable.
+
+An experiment is a list of *points* (a model, or a setting of a sweep), each trained once per
+seed. ``compare`` and ``sweep`` only differ in how they make the points; everything after that
+(layout, manifest, resume, results, plots, report) is here and shared::
+
+    EXP_DIR/experiment.json        the plan and the status of every run (rewritten after each run)
+    EXP_DIR/runs/<point>_seed<k>/  ordinary run directories (config.yaml, epochs.jsonl, steps.jsonl,
+                                   checkpoints/, summary.json when finished)
+    EXP_DIR/results.md, .csv       mean and std over seeds per point (see ``results.py``)
+    EXP_DIR/runs.csv               one row per finished run
+    EXP_DIR/plots/                 charts (see ``plots.py``)
+    EXP_DIR/report.html            one self-contained page (see ``report.py``)
+
+Resume: a run with ``summary.json`` is finished and kept; any other run is (re)started with
+``run_training(resume=True)``, which continues from its last complete epoch. A run whose saved
+config differs from the planned one is never silently mixed in: that is an error unless
+``restart`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .. import __version__
+from ..config import ConfigError, Config, load_config, load_yaml, parse_override, to_dict
+
+MANIFEST = "experiment.json"
+LOCK = ".lock"
+RUNS_DIR = "runs"
+#: config keys that may differ between a finished run and the plan (they do not change results)
+RESUME_IGNORED = ("run_dir", "train.threads", "train.device", "train.tensorboard")
+#: sections a point may not vary: every run of an experiment reads the same prepared store
+SHARED_SECTIONS = ("data", "features", "run_dir")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Point:
+    """One setting of an experiment, trained once per seed.
+
+    ``name`` is for tables and legends ("deepfm", "lr=0.01", "base"); ``slug`` names the run
+    directories (letters, digits, ``._=-``); ``settings`` are what distinguishes the point
+    (``{"model.name": "deepfm"}``, ``{"train.lr": 0.01}``); ``config`` is the full config data
+    with the base training seed and no run_dir."""
+
+    name: str
+    slug: str
+    settings: dict[str, Any]
+    config: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    kind: str  # compare | sweep
+    points: list[Point]
+    seeds: int
+    metric: str  # the column that ranks the points and decides "within noise"
+    store: str
+    title: str
+    axes: dict[str, list[Any]] = field(default_factory=dict)  # sweep axes (key -> values)
+    mode: str | None = None  # sweep: grid | one-at-a-time
+    base_settings: dict[str, Any] = field(default_factory=dict)  # one-at-a-time: the base value per axis
+    base_config: dict[str, Any] | None = None  # sweep: the config the points vary
+    notes: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSpec:
+    name: str  # <slug>_seed<k>; also the directory name under runs/
+    point: str  # Point.name
+    seed_index: int
+    seed: int
+    config: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers for config data
+# --------------------------------------------------------------------------------------------
+
+def get_path(data: dict[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts (creating sections), like ``--set``."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def parse_sets(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """``--set`` strings -> [(dotted key, YAML-parsed value)]; rejects keys a point may not vary."""
+    out = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        key = ".".join(parts)
+        if key == "run_dir":
+            raise ConfigError("--set run_dir: every run's directory is EXP_DIR/runs/<point>_seed<k>; use --out")
+        out.append((key, value))
+    return out
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def config_differences(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    a, b = flatten(planned), flatten(saved)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_IGNORED or any(key.startswith(k + ".") for k in RESUME_IGNORED):
+            continue
+        if _normalize(a.get(key)) != _normalize(b.get(key)):
+            diffs.append(f"{key}: {b.get(key)!r} in the run, {a.get(key)!r} planned")
+    return diffs
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as config values: lists and tuples alike, 1 == 1.0 (but not True == 1)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def _normalize(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normalize(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def validate_config(data: dict[str, Any], where: str) -> Config:
+    """Typed config from data; model params checked against the model's constructor."""
+    from ..models import hyperparameter_defaults
+
+    try:
+        cfg = load_config(None, [], base=copy.deepcopy(data))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    accepted = hyperparameter_defaults(cfg.model.name)  # ValueError naming the registered models
+    unknown = [k for k in cfg.model.params if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{where}: model {cfg.model.name!r} has no hyperparameter(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(accepted) or '(none)'}")
+    return cfg
+
+
+def slugify(text: str) -> str:
+    """A directory-safe name: ``hidden_units=[400, 400]`` -> ``hidden_units=400-400``."""
+    text = re.sub(r"[\[\]{}()'\"]", "", text)
+    text = re.sub(r"[,\s:/\\]+", "-", text)
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "-", text).strip("-.")
+    if len(text) > 120:
+        text = text[:110] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text or "point"
+
+
+def unique_slugs(points: list[Point]) -> None:
+    """Make slugs unique (different values can slug alike: "[1,2]" and "1-2")."""
+    seen: dict[str, int] = {}
+    for p in points:
+        seen[p.slug] = seen.get(p.slug, 0) + 1
+    for p in points:
+        if seen[p.slug] > 1:
+            p.slug = f"{p.slug}-{hashlib.sha1(p.name.encode()).hexdigest()[:6]}"
+
+
+def read_base_config(path: str | Path) -> dict[str, Any]:
+    """A config file as data (native, or PaddleRec-style mapped to native with notes on stderr)."""
+    from ..configs import is_paddlerec_config, paddlerec_to_native
+
+    raw = load_yaml(path)
+    if is_paddlerec_config(raw):
+        raw, notes = paddlerec_to_native(raw, Path(path).parent)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    return raw
+
+
+def pin_store(base: dict[str, Any], exp_dir: Path) -> str:
+    """The store every run reads: ``data.store`` (absolute), or EXP_DIR/store when unset (prepared
+    once from ``data.train`` before the first run)."""
+    store = get_path(base, "data.store")
+    if not store:
+        if not get_path(base, "data.train"):
+            raise ConfigError("no data: give --data STORE, or a config with data.store or data.train")
+        store = str(exp_dir / "store")
+    store = str(Path(store).resolve())
+    set_path(base, "data.store", store)
+    return store
+
+
+# --------------------------------------------------------------------------------------------
+# model-aware point configs
+# --------------------------------------------------------------------------------------------
+
+def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any]],
+                     notes: list[str]) -> dict[str, Any]:
+    """The base config with ``model.name = model`` and the overrides applied.
+
+    For the base config's own model, its params are used as they are. For another model, the
+    model's ready params (configs/<model>.yaml) come first and the base's params that the model
+    takes go over them (so shared settings such as embedding_dim, dropout or batch_norm stay the
+    same across a comparison). Params a model does not take (from the base or from ``sets``)
+    are left out for that model, with a note."""
+    from ..configs import base_config_for
+    from ..models import hyperparameter_defaults
+
+    data = copy.deepcopy(base)
+    section = data.get("model") or {}
+    base_model = section.get("name")
+    base_params = dict(section.get("params") or {})
+    accepted = hyperparameter_defaults(model)
+    if base_model == model:
+        params = base_params
+    else:
+        ready = dict((base_config_for(model).get("model") or {}).get("params") or {})
+        params = {**ready, **{k: v for k, v in base_params.items() if k in accepted}}
+        skipped = sorted(k for k in base_params if k not in accepted)
+        if skipped:
+            notes.append(f"{model} does not take {', '.join(skipped)} (from the base config's {base_model} params): "
+                         "left out for it")
+    data["model"] = {**section, "name": model, "params": params}
+    for key, value in sets:
+        if key == "model.name":
+            continue  # chosen per point
+        if key.startswith("model.params."):
+            name = key.split(".", 2)[2]
+            if name.split(".")[0] not in accepted:
+                notes.append(f"{model} does not take {name} ({key}): left out for it")
+                continue
+        set_path(data, key, value)
+    return data
+
+
+def check_params_used(sets: list[tuple[str, Any]], models: list[str], what: str = "--set") -> None:
+    """A ``model.params.X`` override that no model of the experiment takes is a typo: error."""
+    from ..models import hyperparameter_defaults
+
+    for key, _ in sets:
+        if key.startswith("model.params."):
+            name = key.split(".", 2)[2].split(".")[0]
+            if not any(name in hyperparameter_defaults(m) for m in models):
+                import difflib
+                valid = sorted({p for m in models for p in hyperparameter_defaults(m)})
+                close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{what} {key}: no model here ({', '.join(models)}) takes {name!r}{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# runs, manifest, execution
+# --------------------------------------------------------------------------------------------
+
+def plan_runs(plan: Plan, exp_dir: Path) -> list[RunSpec]:
+    runs = []
+    for point in plan.points:
+        base_seed = int(get_path(point.config, "train.seed", 2024))
+        for k in range(plan.seeds):
+            name = f"{point.slug}_seed{k}"
+            cfg = copy.deepcopy(point.config)
+            set_path(cfg, "train.seed", base_seed + k)
+            cfg["run_dir"] = str(exp_dir / RUNS_DIR / name)
+            runs.append(RunSpec(name, point.name, k, base_seed + k, cfg))
+    return runs
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def manifest_for(plan: Plan, runs: list[RunSpec], status: dict[str, dict[str, Any]],
+                 created: str) -> dict[str, Any]:
+    return {
+        "format": 1, "ctrlab_version": __version__, "kind": plan.kind, "title": plan.title,
+        "created": created, "updated": _now(), "command": plan.command,
+        "store": plan.store, "seeds": plan.seeds, "metric": plan.metric, "mode": plan.mode,
+        "axes": plan.axes, "base_settings": plan.base_settings, "base_config": plan.base_config,
+        "notes": plan.notes,
+        "points": [{"name": p.name, "slug": p.slug, "settings": p.settings, "config": p.config} for p in plan.points],
+        "runs": [{"name": r.name, "point": r.point, "seed_index": r.seed_index, "seed": r.seed,
+                  "dir": f"{RUNS_DIR}/{r.name}", **status.get(r.name, {"status": "pending"})} for r in runs],
+    }
+
+
+def read_manifest(exp_dir: str | Path) -> dict[str, Any]:
+    path = Path(exp_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{exp_dir}: not an experiment directory (no {MANIFEST}); "
+                                "run `ctrlab compare` or `ctrlab sweep` with --out there first")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def check_resumable(runs: list[RunSpec], configs: dict[str, Config], restart: bool) -> None:
+    """Before training anything: every existing run directory must belong to this plan."""
+    if restart:
+        return
+    problems = []
+    for run in runs:
+        saved = Path(run.config["run_dir"]) / "config.yaml"
+        if saved.is_file():
+            diffs = config_differences(to_dict(configs[run.name]), load_yaml(saved))
+            if diffs:
+                problems.append(f"{run.name}: " + "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else ""))
+    if problems:
+        raise RuntimeError("these runs already exist with a different config:\n  " + "\n  ".join(problems[:10])
+                           + "\nuse a new --out directory, or --restart to train every run of this one again")
+
+
+@contextlib.contextmanager
+def experiment_lock(exp_dir: Path) -> Iterator[None]:
+    """One process at a time per experiment directory: two would train the same runs into the
+    same directories. The lock is an flock on EXP_DIR/.lock, released by the OS if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    fh = open(exp_dir / LOCK, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RuntimeError(f"{exp_dir} is in use by another ctrlab compare/sweep ({holder}); wait for it "
+                               "to finish or stop it, then run again (finished runs are kept)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, since {_now()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the flock
+
+
+def execute(plan: Plan, exp_dir: str | Path, *, restart: bool = False, progress: bool = True,
+            verbose: bool = True, log: Log = print) -> dict[str, Any]:
+    """Train every run of the plan that is not finished; write the manifest, results, plots and
+    report. Returns the manifest. Raises RuntimeError naming the failed runs (after writing the
+    results of the others); rerunning retries only those. Holds EXP_DIR/.lock while it works."""
+    exp_dir = Path(exp_dir)
+    runs = plan_runs(plan, exp_dir)
+    configs = {r.name: validate_config(r.config, r.name) for r in runs}
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(exp_dir):
+        check_resumable(runs, configs, restart)
+        return _execute_locked(plan, exp_dir, runs, configs, restart=restart, progress=progress,
+                               verbose=verbose, log=log)
+
+
+def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dict[str, Config], *,
+                    restart: bool, progress: bool, verbose: bool, log: Log) -> dict[str, Any]:
+    from ..train.run import ensure_store, run_training
+    from . import results as results_mod
+
+    (exp_dir / RUNS_DIR).mkdir(exist_ok=True)
+    created = _now()  # when the experiment was first started: kept across reruns
+    if (exp_dir / MANIFEST).is_file():
+        try:
+            created = read_manifest(exp_dir).get("created") or created
+        except (OSError, ValueError):
+            pass
+    status: dict[str, dict[str, Any]] = {}
+
+    def save_manifest() -> dict[str, Any]:
+        manifest = manifest_for(plan, runs, status, created)
+        write_json_atomic(exp_dir / MANIFEST, manifest)
+        return manifest
+
+    for note in plan.notes:
+        log(f"note: {note}")
+    # the one store of the experiment: prepared now (once) if it does not exist yet
+    ensure_store(configs[runs[0].name], progress=progress, log=log)
+    save_manifest()
+
+    failed = []
+    for i, run in enumerate(runs, 1):
+        run_dir = Path(run.config["run_dir"])
+        if restart and run_dir.exists():
+            shutil.rmtree(run_dir)
+        summary = read_summary(run_dir)
+        if summary is not None:
+            status[run.name] = {"status": "done", "kept": True}
+            log(f"[{i}/{len(runs)}] {run.name}: finished earlier (kept)")
+            continue
+        resuming = (run_dir / "checkpoints" / "last.pt").is_file()
+        log(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resuming else 'training'}")
+        status[run.name] = {"status": "running", "started": _now()}
+        save_manifest()
+        started = time.perf_counter()
+        try:
+            summary = run_training(configs[run.name], resume=True, progress=progress,
+                                   log=log if verbose else (lambda _msg: None))
+        except Exception as exc:  # one failed run must not lose the others: report all at the end
+            status[run.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            failed.append(run.name)
+            log(f"[{i}/{len(runs)}] {run.name}: FAILED: {type(exc).__name__}: {exc}")
+        else:
+            status[run.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 1)}
+            log(f"[{i}/{len(runs)}] {run.name}: {results_mod.one_line(summary)}")
+        save_manifest()
+
+    manifest = save_manifest()
+    write_outputs(exp_dir, manifest, log=log)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see "
+                           f"{exp_dir / MANIFEST} for the errors. Rerun the same command to retry them "
+                           "(finished runs are kept)")
+    return manifest
+
+
+def write_outputs(exp_dir: Path, manifest: dict[str, Any], log: Log = print) -> None:
+    """results.md/.csv, runs.csv, plots/ and report.html of an experiment directory."""
+    from . import results as results_mod
+
+    table = results_mod.experiment_results(exp_dir, manifest)
+    paths = results_mod.write_results(exp_dir, table, manifest)
+    log("")
+    log(results_mod.markdown(table))
+    log("")
+    from .plots import have_matplotlib, plot_experiment
+    from .report import write_report
+
+    charts: list[Path] = []
+    if have_matplotlib():
+        charts = plot_experiment(exp_dir, exp_dir / "plots", formats=("png",))
+    else:
+        log("note: no charts: they need matplotlib (pip install matplotlib)")
+    paths += charts
+    paths.append(write_report(exp_dir, charts=charts))
+    log(f"wrote {exp_dir}/: " + ", ".join(str(p.relative_to(exp_dir)) for p in paths))
+
+
+def load_experiment_runs(exp_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's runs with their summaries (None while unfinished)."""
+    out = []
+    for run in manifest["runs"]:
+        run_dir = exp_dir / run["dir"]
+        out.append({**run, "path": run_dir, "summary": read_summary(run_dir)})
+    return out
+
+
+
+def finish_plan(plan: Plan) -> Plan:
+    """Checks shared by compare and sweep, before anything trains: unique run names, valid
+    configs (keys, values, model hyperparameters), one store for every point."""
+    unique_slugs(plan.points)
+    names = [p.name for p in plan.points]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"the same point twice: {', '.join(dupes)}")
+    if plan.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {plan.seeds}")
+    from .results import RANKING_METRICS
+
+    if plan.metric not in RANKING_METRICS:
+        raise ConfigError(f"--metric: {plan.metric!r} is not one of {', '.join(RANKING_METRICS)}")
+    stores = {get_path(p.config, "data.store") for p in plan.points}
+    if len(stores) != 1:
+        raise ConfigError(f"every point must read the same store, got {sorted(map(str, stores))}")
+    for point in plan.points:
+        point.config.pop("run_dir", None)
+        validate_config(point.config, point.name)
+    plan.notes = list(dict.fromkeys(plan.notes))  # once each, in order
+    return plan
+
+
+def describe_plan(plan: Plan, exp_dir: str | Path) -> str:
+    """What a run of the plan would do (``--dry-run``)."""
+    from .results import format_value
+
+    exp_dir = Path(exp_dir)
+    runs = plan_runs(plan, exp_dir)
+    lines = [plan.title, f"store: {plan.store}",
+             f"{len(plan.points)} point(s) x {plan.seeds} seed(s) = {len(runs)} run(s) in {exp_dir / RUNS_DIR}"]
+    lines += [f"note: {n}" for n in plan.notes]
+    for run in runs:
+        run_dir = Path(run.config["run_dir"])
+        saved = run_dir / "config.yaml"
+        planned = to_dict(validate_config(run.config, run.name))
+        if saved.is_file() and config_differences(planned, load_yaml(saved)):
+            state = "DIFFERENT CONFIG (refused)"
+        elif (run_dir / "summary.json").is_file():
+            state = "finished (kept)"
+        elif (run_dir / "checkpoints" / "last.pt").is_file():
+            state = "resumes from its checkpoint"
+        else:
+            state = "to train"
+        point = next(p for p in plan.points if p.name == run.point)
+        what = ", ".join(f"{k}={format_value(v)}" for k, v in point.settings.items()) or "the base config"
+        lines.append(f"  {run.name:<32} {state:<28} train.seed={run.seed} {what}")
+    return "\n".join(lines)
+
+
+def store_label(store: str) -> str:
+    parts = Path(store).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else store
