@@ -237,7 +237,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  ctrlab train --data runs/synth/store --model deepfm --out runs/deepfm\n"
                "  ctrlab train -c configs/frappe_deepfm.yaml --set train.lr=1e-4\n"
-               "  ctrlab train -m paddlerec_config.yaml")
+               "  ctrlab train -m paddlerec_config.yaml\n"
+               "  ctrlab train -c config.yaml --nproc 2          (2 processes on this machine)\n"
+               "  torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\\n"
+               "      -m ctrlab train -c config.yaml            (several machines; run on each)\n"
+               "train.batch_size is the global batch (all processes together).")
     p.add_argument("-c", "-m", "--config", dest="config", help="YAML config (native or PaddleRec style)")
     p.add_argument("--data", help="prepared store directory (data.store)")
     p.add_argument("--model", help="model name (model.name); see `ctrlab models`")
@@ -247,6 +251,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--no-resume", action="store_true", help="start over even if RUN_DIR has checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (re-launches itself with torchrun)")
     p.set_defaults(func=cmd_train)
 
 
@@ -285,6 +291,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.run import run_training
 
     cfg = _run_config(args)
+    if args.nproc is not None:
+        from .train.distributed import env_world, launch_local
+
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+        if args.nproc > 1 and env_world() is None:  # not already one of torchrun's workers
+            from .train.run import ensure_store
+
+            # the store is prepared once here, not raced by every worker
+            ensure_store(cfg, progress=not args.quiet)
+            return launch_local(args.nproc, args.argv)
     run_training(cfg, resume=not args.no_resume, progress=not args.quiet)
     return 0
 
@@ -417,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` re-launches itself with these
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -65,7 +65,7 @@ class TrainConfig:
     """Training settings (the ``train`` config section)."""
 
     epochs: int = 1
-    batch_size: int = 4096
+    batch_size: int = 4096  # the GLOBAL batch: with N processes each takes batch_size / N rows per step
     optimizer: str = "adam"  # adam | adamw | sgd | adagrad
     lr: float = 1e-3
     embedding_lr: float | None = None  # learning rate of the embedding tables (default: lr)
@@ -84,6 +84,7 @@ class TrainConfig:
     tensorboard: bool = False
     init_from: str | None = None  # warm start: a checkpoint or model.pt to load weights from
     shuffle: bool = True
+    dist_timeout_s: float = 300.0  # distributed runs: a collective waiting longer than this fails the run
 
 
 @dataclass

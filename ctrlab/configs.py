@@ -129,8 +129,9 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             notes.append("runner.use_inference does not apply: export a deployable bundle with `ctrlab export`")
         elif key == "use_fleet":
             if value:
-                notes.append("runner.use_fleet: distributed training is not available yet; training runs in one "
-                             "process")
+                notes.append("runner.use_fleet: distributed training is chosen at launch, not in the config: "
+                             "`ctrlab train -c CONFIG --nproc N` (N processes on this machine) or `torchrun ... -m "
+                             "ctrlab train -c CONFIG` (several machines); train.batch_size is the global batch")
         else:
             notes.append(f"runner.{key} is not used by ctrlab")
     if "infer_start_epoch" in runner or "infer_end_epoch" in runner:

@@ -123,7 +123,7 @@ def test_native_sections_beside_paddlerec_ones_are_merged(tmp_path):
     ("runner.train_reader_path", "does not apply"),
     ("runner.infer_reader_path", "does not apply"),
     ("runner.pipe_command", "does not apply"),
-    ("runner.use_fleet", "distributed training is not available"),
+    ("runner.use_fleet", "--nproc N"),
     ("runner.use_inference", "ctrlab export"),
     ("runner.use_auc", "always reports exact AUC"),
     ("runner.thread_num", "not used by ctrlab"),

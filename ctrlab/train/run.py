@@ -16,6 +16,7 @@ from ..config import Config, ConfigError, dump_config
 from ..data.store import Store
 from ..runtime import configure_torch_threads
 from .metrics import evaluate_scores
+from . import distributed as distrib
 from .trainer import Trainer, evaluate, load_weights, predict_split, set_seed
 
 
@@ -51,11 +52,56 @@ def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
 
 def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train per the config; returns the summary (also written to RUN/summary.json)."""
+    """Train per the config; returns the summary (also written to RUN/summary.json).
+
+    Started by torchrun (``WORLD_SIZE`` > 1 in the environment), every process joins the process
+    group and trains its share (:mod:`ctrlab.train.distributed`); only rank 0 writes."""
     if not cfg.run_dir:
         raise ConfigError("where should the run go? pass --out RUN_DIR or set run_dir in the config")
+    ctx = distrib.init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
+    if ctx is None:
+        return _run_training(cfg, None, resume=resume, progress=progress, log=log)
+    try:
+        summary = _run_training(cfg, ctx, resume=resume, progress=progress and ctx.is_main,
+                                log=log if ctx.is_main else (lambda _msg: None))
+    except Exception as exc:  # every rank says which one it is and why it stopped
+        distrib.shutdown(clean=False)
+        raise RuntimeError(f"distributed training failed on rank {ctx.rank}/{ctx.world_size}: {exc}") from exc
+    distrib.shutdown()
+    return summary
+
+
+def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool, progress: bool,
+                  log: Callable[[str], None]) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
+    if ctx is not None:
+        # preparing a store in every process would race; `ctrlab train --nproc` prepares it first
+        store_dir = Path(cfg.data.store) if cfg.data.store else run_dir / "store"
+        if not (store_dir / "meta.json").is_file():
+            raise ConfigError(f"distributed training reads a prepared store, and {store_dir} is none: run "
+                              "`ctrlab prepare` first (or launch with `ctrlab train --nproc N`, which prepares it)")
+        cfg.data.store = str(store_dir)
     store = ensure_store(cfg, progress=progress, log=log)
+    is_main = ctx is None or ctx.is_main
+    if is_main:
+        _reset_run_dir(cfg, run_dir, resume)
+    distrib.barrier(ctx)  # nobody looks for last.pt before rank 0 has cleared an old run
+    set_seed(cfg.train.seed)
+    model = build_model_for(cfg, store)
+    trainer = Trainer(model, store, cfg.train, run_dir, progress=progress, log=log, dist=ctx)
+    resumed = resume and trainer.try_resume()
+    if not resumed and cfg.train.init_from:
+        model.load_state_dict(load_weights(cfg.train.init_from))
+        log(f"warm start from {cfg.train.init_from}")
+    if ctx is not None:
+        distrib.agree(ctx, (bool(resumed), trainer.epoch, trainer.step), "the resumed epoch and step")
+        distrib.broadcast_parameters(model)
+        log(f"distributed: {ctx.world_size} processes ({torch.distributed.get_backend()}), global batch "
+            f"{cfg.train.batch_size} = {ctx.world_size} x {cfg.train.batch_size // ctx.world_size}")
+    return _train_and_summarize(cfg, store, model, trainer, run_dir, log, is_main)
+
+
+def _reset_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # start over: nothing of an earlier run may be mistaken for this one's
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -63,13 +109,10 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     dump_config(cfg, run_dir / "config.yaml")
-    set_seed(cfg.train.seed)
-    model = build_model_for(cfg, store)
-    trainer = Trainer(model, store, cfg.train, run_dir, progress=progress, log=log)
-    resumed = resume and trainer.try_resume()
-    if not resumed and cfg.train.init_from:
-        model.load_state_dict(load_weights(cfg.train.init_from))
-        log(f"warm start from {cfg.train.init_from}")
+
+
+def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trainer: Trainer, run_dir: Path,
+                         log: Callable[[str], None], is_main: bool) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; train rows {len(store.split('train')):,}; "
         f"device {trainer.device}; torch threads {torch.get_num_threads()}")
@@ -88,13 +131,15 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
         summary["samples_per_s"] = float(np.mean([h["samples_per_s"] for h in history]))
     if store.has_split("test"):
         model.load_state_dict(load_weights(trainer.best_checkpoint()))
-        test = evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
+        test = trainer.evaluate_split(store.split("test")) if trainer.dist else \
+            evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
         summary["test_auc"], summary["test_logloss"], summary["test_rows"] = test["auc"], test["logloss"], test["rows"]
         log(f"best epoch {best_epoch} (by valid {cfg.train.monitor}); test rows {test['rows']:,}")
         log(f"test AUC {test['auc']:.5f}")
         log(f"test logloss {test['logloss']:.5f}")
-    with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
+    if is_main:
+        with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1)
     log(format_history(history, best_epoch))
     return summary
 

@@ -10,6 +10,10 @@ Run directory::
     RUN/steps.jsonl            training loss every ``log_every`` steps
     RUN/summary.json           best epoch, its validation metrics, test metrics
     RUN/tensorboard/           event files when ``train.tensorboard`` is on
+
+Distributed (``dist`` given, see :mod:`ctrlab.train.distributed`): every rank trains on its share of
+each global batch with synchronised gradients and evaluates its block of a split; only rank 0 writes
+the run directory.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..data.store import SplitArrays, Store
 from ..runtime import configure_torch_threads
 from .metrics import evaluate_scores
 from .optim import RowSparseOptimizer, dense_optimizer
+from . import distributed as distrib
 
 
 def set_seed(seed: int) -> None:
@@ -111,22 +116,26 @@ class Trainer:
     """Train ``model`` on a store's train split, validating on its valid split each epoch."""
 
     def __init__(self, model: torch.nn.Module, store: Store, cfg: TrainConfig, run_dir: str | os.PathLike,
-                 *, progress: bool = True, log: Callable[[str], None] = print):
+                 *, progress: bool = True, log: Callable[[str], None] = print,
+                 dist: "distrib.DistContext | None" = None):
         self.cfg = cfg
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
         self.store = store
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.log = log
-        self.device = torch.device(cfg.device)
+        self.progress = progress and self.is_main
+        self.log = log if self.is_main else (lambda _msg: None)
+        self.device = torch.device(distrib.local_device(cfg.device, dist))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("train.device is cuda but no CUDA device is available (use --device cpu)")
-        configure_torch_threads(cfg.threads)
+        configure_torch_threads(distrib.default_threads(cfg.threads, dist))
         self.model = model.to(self.device)
         check_store_ids(store)
         sparse_params = embedding_parameters(self.model, ids_checked=True)
         sparse_ids = {id(p) for p in sparse_params}
         dense_params = [p for p in self.model.parameters() if id(p) not in sparse_ids and p.requires_grad]
         self.dense_params = dense_params
+        self.sparse_params = sparse_params
         self.sparse_opt = RowSparseOptimizer(sparse_params, cfg.optimizer, lr=cfg.embedding_lr or cfg.lr,
                                              momentum=cfg.momentum, reg=cfg.reg)
         self.dense_opt = dense_optimizer(dense_params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum) \
@@ -189,7 +198,8 @@ class Trainer:
         if not last.is_file():
             return False
         self.load_state(torch.load(last, map_location=self.device, weights_only=True))
-        self._truncate_steps_log()
+        if self.is_main:
+            self._truncate_steps_log()
         self.log(f"resumed from {last} after epoch {self.epoch}")
         return True
 
@@ -205,6 +215,14 @@ class Trainer:
             fh.writelines(kept)
         os.replace(tmp, path)
 
+    def evaluate_split(self, split: SplitArrays) -> dict[str, float]:
+        """Exact metrics over a whole split (distributed: gathered from every rank's block)."""
+        if self.dist is None:
+            return evaluate(self.model, split, self.cfg.eval_batch_size, self.device)
+        probs = distrib.predict_split_distributed(self.dist, self.model, split, self.cfg.eval_batch_size,
+                                                  self.device)
+        return evaluate_scores(np.asarray(split.label), probs)
+
     def save_checkpoint(self) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         _atomic_save({"model": self.model.state_dict(), "epoch": self.epoch},
@@ -218,7 +236,9 @@ class Trainer:
 
         cfg = self.cfg
         split = self.store.split("train")
-        batches = BatchIterator(split, cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed, device=self.device)
+        rank, world = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+        batches = BatchIterator(split, distrib.local_batch_size(cfg.batch_size, self.dist), shuffle=cfg.shuffle,
+                                seed=cfg.seed, rank=rank, world_size=world, device=self.device)
         batches.set_epoch(self.epoch)
         self.model.train()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -227,7 +247,7 @@ class Trainer:
         started = time.perf_counter()
         bar = tqdm(total=len(split), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
                    disable=not self.progress, mininterval=1.0, leave=False)
-        steps_file = open(self.run_dir / "steps.jsonl", "a", encoding="utf-8")
+        steps_file = open(self.run_dir / "steps.jsonl", "a", encoding="utf-8") if self.is_main else None
         try:
             # the next batch is gathered in a thread while this one trains (numpy gathers release
             # the GIL)
@@ -238,6 +258,8 @@ class Trainer:
                 if self.dense_opt:
                     self.dense_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.dist:  # average over the global batch before clipping and stepping
+                    distrib.sync_gradients(self.dist, self.dense_params, self.sparse_params)
                 if cfg.grad_clip and self.dense_params:
                     torch.nn.utils.clip_grad_norm_(self.dense_params, cfg.grad_clip)
                 if self.dense_opt:
@@ -248,21 +270,31 @@ class Trainer:
                 total_loss += detached.double() * n
                 seen += n
                 self.step += 1
+                if self.dist:
+                    distrib.maybe_die_for_test(self.dist, self.step)
                 if self.step % cfg.log_every == 0:
                     value = float(detached)
+                    if self.dist:  # the global batch's loss (equal shares: the mean of the ranks' means)
+                        value = distrib.all_reduce_sum([value], self.device)[0] / world
                     window_loss += value * n
                     window_rows += n
-                    rate = seen / (time.perf_counter() - started)
-                    steps_file.write(json.dumps({"step": self.step, "epoch": self.epoch + 1, "loss": value,
-                                                 "samples_per_s": round(rate, 1)}) + "\n")
+                    rate = seen * world / (time.perf_counter() - started)
+                    if steps_file is not None:
+                        steps_file.write(json.dumps({"step": self.step, "epoch": self.epoch + 1, "loss": value,
+                                                     "samples_per_s": round(rate, 1)}) + "\n")
                     bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
                     if self._tb:
                         self._tb.add_scalar("train/loss", value, self.step)
-                bar.update(n)
+                bar.update(n * world)
         finally:
             bar.close()
-            steps_file.close()
+            if steps_file is not None:
+                steps_file.close()
         elapsed = time.perf_counter() - started
+        if self.dist:  # every rank's rows: the exact mean loss and the global rate
+            loss_sum, seen = distrib.all_reduce_sum([float(total_loss), seen], self.device)
+            total_loss = torch.tensor(loss_sum, dtype=torch.float64)
+            seen = int(seen)
         mean_loss = float(total_loss) / max(seen, 1)
         if not math.isfinite(mean_loss):
             raise RuntimeError(f"training diverged in epoch {self.epoch + 1} (loss {mean_loss}); lower train.lr")
@@ -271,7 +303,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -281,8 +313,7 @@ class Trainer:
         while self.epoch < cfg.epochs and not self.stopped_early:
             started = time.perf_counter()
             train_loss, rate = self.train_epoch()
-            valid = evaluate(self.model, self.store.split("valid"), cfg.eval_batch_size, self.device) \
-                if has_valid else None
+            valid = self.evaluate_split(self.store.split("valid")) if has_valid else None
             self.epoch += 1
             lr_dense, _ = self._lrs()
             record = {"epoch": self.epoch, "train_loss": train_loss,
@@ -304,8 +335,12 @@ class Trainer:
                 self.best = {"epoch": self.epoch, "metric": None}
             record["best_epoch"] = self.best["epoch"]
             self.history.append(record)
-            self.save_checkpoint()
-            self._write_epoch_logs()
+            if self.dist:
+                distrib.check_replicas_in_sync(self.dist, self.model)
+            if self.is_main:
+                self.save_checkpoint()
+                self._write_epoch_logs()
+            distrib.barrier(self.dist)  # the other ranks may read this epoch's files next
             if self._tb and valid:
                 self._tb.add_scalar("valid/auc", valid["auc"], self.epoch)
                 self._tb.add_scalar("valid/logloss", valid["logloss"], self.epoch)
