@@ -365,11 +365,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole chain on a generated demo dataset",
                        description="Generate a synthetic Criteo-shaped dataset, prepare it (log-square bucketized "
-                                   "counts, 8:1:1 split), train DeepFM on it and print the test AUC and logloss.")
+                                   "counts, 8:1:1 split), train DeepFM, export a bundle, predict on held-out raw "
+                                   "rows, then start the HTTP server, score a few rows over HTTP and stop it.")
     p.add_argument("--rows", type=int, default=300_000, help="synthetic rows (default 300000)")
     p.add_argument("--dir", default="demo", help="working directory (default ./demo)")
     p.add_argument("--model", default="deepfm", help="model to train (default deepfm)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    p.add_argument("--no-serve", action="store_true", help="skip the HTTP server step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -382,29 +384,106 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .data.created import record_created
     from .data.prepare import format_summary, prepare
     from .data.synth import write_synthetic
+    from .export.bundle import export_bundle
+    from .predict import predict_file
     from .train.run import run_training
 
     work = Path(args.dir)
     raw = work / "synth.tsv"
-    print(f"[1/3] synthetic data: {args.rows:,} Criteo-shaped rows -> {raw}")
-    write_synthetic(raw, args.rows, seed=0, progress=not args.quiet)
-    record_created(work, [raw], "synthetic")
+    steps = 5 if args.no_serve else 6
+    heldout = work / "heldout.tsv"
+    heldout_rows = 20_000
+    print(f"[1/{steps}] synthetic data: {args.rows:,} Criteo-shaped rows -> {raw} (+ {heldout_rows:,} held out -> "
+          f"{heldout})")
+    # one generated stream (the planted model depends on the seed), cut into training data and
+    # held-out rows that prepare never sees
+    write_synthetic(raw, args.rows + heldout_rows, seed=0, progress=not args.quiet)
+    _split_off_tail(raw, heldout, heldout_rows)
+    record_created(work, [raw, heldout], "synthetic")
     store_dir = work / "store"
     run_dir = work / f"run_{args.model}"
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
     cfg = load_config(None, [f"data.train=[{_yaml_str(raw)}]", f"data.store={_yaml_str(store_dir)}",
                              f"run_dir={_yaml_str(run_dir)}", f"train.epochs={args.epochs}"],
                       base=base_config_for(args.model))
-    print(f"[2/3] prepare -> {store_dir}")
+    print(f"[2/{steps}] prepare -> {store_dir}")
     store = prepare(prepare_options(cfg), store_dir, progress=not args.quiet)
     record_created(work, [store_dir], "store")
     print(format_summary(store.meta))
-    print(f"[3/3] train {args.model} -> {run_dir}")
+    print(f"[3/{steps}] train {args.model} -> {run_dir}")
     summary = run_training(cfg, resume=False, progress=not args.quiet)
     record_created(work, [run_dir], "store")
+    bundle = work / f"bundle_{args.model}"
+    print(f"[4/{steps}] export -> {bundle}")
+    export_bundle(run_dir, bundle, force=True)
+    record_created(work, [bundle], "store")
+    scores = work / "heldout_scores.tsv"
+    print(f"[5/{steps}] predict {heldout} (raw rows) -> {scores}")
+    result = predict_file(bundle, [heldout], scores)
+    record_created(work, [scores], "synthetic")
+    if result.metrics:
+        print(f"held-out rows {result.rows:,}: AUC {result.metrics['auc']:.4f}, logloss "
+              f"{result.metrics['logloss']:.4f} ({result.rows_per_second:,.0f} rows/s)")
+    if not args.no_serve:
+        print(f"[6/{steps}] serve {bundle} on 127.0.0.1, score 3 raw rows over HTTP, stop")
+        _demo_serve(bundle, heldout)
     print(f"demo done: {args.model} test AUC {summary['test_auc']:.4f}, test logloss {summary['test_logloss']:.4f} "
-          f"(store {store_dir}, run {run_dir})")
+          f"(store {store_dir}, run {run_dir}, bundle {bundle})")
     return 0
+
+
+def _split_off_tail(path: Path, tail_path: Path, tail_rows: int) -> None:
+    """Move the last ``tail_rows`` lines of a text file into another file."""
+    with open(path, "rb") as fh:
+        lines = fh.readlines()
+    with open(tail_path, "wb") as fh:
+        fh.writelines(lines[-tail_rows:])
+    with open(path, "wb") as fh:
+        fh.writelines(lines[:-tail_rows])
+
+
+def _demo_serve(bundle: Path, rows_file: Path) -> None:
+    """Start `ctrlab serve` on a free loopback port, POST three raw rows, print, stop."""
+    import json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ctrlab", "serve", str(bundle), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            time.sleep(0.3)
+        with open(rows_file, encoding="utf-8") as fh:
+            lines = [next(fh).rstrip("\n").split("\t") for _ in range(3)]
+        rows = [[None if v == "" else v for v in line[1:]] for line in lines]  # raw values, label dropped
+        request = urllib.request.Request(base + "/v1/predict", data=json.dumps({"rows": rows}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer = json.loads(resp.read())
+        print(f"POST {base}/v1/predict (3 raw rows) -> probabilities "
+              f"{[round(p, 4) for p in answer['probabilities']]}, model {answer.get('model_version')}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print("server stopped")
 
 
 # --------------------------------------------------------------------------------------------
