@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ctrlab.serve import process as serve_process
 
 HOST = "127.0.0.1"
 
@@ -230,41 +231,18 @@ async def server_latency_buckets(port: int) -> str:
 # server, data, main
 # --------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+free_port = serve_process.free_port
 
 
 def start_server(bundle: Path, port: int, workers: int, threads: int | None, backend: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ctrlab.cli_serve", str(bundle), "--host", HOST, "--port", str(port),
-           "--workers", str(workers), "--backend", backend, "--log-level", "warning"]
+    args = ["--workers", str(workers), "--backend", backend, "--log-level", "warning"]
     if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as s:
-                s.sendall(f"GET /ready HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the server did not become ready in 60 s")
+        args += ["--threads", str(threads)]
+    proc, _ = serve_process.start_server(bundle, port=port, args=args, capture=False)
+    return proc
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_server = serve_process.stop_server
 
 
 def request_rows(path: Path, columns: list[str], n_dense: int, n: int, typed: bool) -> list[dict]:

@@ -445,29 +445,12 @@ def _split_off_tail(path: Path, tail_path: Path, tail_rows: int) -> None:
 def _demo_serve(bundle: Path, rows_file: Path) -> None:
     """Start `ctrlab serve` on a free loopback port, POST three raw rows, print, stop."""
     import json
-    import socket
-    import subprocess
-    import time
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ctrlab", "serve", str(bundle), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    from .serve.process import start_server, stop_server
+
+    proc, base = start_server(bundle)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the server did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-            time.sleep(0.3)
         with open(rows_file, encoding="utf-8") as fh:
             lines = [next(fh).rstrip("\n").split("\t") for _ in range(3)]
         rows = [[None if v == "" else v for v in line[1:]] for line in lines]  # raw values, label dropped
@@ -478,11 +461,7 @@ def _demo_serve(bundle: Path, rows_file: Path) -> None:
         print(f"POST {base}/v1/predict (3 raw rows) -> probabilities "
               f"{[round(p, 4) for p in answer['probabilities']]}, model {answer.get('model_version')}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     print("server stopped")
 
 

@@ -13,10 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +30,7 @@ from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import export_bundle
 from ctrlab.predict import Predictor
 from ctrlab.serve.app import create_app
+from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training
 
 ROWS = 2000
@@ -340,33 +337,12 @@ def test_reload_under_load(bundles, monkeypatch):
 # a real server: `ctrlab serve` on a free loopback port
 # --------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_subprocess(bundles, workers):
     """One worker: the app object in the process; two: uvicorn's worker processes import the factory."""
-    port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "ctrlab.cli_serve", str(bundles.first), "--port", str(port),
-                             "--threads", "1", "--workers", str(workers), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(bundles.first, args=["--threads", "1", "--workers", str(workers),
+                                                   "--log-level", "warning"], timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready in 30 s"
-            time.sleep(0.2)
         expected = Predictor(bundles.first, threads=1).predict(list_rows(bundles.lines[:3]))
         with httpx.Client(base_url=base, timeout=10) as http:
             for _ in range(3):
@@ -379,9 +355,4 @@ def test_serve_subprocess(bundles, workers):
             assert r.status_code == 200 and len(r.json()["data"]) == 3
             assert "ctrlab_requests_total" in http.get("/metrics").text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
