@@ -41,8 +41,8 @@ class RowSparseOptimizer:
         for p in self.params:
             st: dict[str, torch.Tensor] = {}
             if self.kind == "adam":
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                # both moments of a row side by side ([rows, 2, dim]): one gather and one scatter a step
+                st["moments"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
             elif self.kind == "adagrad":
                 st["sum"] = torch.full_like(p, initial_accumulator_value, memory_format=torch.contiguous_format)
             elif self.kind == "sgd" and momentum:
@@ -68,10 +68,10 @@ class RowSparseOptimizer:
             weights = p.index_select(0, rows)
             if self.kind == "adam":
                 b1, b2 = self.betas
-                m = st["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
-                v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                st["exp_avg"].index_copy_(0, rows, m)
-                st["exp_avg_sq"].index_copy_(0, rows, v)
+                moments = st["moments"].index_select(0, rows)
+                m = moments[:, 0].mul_(b1).add_(grad, alpha=1 - b1)
+                v = moments[:, 1].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                st["moments"].index_copy_(0, rows, moments)
                 bias1 = 1 - b1 ** self.step_count
                 bias2 = 1 - b2 ** self.step_count
                 denom = v.div_(bias2).sqrt_().add_(self.eps)  # v is not needed after this
