@@ -618,7 +618,3 @@ class RowReader:
                 yield from _read_slot(path, self.schema, self.bad_lines, self.skipped, info)
             else:
                 yield from _read_delimited(path, self.schema, self.bad_lines, self.skipped, info, self.block_bytes)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)

@@ -21,7 +21,6 @@ wrong (which file, expected vs actual hash).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
+from ..data.readers import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,12 +53,7 @@ class BundleError(ValueError):
 # hashing and versions
 # --------------------------------------------------------------------------------------------
 
-def sha256_of(path: str | os.PathLike) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(4 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
+sha256_of = sha256_file  # one implementation of file hashing (readers record sources with it too)
 
 
 def library_versions() -> dict[str, str]:

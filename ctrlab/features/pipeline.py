@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 
 from ..fields import FeatureSpec
-from ..schema import LABEL
 from .encoders import (BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, encoder_from_dict)
 
 FORMAT_VERSION = 1
@@ -196,8 +195,3 @@ def column_values(table: pa.Table, col: str, numeric: bool):
         column = column.cast(pa.string())
     return column
 
-
-def labels_of(table: pa.Table) -> np.ndarray | None:
-    if LABEL not in table.column_names:
-        return None
-    return table.column(LABEL).to_numpy().astype(np.float32)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ctrlab.nn.mlp import make_activation
+from ctrlab.nn.mlp import hidden_layer, make_activation
 
 EMBEDDING_GATE_TYPES = ("vector", "bit")
 HIDDEN_GATE_ACTIVATIONS = ("tanh", "sigmoid")
@@ -76,11 +76,7 @@ class GatedMLP(nn.Module):
         self.gate_activation = make_activation(gate_activation)
         width = input_dim
         for units in hidden_units:
-            block: list[nn.Module] = [nn.Linear(width, units, bias=not batch_norm)]
-            if batch_norm:
-                block.append(nn.BatchNorm1d(units))
-            block.append(make_activation(activation))
-            self.layers.append(nn.Sequential(*block))
+            self.layers.append(nn.Sequential(*hidden_layer(width, units, activation, batch_norm)))
             if self.gates is not None:
                 self.gates.append(nn.Parameter(torch.randn(units, units) * units**-0.5))
             width = units

@@ -25,6 +25,15 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(_ACTIVATIONS))}") from None
 
 
+def hidden_layer(input_dim: int, units: int, activation: str, batch_norm: bool) -> list[nn.Module]:
+    """``Linear -> (BatchNorm) -> activation`` (no Linear bias under batch norm: BN's shift replaces it)."""
+    layers: list[nn.Module] = [nn.Linear(input_dim, units, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(units))
+    layers.append(make_activation(activation))
+    return layers
+
+
 class MLP(nn.Module):
     """``[Linear -> (BatchNorm) -> activation -> (Dropout)] * len(hidden_units) [-> Linear(output_dim)]``.
 
@@ -56,10 +65,7 @@ class MLP(nn.Module):
             units = int(units)
             if units < 1:
                 raise ValueError(f"hidden_units must be positive, got {list(hidden_units)}")
-            layers.append(nn.Linear(width, units, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(units))
-            layers.append(make_activation(activation))
+            layers.extend(hidden_layer(width, units, activation, batch_norm))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = units
