@@ -12,6 +12,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+# the build backend warns about editable installs on stderr even under -q: not the user's concern
+export PYTHONWARNINGS=ignore::Warning
 extra=""
 if [ "${1:-}" = "dev" ]; then extra="[dev]"; fi
 .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
