@@ -49,9 +49,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", action="append", default=None, help="explicit test file(s)")
     p.add_argument("--split", help="train:valid:test ratios for a random split (default 8:1:1)")
     p.add_argument("--seed", type=int, help="seed of the random split (default 2024)")
-    p.add_argument("--min-count", type=int, help="vocabulary min_count for categorical columns (default 1)")
-    p.add_argument("--numeric", help="transform for numeric columns: log1p_standardize (default), log1p, "
-                                     "minmax, passthrough, log_square_bucket")
+    from .config import FeaturesConfig  # the one set of feature defaults
+
+    defaults = FeaturesConfig()
+    p.add_argument("--min-count", type=int, help="vocabulary min_count for categorical columns (default "
+                                                 f"{defaults.categorical.min_count})")
+    p.add_argument("--numeric", help="transform for numeric columns: log1p_standardize, log1p, minmax, passthrough, "
+                                     f"log_square_bucket (default {defaults.numeric.transform})")
     p.add_argument("--bad-lines", choices=["error", "skip"], help="stop at the first bad line (default) or skip "
                                                                   "and count bad lines")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -119,17 +123,20 @@ def prepare_options(cfg) -> Any:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .config import ConfigError, dump_config
-    from .data.created import record_created
+    from .data.created import LEDGER_NAME, record_created
     from .data.prepare import format_summary, prepare
+    from .fileio import disk_errors
 
     cfg = _prepare_config(args)
     if not cfg.data.store:
         raise ConfigError("where should the store go? pass --out DIR or set data.store in the config")
     opts = prepare_options(cfg)
     out = Path(cfg.data.store)
-    store = prepare(opts, out, progress=not args.quiet)
-    dump_config(cfg, out / "config.yaml")
-    record_created(out.parent, [out], "store")
+    # config.yaml goes in before the swap: the store and the config that made it arrive together
+    store = prepare(opts, out, progress=not args.quiet,
+                    before_swap=lambda build: dump_config(cfg, build / "config.yaml"))
+    with disk_errors(out.parent / LEDGER_NAME):
+        record_created(out.parent, [out], "store")
     print(format_summary(store.meta))
     print(f"wrote {out}")
     return 0
@@ -288,9 +295,10 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.run import run_training
+    from .train.run import check_run_config, run_training
 
     cfg = _run_config(args)
+    check_run_config(cfg)  # before any data is read (--nproc prepares the store first)
     if args.nproc is not None:
         from .train.distributed import env_world, launch_local
 
@@ -381,8 +389,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .configs import base_config_for
-    from .data.created import record_created
+    from .data.created import LEDGER_NAME, record_created
     from .data.prepare import format_summary, prepare
+    from .fileio import disk_errors
     from .data.synth import write_synthetic
     from .export.bundle import export_bundle
     from .predict import predict_file

@@ -88,29 +88,39 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         description="Stream raw rows of any format prepare reads (Criteo TSV, the label-less Kaggle test.txt, "
                     "Kaggle CSV with Id (with or without Label), criteo_csv, PaddleRec slot, generic CSV/TSV; "
                     "plain or .gz; labelled or not) through the bundle's feature pipeline and model, and write one "
-                    "probability per input row, in input order, to a TSV file. Each file's format is detected "
-                    "from its first line (or --format) and its feature columns must equal the bundle's inputs. "
-                    "With labels, the exact AUC and logloss over all rows are printed. Bad lines stop the run "
-                    "(default) or, with --bad-lines skip, are skipped, counted and reported.",
+                    "output line per input line (after a header line), in input order, to a TSV file: line k of the "
+                    "output belongs to data line k of the input. Columns: [id] probability [skipped]. Each file's "
+                    "format is detected from its first line (or --format) and its feature columns must equal the "
+                    "bundle's inputs. With labels, the exact AUC and logloss over the scored rows are printed. Bad "
+                    "lines (wrong field count, non-numeric or non-finite numbers such as nan, inf or 1e400, invalid "
+                    "UTF-8, a stray carriage return) stop the run with file:line and field (default) or, with "
+                    "--bad-lines skip, keep their place in the output with an empty probability and the reason in "
+                    "the 'skipped' column, and are counted and reported. A corrupt or truncated .gz always stops "
+                    "the run. A warning names the fields whose missing or OOV rate is far above what the bundle "
+                    "saw in training (the wrong bundle for the data?).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  ctrlab predict bundles/deepfm test.txt --out scores.tsv\n"
                "  ctrlab predict bundles/deepfm test.csv --out submission.tsv --id-column --header\n"
                "  ctrlab predict bundles/deepfm 'logs/part-*.gz' --out scores.tsv --bad-lines skip --backend torch")
     p.add_argument("bundle", help="bundle directory (from `ctrlab export`)")
     p.add_argument("inputs", nargs="+", help="input files, globs or directories")
-    p.add_argument("--out", required=True, help="output TSV: one probability per line (id first with --id-column)")
+    p.add_argument("--out", required=True, help="output TSV: one line per input line: [id] probability [skipped]; "
+                                                "written whole or not at all")
     p.add_argument("--format", default="auto", help="input format (default: detected per file): criteo, criteo_test, "
                                                     "criteo_kaggle_csv, criteo_csv, slot, csv, tsv")
     p.add_argument("--bad-lines", choices=["error", "skip"], default="error",
-                   help="stop at the first bad line (default) or skip, count and report bad lines")
+                   help="stop at the first bad line (default), or skip, count and report bad lines; a "
+                        "skipped line keeps its place in the output: empty probability, reason in a third "
+                        "column 'skipped' (empty on scored lines)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="inference backend (default onnx)")
     p.add_argument("--variant", choices=["fp32", "int8"], default="fp32",
                    help="model variant: fp32 (default) or int8 (the bundle's quantized graph, from export "
                         "--quantize; onnx backend)")
     p.add_argument("--id-column", action="store_true",
-                   help="write an id before each probability: the input's Id column (Kaggle CSV), or the 0-based "
-                        "index of the scored row for formats without ids")
-    p.add_argument("--header", action="store_true", help="write a header line (id, probability)")
+                   help="write an id before each probability: the input's Id column (Kaggle CSV; empty on a "
+                        "skipped line), or else the 1-based line number in the input file (FILE:LINE when "
+                        "there are several input files)")
+    p.add_argument("--header", action="store_true", help="write a header line (id, probability, skipped)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per inference call (default 4096)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads (default: the available cores for onnx, one less for torch)")

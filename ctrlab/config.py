@@ -8,8 +8,11 @@ Sections: ``data`` and ``features`` (this module) plus the sections later stages
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +21,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .features.encoders import NumericTransform
+from .features.encoders import BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary
 from .features.pipeline import CategoricalOptions, NumericOptions
+from .fileio import write_bytes_atomic
 from .schema import FORMAT_NAMES, GenericSchemaConfig
 
 
@@ -44,10 +48,15 @@ class DataConfig:
 
 @dataclass
 class FeaturesConfig:
-    """How raw columns become model inputs."""
+    """How raw columns become model inputs.
 
-    categorical: CategoricalOptions = field(default_factory=CategoricalOptions)
-    numeric: NumericOptions = field(default_factory=NumericOptions)
+    These defaults are the one set ctrlab uses (``ctrlab prepare``, a run that prepares its own
+    store, the ready configs): log-square bucketized counts and vocabularies keeping values seen
+    at least twice in the training rows (what scored best on the real Criteo rows, README)."""
+
+    categorical: CategoricalOptions = field(default_factory=lambda: CategoricalOptions(min_count=2))
+    numeric: NumericOptions = field(default_factory=lambda: NumericOptions(transform="log_square_bucket",
+                                                                           min_count=2))
     # per-column overrides: {I1: {transform: log_square_bucket}, C3: {min_count: 10}}
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -72,10 +81,11 @@ class TrainConfig:
     momentum: float = 0.0  # sgd
     reg: float = 0.0  # L2 on the embedding rows each batch touches
     weight_decay: float = 0.0  # L2 on the other (dense) weights
-    grad_clip: float | None = None  # max global norm of the dense weights' gradients
+    grad_clip: float | None = None  # max global norm of the dense weights' gradients (null: no clipping)
     monitor: str = "auc"  # validation metric for early stopping / LR reduction: auc | logloss
-    early_stopping_patience: int = 2  # stop after this many epochs without improvement
-    lr_decay_factor: float = 0.1  # multiply the learning rates by this on each epoch without improvement
+    # early stopping and LR reduction need a validation split; without one every epoch runs
+    early_stopping_patience: int = 2  # stop after this many epochs without improvement (0: never stop early)
+    lr_decay_factor: float = 0.1  # multiply the learning rates by this on each epoch without improvement (1: off)
     seed: int = 2024
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int | None = None  # torch threads (default: the available cores)
@@ -193,9 +203,138 @@ def register_choices(cls: type, name: str, values: tuple[str, ...]) -> None:
     CHOICES[(cls, name)] = tuple(values)
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric setting (of each item, for a list): finite, within the bounds."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "a finite number"
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
+
+    def check(self, value: Any, where: str, extra: str = "") -> None:
+        """Raise ConfigError naming ``where`` and the allowed range when ``value`` (or an item) is outside."""
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                self.check(item, f"{where}[{i}]", extra)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not self.contains(value):
+            raise ConfigError(f"{where}: {value!r} is out of range; allowed: {self}{extra}")
+
+
+AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+SEED = Range(0, 2**32 - 1)
+
+#: Allowed ranges of numeric settings, checked when a config is loaded (before any data is read).
+LIMITS: dict[tuple[type, str], Range] = {
+    (DataConfig, "split"): NON_NEGATIVE,
+    (DataConfig, "seed"): SEED,
+    (CategoricalOptions, "min_count"): AT_LEAST_1,
+    (CategoricalOptions, "max_size"): NON_NEGATIVE,
+    (CategoricalOptions, "hash_buckets"): AT_LEAST_1,
+    (NumericOptions, "fill_value"): Range(),
+    (NumericOptions, "min_count"): AT_LEAST_1,
+    (TrainConfig, "epochs"): AT_LEAST_1,
+    (TrainConfig, "batch_size"): AT_LEAST_1,
+    (TrainConfig, "lr"): NON_NEGATIVE,  # 0 freezes the weights (tests use it); negative would ascend
+    (TrainConfig, "embedding_lr"): NON_NEGATIVE,
+    (TrainConfig, "momentum"): Range(0, 1, high_open=True),
+    (TrainConfig, "reg"): NON_NEGATIVE,
+    (TrainConfig, "weight_decay"): NON_NEGATIVE,
+    (TrainConfig, "grad_clip"): POSITIVE,
+    (TrainConfig, "early_stopping_patience"): NON_NEGATIVE,
+    (TrainConfig, "lr_decay_factor"): Range(0, 1, low_open=True),
+    (TrainConfig, "seed"): SEED,
+    (TrainConfig, "threads"): AT_LEAST_1,
+    (TrainConfig, "log_every"): AT_LEAST_1,
+    (TrainConfig, "eval_batch_size"): AT_LEAST_1,
+    (TrainConfig, "dist_timeout_s"): POSITIVE,
+    (EvalConfig, "batch_size"): AT_LEAST_1,
+}
+
+
+def check_setting(cls: type, key: str, value: Any, where: str) -> None:
+    """The one check of a loaded value: its choices and its range (``where`` names it in errors)."""
+    choices = CHOICES.get((cls, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{_suggest(str(value), list(choices))}")
+    limit = LIMITS.get((cls, key))
+    if limit is not None and value is not None:
+        optional = type(None) in get_args(get_type_hints(cls)[key])
+        limit.check(value, where, " (or null: off)" if optional else "")
+    rule = RULES.get((cls, key))
+    if rule is not None and value is not None:
+        rule(value, where)
+
+
+def convert_setting(cls: type, key: str, value: Any, where: str) -> Any:
+    """``value`` as setting ``cls.key`` takes it (type, choices, range checked); errors name ``where``."""
+    converted = _convert(value, get_type_hints(cls)[key], where)
+    check_setting(cls, key, converted, where)
+    return converted
+
+
+def _check_split(ratios: list[float], where: str) -> None:
+    if len(ratios) != 3 or ratios[0] <= 0:
+        raise ConfigError(f"{where}: expected three ratios train:valid:test with train > 0, got {ratios}")
+
+
+def parse_epoch_range_text(text: str, where: str = "eval.epochs") -> tuple[int | None, int | None]:
+    """'START:END' (either side may be empty) or 'N' -> (START, END), inclusive; None = open."""
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if m:
+        lo, hi = (int(g) if g else None for g in m.groups())
+    elif text.strip().isdigit():
+        lo = hi = int(text)
+    else:
+        raise ConfigError(f"{where} expects START:END or N (saved epochs, from 1), got {text!r}")
+    return lo, hi
+
+
+def _check_columns(columns: dict[str, dict[str, Any]], where: str) -> None:
+    """Each per-column override must be valid numeric or categorical options (the schema, read
+    later, says which; prepare checks that again against the real columns)."""
+    kinds = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (NumericOptions, CategoricalOptions)}
+    for col, values in columns.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}.{col}: expected a mapping of options, got {values!r}")
+        fitting = [cls for cls, names in kinds.items() if set(values) <= set(names)]
+        if not fitting:
+            names = sorted({n for ns in kinds.values() for n in ns})
+            unknown = [k for k in values if k not in names]
+            raise ConfigError(f"{where}.{col}: {unknown or list(values)} are not options of one column kind"
+                              f"{_suggest(str((unknown or list(values))[0]), names)}; numeric columns take "
+                              f"{', '.join(kinds[NumericOptions])}, categorical ones {', '.join(kinds[CategoricalOptions])}")
+        for cls in fitting:
+            from_dict(cls, values, f"{where}.{col}")
+
+
+#: Further checks of particular settings (beyond type, choices and range).
+RULES: dict[tuple[type, str], Any] = {
+    (DataConfig, "split"): _check_split,
+    (EvalConfig, "epochs"): lambda text, where: parse_epoch_range_text(text, where),
+    (FeaturesConfig, "columns"): _check_columns,
+}
+
+
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys raise with the nearest valid key."""
-    hints = get_type_hints(cls)
+    """Build dataclass ``cls`` from a mapping; unknown keys raise with the nearest valid key, and
+    every value is checked (type, choices, range) with its key path in the error."""
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -203,11 +342,7 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
         if key not in names:
             raise ConfigError(f"unknown config key {where!r}{_suggest(str(key), names)}; valid keys"
                               f"{' of ' + path if path else ''}: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], where)
-        choices = CHOICES.get((cls, key))
-        if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{where}: {kwargs[key]!r} is not one of {', '.join(choices)}"
-                              f"{_suggest(str(kwargs[key]), list(choices))}")
+        kwargs[key] = convert_setting(cls, key, value, where)
     return cls(**kwargs)
 
 
@@ -276,8 +411,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Any, path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    """Write a config as YAML, whole or not at all."""
+    write_bytes_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode("utf-8"))
 
 
 def column_overrides(features: FeaturesConfig, dense: list[str], sparse: list[str]) -> dict[str, Any]:
@@ -297,3 +432,38 @@ def column_overrides(features: FeaturesConfig, dense: list[str], sparse: list[st
         except ConfigError as exc:
             raise ConfigError(f"{exc} (a {section} column)") from None
     return out
+
+
+def encoder_options(encoder: Any, base: CategoricalOptions | NumericOptions) -> CategoricalOptions | NumericOptions:
+    """The options that build ``encoder`` (settings it does not use are taken from ``base``)."""
+    if isinstance(encoder, Vocabulary):
+        return dataclasses.replace(base, encoder="vocab", min_count=encoder.min_count, max_size=encoder.max_size)
+    if isinstance(encoder, HashBuckets):
+        return dataclasses.replace(base, encoder="hash", hash_buckets=encoder.buckets)
+    if isinstance(encoder, BucketizedNumeric):
+        return dataclasses.replace(base, transform="log_square_bucket", min_count=encoder.vocab.min_count)
+    if isinstance(encoder, NumericTransform):
+        return dataclasses.replace(base, transform=encoder.kind, fill_value=encoder.fill_value)
+    raise TypeError(f"no options describe encoder {type(encoder).__name__}")
+
+
+def fitted_features(pipeline: Any, declared: FeaturesConfig | None = None) -> FeaturesConfig:
+    """The ``features`` section that re-creates a fitted pipeline's encoders (pipeline.json is
+    the truth; a config only records it). The declared section is kept where it matches; the
+    most common options of each kind become the section default, the rest per-column overrides."""
+    declared = declared or FeaturesConfig()
+    sections = {}
+    columns: dict[str, dict[str, Any]] = {}
+    for name, inputs in (("numeric", pipeline.dense_inputs), ("categorical", pipeline.sparse_inputs)):
+        base = getattr(declared, name)
+        options = {col: encoder_options(pipeline.encoders[col], base) for col in inputs}
+        if options and base not in options.values():  # (options are unhashable: count them by value)
+            counts = collections.Counter(repr(o) for o in options.values())
+            base = max(options.values(), key=lambda o: counts[repr(o)])
+        sections[name] = base
+        base_values = to_dict(base)
+        for col, opts in options.items():
+            changed = {k: v for k, v in to_dict(opts).items() if v != base_values[k]}
+            if changed:
+                columns[col] = changed
+    return FeaturesConfig(categorical=sections["categorical"], numeric=sections["numeric"], columns=columns)

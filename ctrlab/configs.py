@@ -40,6 +40,39 @@ PADDLE_MODEL_PARAMS = {
     "use_embedding_gate": "use_embedding_gate",
     "use_hidden_gate": "use_hidden_gate",
     "dropout_rate": "dropout",
+    "dnn_use_bn": "batch_norm",
+}
+
+# PaddleRec's layer lists that end with the network's output layer: a final 2 is PaddleRec's
+# 2-class softmax, a final 1 a sigmoid unit; ctrlab's equivalent of either is its 1-logit output
+# layer, which the model adds itself (so the 2 is not kept as a hidden layer)
+PADDLE_OUTPUT_LAYER_LISTS = ("top_layer_sizes",)
+
+# hyper_parameters key -> (native section, key) for training settings
+PADDLE_TRAIN_KEYS = {
+    "reg": ("train", "reg"),  # L2 on the embedding rows a batch touches
+    "clip_by_norm": ("train", "grad_clip"),  # global-norm clipping of the dense gradients
+    "l2_reg_cross": ("train", "weight_decay"),  # L2 on the dense weights (cross weights included)
+}
+
+# runner key -> (native section, key)
+PADDLE_RUNNER_KEYS = {
+    "train_batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "print_interval": ("train", "log_every"),
+    "infer_batch_size": ("eval", "batch_size"),
+    "seed": ("train", "seed"),
+    "use_visual": ("train", "tensorboard"),
+}
+
+# What a PaddleRec config means where ctrlab has its own defaults: every listed epoch runs (no
+# validation holdout, early stopping or learning-rate decay unless native sections ask for them),
+# dense slot values are used as given, and every categorical id is kept (PaddleRec's table holds
+# every hashed id). Native sections beside runner:/hyper_parameters: override these.
+PADDLE_DEFAULTS = {
+    "data": {"split": [1.0, 0.0, 0.0]},
+    "train": {"early_stopping_patience": 0, "lr_decay_factor": 1.0},
+    "features": {"numeric": {"transform": "passthrough"}, "categorical": {"encoder": "vocab", "min_count": 1}},
 }
 
 
@@ -63,11 +96,63 @@ def _resolve(path: str, base: Path) -> str:
     return str(candidate) if not Path(path).is_absolute() and candidate.exists() else path
 
 
+def _checked(section: str, key: str, value: Any, origin: str) -> Any:
+    """A PaddleRec value converted and range-checked as native ``section.key``; errors name both keys."""
+    from . import config
+
+    cls = {"train": config.TrainConfig, "eval": config.EvalConfig, "data": config.DataConfig}[section]
+    return config.convert_setting(cls, key, value, f"{origin} (ctrlab {section}.{key})")
+
+
+def _merge_defaults(out: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            node = out.setdefault(key, {})
+            if isinstance(node, dict):
+                _merge_defaults(node, value)
+        else:
+            out.setdefault(key, copy.deepcopy(value))
+
+
+def _model_param(name: str, key: str, value: Any, params: dict[str, Any], notes: list[str],
+                 hyper: dict[str, Any]) -> None:
+    """Map one hyper_parameters key onto the model's parameters (checked by the registry)."""
+    from .config import ConfigError
+    from .models import check_params, list_models
+
+    target = PADDLE_MODEL_PARAMS[key]
+    if target is None:
+        notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab")
+        return
+    if key == "fc_sizes" and "layer_sizes_dnn" in hyper:
+        notes.append("hyper_parameters.fc_sizes is not used: PaddleRec's model reads layer_sizes_dnn")
+        return
+    if key in PADDLE_OUTPUT_LAYER_LISTS:
+        if not isinstance(value, list) or not value or value[-1] not in (1, 2):
+            raise ConfigError(f"hyper_parameters.{key}: expected a list of layer sizes ending in PaddleRec's output "
+                              f"layer (2: two-class softmax, 1: sigmoid), got {value!r}")
+        value = value[:-1]  # ctrlab's 1-logit output layer replaces it
+    if name in list_models():
+        try:
+            value = check_params(name, {target: value})[target]
+        except ValueError as exc:
+            raise ConfigError(f"hyper_parameters.{key} (ctrlab model.params.{target}): {exc}") from None
+        value = list(value) if isinstance(value, tuple) else value
+    params[target] = value
+    if key == "layer_sizes_cin":
+        params.setdefault("cin_split_half", False)  # PaddleRec's CIN feeds every layer's maps forward
+
+
 def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Map a PaddleRec config to native sections; returns (config data, notes on unmapped keys)."""
+    from .config import ConfigError
+
     data = copy.deepcopy(data)
     runner = data.pop("runner", {}) or {}
     hyper = data.pop("hyper_parameters", {}) or {}
+    for section, body in (("runner", runner), ("hyper_parameters", hyper)):
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: expected a mapping of settings, got {body!r}")
     notes: list[str] = []
     out: dict[str, Any] = {}
     for key, value in data.items():  # native sections may sit beside them; anything else is noted
@@ -94,24 +179,17 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
         name = PADDLE_MODEL_NAMES.get(folder, folder)
     m["name"] = name
 
+    sections = {"train": t, "eval": e, "data": d}
     for key, value in runner.items():
-        if key == "train_data_dir":
+        if key in PADDLE_RUNNER_KEYS:
+            section, native = PADDLE_RUNNER_KEYS[key]
+            sections[section][native] = _checked(section, native, value, f"runner.{key}")
+        elif key == "train_data_dir":
             d["train"] = [_resolve(str(value), config_dir)]
         elif key == "test_data_dir":
             d["test"] = [_resolve(str(value), config_dir)]
-            d.setdefault("split", [0.9, 0.1, 0.0])  # validation rows come from the training data
-        elif key == "train_batch_size":
-            t["batch_size"] = int(value)
-        elif key == "epochs":
-            t["epochs"] = int(value)
         elif key == "use_gpu":
             t["device"] = "cuda" if value else "cpu"
-        elif key == "use_visual":
-            t["tensorboard"] = bool(value)
-        elif key == "print_interval":
-            t["log_every"] = int(value)
-        elif key == "infer_batch_size":
-            e["batch_size"] = int(value)
         elif key in ("infer_start_epoch", "infer_end_epoch"):
             pass  # handled below
         elif key == "model_init_path":
@@ -120,13 +198,11 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
         elif key == "use_auc":
             if not value:
                 notes.append("runner.use_auc: False has no effect: ctrlab always reports exact AUC and logloss")
-        elif key == "seed":
-            t["seed"] = int(value)
         elif key in ("train_reader_path", "infer_reader_path", "reader_type", "pipe_command"):
             notes.append(f"runner.{key} does not apply: ctrlab detects the input format and reads a prepared "
                          "store (set data.format to force one)")
-        elif key == "use_inference":
-            notes.append("runner.use_inference does not apply: export a deployable bundle with `ctrlab export`")
+        elif key in ("use_inference", "inference", "save_inference_feed_varnames", "save_inference_fetch_varnames"):
+            notes.append(f"runner.{key} does not apply: export a deployable bundle with `ctrlab export`")
         elif key == "use_fleet":
             if value:
                 notes.append("runner.use_fleet: distributed training is chosen at launch, not in the config: "
@@ -136,22 +212,30 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             notes.append(f"runner.{key} is not used by ctrlab")
     if "infer_start_epoch" in runner or "infer_end_epoch" in runner:
         # PaddleRec evaluates saved epochs start .. end-1 (0-based); ctrlab numbers epochs from 1
-        start = int(runner.get("infer_start_epoch", 0)) + 1
+        start = _epoch_number(runner.get("infer_start_epoch", 0), "runner.infer_start_epoch", 0) + 1
         end = runner.get("infer_end_epoch")
-        e["epochs"] = f"{start}:{int(end)}" if end is not None else f"{start}:"
+        end = None if end is None else _epoch_number(end, "runner.infer_end_epoch", 1)
+        if end is not None and end < start:
+            raise ConfigError(f"runner.infer_end_epoch ({end}) must be after runner.infer_start_epoch "
+                              f"({start - 1}): PaddleRec evaluates epochs start .. end-1")
+        e["epochs"] = f"{start}:{end}" if end is not None else f"{start}:"
 
     for key, value in hyper.items():
         if key == "optimizer":
             value = value or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"hyper_parameters.optimizer: expected a mapping (class, learning_rate), got {value!r}")
             for okey, ovalue in value.items():
+                origin = f"hyper_parameters.optimizer.{okey}"
                 if okey == "class":
-                    t["optimizer"] = str(ovalue).lower()
+                    t["optimizer"] = _checked("train", "optimizer", str(ovalue).lower(), origin)
                 elif okey == "learning_rate":
-                    t["lr"] = float(ovalue)
+                    t["lr"] = _checked("train", "lr", ovalue, origin)
                 else:
-                    notes.append(f"hyper_parameters.optimizer.{okey} is not used by ctrlab")
-        elif key == "reg":
-            t["reg"] = float(value)
+                    notes.append(f"{origin} is not used by ctrlab")
+        elif key in PADDLE_TRAIN_KEYS:
+            section, native = PADDLE_TRAIN_KEYS[key]
+            sections[section][native] = _checked(section, native, value, f"hyper_parameters.{key}")
         elif key == "sparse_feature_number":
             # PaddleRec slot ids are (slot, value) pairs pre-hashed into [0, N): a vocabulary per
             # field keeps exactly the ids that occur, at most N rows in all
@@ -162,13 +246,21 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
         elif key in ("dense_input_dim", "sparse_inputs_slots", "sparse_input_dim", "slot_num"):
             notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab (value {value} not needed)")
         elif key in PADDLE_MODEL_PARAMS:
-            target = PADDLE_MODEL_PARAMS[key]
-            if target is None:
-                notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab")
-            else:
-                params[target] = value
+            _model_param(name, key, value, params, notes, hyper)
         elif key in ("distributed_embedding",):
             notes.append(f"hyper_parameters.{key} does not apply (one process, local embedding tables)")
+        elif key == "is_sparse":
+            notes.append("hyper_parameters.is_sparse does not apply: ctrlab always updates only the embedding "
+                         "rows a batch touches")
         else:
             notes.append(f"hyper_parameters.{key} is not used by ctrlab")
+    _merge_defaults(out, PADDLE_DEFAULTS)
     return out, notes
+
+
+def _epoch_number(value: Any, origin: str, low: int) -> int:
+    from .config import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{origin}: expected an epoch number >= {low}, got {value!r}")
+    return value

@@ -10,7 +10,8 @@ through the ONNX graph (onnxruntime) or the torch model::
     predictor.predict([[3, None, ..., "05db9164", ...]])                      # lists in predictor.columns order
     predictor.predict(arrow_table)                                             # canonical columns, as readers give
 
-Raw values: numbers, numeric strings, "" or None (missing) for numeric columns; strings, integer
+Raw values: finite numbers, numeric strings, "" or None (missing) for numeric columns (NaN, inf and
+values that overflow, such as "1e400", are errors naming the row and field, as in files); strings, integer
 ids, "" or None (missing) for categorical ones. A dict may leave a column out (missing) and may
 carry ``label``/``id`` (ignored); any other key is an error naming the row and the key.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .data.readers import ID, _NUMBER, RowReader, SkipReport, first_line, prefetch, resolve_inputs
-from .export.bundle import (ONNX_INT8, ONNX_MODEL, PIPELINE, load_manifest, onnx_session, torch_model,
-                            version_notes)
-from .features.pipeline import FeaturePipeline
+from .data.readers import (ID, DataError, RowReader, SkipReport, describe, first_line, number_error, parse_number,
+                           prefetch, resolve_inputs)
+from .export.bundle import PIPELINE, graph_file, load_manifest, onnx_session, torch_model, version_notes
+from .features.pipeline import FeaturePipeline, InputError
+from .fields import MISSING_ID, OOV_ID
+from .fileio import atomic_write
 from .schema import LABEL, PRESETS, GenericSchemaConfig, Schema, generic_schema
 
 BACKENDS = ("onnx", "torch")
@@ -46,30 +50,31 @@ IGNORED_KEYS = (LABEL, ID)  # canonical non-feature columns a row dict may carry
 DEFAULT_BATCH_ROWS = 4096
 
 
-class InputError(ValueError):
-    """Rows that cannot be scored: names the row (0-based) and the field, and what was expected."""
-
-
 # --------------------------------------------------------------------------------------------
 # raw rows (lists / dicts) -> Arrow table of canonical columns
 # --------------------------------------------------------------------------------------------
 
+def _bad_value(row: int, col: str, reason: str) -> InputError:
+    return InputError(f"row {row}, field {col!r}: {reason}", row=row, field=col, reason=reason)
+
+
 def _dense_value(value: Any, row: int, col: str) -> float | None:
     kind = type(value)
     if kind is float or kind is int:
-        if kind is float and not math.isfinite(value):
-            raise InputError(f"row {row}, field {col!r}: expected a finite number, got {value!r}")
-        return float(value)
+        number = float(value) if kind is float or abs(value) < 2**1023 else math.inf
+        if not math.isfinite(number):
+            raise _bad_value(row, col, f"expected a finite number, got {value!r:.40}")
+        return number
     if value is None or value == "":
         return None
     if kind is str:
-        if _NUMBER.fullmatch(value):  # the readers' rule for numbers in text
-            return float(value)
-        raise InputError(f"row {row}, field {col!r}: expected a number, got {value[:40]!r}")
+        number = parse_number(value)  # the readers' rule for numbers in text
+        if number is None:
+            raise _bad_value(row, col, number_error(value))
+        return number
     if isinstance(value, (np.integer, np.floating)) and not isinstance(value, bool):
         return _dense_value(value.item(), row, col)
-    raise InputError(f"row {row}, field {col!r}: expected a number, a numeric string or None, "
-                     f"got {type(value).__name__} {value!r:.40}")
+    raise _bad_value(row, col, f"expected a number, a numeric string or None, got {type(value).__name__} {value!r:.40}")
 
 
 def _sparse_value(value: Any, row: int, col: str) -> str | None:
@@ -80,8 +85,7 @@ def _sparse_value(value: Any, row: int, col: str) -> str | None:
         return None
     if kind is int or isinstance(value, np.integer):  # an integer id: its decimal text, as read from a file
         return str(int(value))
-    raise InputError(f"row {row}, field {col!r}: expected a string (or an integer id, or None), "
-                     f"got {type(value).__name__} {value!r:.40}")
+    raise _bad_value(row, col, f"expected a string (or an integer id, or None), got {type(value).__name__} {value!r:.40}")
 
 
 def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
@@ -177,6 +181,11 @@ def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: S
         kind = table.schema.field(col).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
             raise InputError(f"column {col!r}: expected numbers (float64), got Arrow type {kind}")
+        if pa.types.is_floating(kind):  # NaN and inf are bad values (null is missing), as in files
+            finite = pc.is_finite(table.column(col)).fill_null(True)
+            if pc.all(finite).as_py() is False:
+                row = int(np.flatnonzero(~finite.to_numpy(zero_copy_only=False))[0])
+                raise _bad_value(row, col, f"expected a finite number, got {table.column(col)[row].as_py()!r}")
     for col in sparse_columns:
         kind = table.schema.field(col).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
@@ -188,6 +197,59 @@ def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: S
 # --------------------------------------------------------------------------------------------
 # Predictor
 # --------------------------------------------------------------------------------------------
+
+class InputCounts:
+    """Per input field, counted over the rows a predictor encoded: rows, missing values and
+    out-of-vocabulary values (OOV for fields encoded to ids only). Thread-safe (a server shares
+    one predictor). The rates use prepare's definitions: missing / rows, OOV / present values."""
+
+    def __init__(self, pipeline: FeaturePipeline):
+        self._sparse = list(pipeline.sparse_outputs)
+        self._dense = list(pipeline.dense_outputs)
+        self.fields = self._sparse + self._dense
+        self.rows = 0
+        self.missing = np.zeros(len(self.fields), dtype=np.int64)
+        self.oov = np.zeros(len(self._sparse), dtype=np.int64)
+        self._lock = threading.Lock()
+
+    def add(self, table: pa.Table, sparse: np.ndarray) -> None:
+        missing = np.concatenate([np.count_nonzero(sparse == MISSING_ID, axis=0),
+                                  [table.column(c).null_count for c in self._dense]])
+        oov = np.count_nonzero(sparse == OOV_ID, axis=0)
+        with self._lock:
+            self.rows += table.num_rows
+            self.missing += missing.astype(np.int64)
+            self.oov += oov
+
+    def snapshot(self) -> dict[str, dict[str, int | None]]:
+        """{field: {"rows", "missing", "oov" (None for numeric features)}}."""
+        with self._lock:
+            oov = list(self.oov.tolist()) + [None] * len(self._dense)
+            return {f: {"rows": self.rows, "missing": int(m), "oov": o}
+                    for f, m, o in zip(self.fields, self.missing.tolist(), oov)}
+
+
+#: an input's rate is "far above" the training rate when it exceeds it by this much and twice over
+DRIFT_MARGIN = 0.2
+DRIFT_MIN_ROWS = 20
+
+
+def input_drift(seen: dict[str, dict[str, int | None]], trained: dict[str, dict[str, float | None]]) -> list[str]:
+    """The fields whose missing or OOV rate in ``seen`` (:meth:`InputCounts.snapshot`) is far above
+    the bundle's training rates (``Predictor.input_rates``), as "C1 OOV 98% (trained 2%)"."""
+    found = []
+    for name, counts in seen.items():
+        rows, missing = counts["rows"], counts["missing"]
+        present = rows - missing  # type: ignore[operator]
+        observed = {"missing": missing / rows if rows >= DRIFT_MIN_ROWS else None,  # type: ignore[operator]
+                    "oov": counts["oov"] / present if counts["oov"] is not None and present >= DRIFT_MIN_ROWS
+                    else None}
+        for kind, rate in observed.items():
+            base = trained.get(name, {}).get(kind)
+            if rate is not None and base is not None and rate > base + DRIFT_MARGIN and rate > 2 * base:
+                found.append(f"{name} {'OOV' if kind == 'oov' else kind} {rate:.0%} (trained {base:.0%})")
+    return found
+
 
 @dataclass
 class Timings:
@@ -222,6 +284,10 @@ class Predictor:
         self.manifest = load_manifest(self.bundle_dir, verify=verify)
         self.version_notes = version_notes(self.manifest)
         self.pipeline = FeaturePipeline.load(self.bundle_dir / PIPELINE)
+        # per field: the training data's missing rate and the held-out OOV rate (absent in
+        # bundles exported before ctrlab wrote them), and what this predictor has seen since
+        self.input_rates: dict[str, dict[str, float | None]] = self.manifest.get("input_rates") or {}
+        self.input_counts = InputCounts(self.pipeline)
         self.schema = Schema.from_dict(self.manifest["schema"])
         self.backend = backend
         self.variant = variant
@@ -229,11 +295,8 @@ class Predictor:
         self._session = None
         self._model = None
         if backend == "onnx":
-            graph = ONNX_MODEL if variant == "fp32" else ONNX_INT8
-            if not (self.bundle_dir / graph).is_file():
-                raise FileNotFoundError(f"{self.bundle_dir}: the bundle has no {graph} "
-                                        f"(export with --quantize for the int8 variant)")
-            self._session = onnx_session(self.bundle_dir / graph, threads=threads, providers=providers,
+            graph = graph_file(self.bundle_dir, self.manifest, variant)  # only a listed (checked) graph
+            self._session = onnx_session(graph, threads=threads, providers=providers,
                                          graph_optimization=graph_optimization, spinning=spinning)
             self._feeds = {i.name for i in self._session.get_inputs()}
         else:
@@ -277,9 +340,16 @@ class Predictor:
                              f"got {type(rows).__name__}")
         return rows_to_table(rows, self.dense_columns, self.sparse_columns)
 
+    def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """A checked table -> (dense float32[N, n_dense], sparse int32[N, n_sparse]) via the bundle's
+        pipeline, counted in ``input_counts``; a value whose feature is not finite raises InputError."""
+        dense, sparse = self.pipeline.transform(table)
+        self.input_counts.add(table, sparse)
+        return dense, sparse
+
     def encode(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows -> (dense float32[N, n_dense], sparse int32[N, n_sparse]) via the bundle's pipeline."""
-        return self.pipeline.transform(self.to_table(rows))
+        return self.transform(self.to_table(rows))
 
     def predict_encoded(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """Probabilities float32[N] for encoded features."""
@@ -302,7 +372,7 @@ class Predictor:
         t0 = time.perf_counter()
         table = self.to_table(rows)
         t1 = time.perf_counter()
-        dense, sparse = self.pipeline.transform(table)
+        dense, sparse = self.transform(table)
         t2 = time.perf_counter()
         probs = self.predict_encoded(dense, sparse) if len(dense) else np.zeros(0, dtype=np.float32)
         t3 = time.perf_counter()
@@ -397,6 +467,8 @@ class ScoredChunk:
     path: str
     rows_before: int  # scored rows before this chunk (all files)
     timings: dict[str, float] = field(default_factory=dict)
+    lines: np.ndarray | None = None  # int64[N]: the input line of every scored row
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why) of skipped lines, in order
 
 
 @dataclass
@@ -408,6 +480,7 @@ class FileScoring:
     skipped: SkipReport = field(default_factory=SkipReport)
     has_labels: bool = True
     has_ids: bool = True
+    inputs: InputCounts | None = None  # per-field rows / missing / OOV of the scored rows
 
 
 def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
@@ -430,25 +503,26 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         report.formats[str(path)] = file_fmt
         report.has_labels &= schema.label is not None
         report.has_ids &= schema.id_column is not None
-    pipeline = predictor.pipeline
+    if report.inputs is None:
+        report.inputs = InputCounts(predictor.pipeline)
 
     def encoded() -> Iterator[tuple[Any, ...]]:
         for path, _, schema in plans:
             reader = RowReader([path], schema, bad_lines=bad_lines)
             try:
                 for chunk in reader:
-                    table = chunk.table
                     t0 = time.perf_counter()
-                    dense, sparse = pipeline.transform(table)
+                    table, dense, sparse = _transform_chunk(predictor, chunk, bad_lines, reader.skipped)
                     elapsed = time.perf_counter() - t0
+                    report.inputs.add(table, sparse)  # type: ignore[union-attr]
                     labels = table.column(LABEL).to_numpy().astype(np.float32) if schema.label else None
                     ids = table.column(ID).combine_chunks() if schema.id_column else None
-                    yield str(path), dense, sparse, labels, ids, elapsed
+                    yield chunk, dense, sparse, labels, ids, elapsed
             finally:
                 report.skipped.merge_from(reader.skipped)
 
     done = 0
-    for path, dense, sparse, labels, ids, transform_s in prefetch(encoded(), depth=2):
+    for chunk, dense, sparse, labels, ids, transform_s in prefetch(encoded(), depth=2):
         n = len(dense)
         t0 = time.perf_counter()
         probs = np.empty(n, dtype=np.float32)
@@ -456,9 +530,30 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
             hi = lo + batch_size
             probs[lo:hi] = predictor.predict_encoded(dense[lo:hi], sparse[lo:hi])
         timings = {"transform": transform_s, "inference": time.perf_counter() - t0}
-        yield ScoredChunk(probs, labels, ids, path, done, timings)
+        yield ScoredChunk(probs, labels, ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
         done += n
         report.rows = done
+
+
+def _transform_chunk(predictor: Predictor, chunk: Any, bad_lines: str,
+                     skipped: SkipReport) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Encode a reader's chunk. A row whose feature is not finite is a bad line: an error naming
+    the file, line and field, or (``skip``) a skipped line, counted and listed in the chunk."""
+    while True:
+        try:
+            dense, sparse = predictor.transform(chunk.table)
+            return chunk.table, dense, sparse
+        except InputError as exc:
+            if exc.row is None:
+                raise
+            line = int(chunk.lines[exc.row])
+            if bad_lines == "error":
+                raise DataError(chunk.path, line, exc.reason, field=exc.field) from None
+            skipped.add("non-finite feature", f"{chunk.path}:{line}")
+            chunk.skipped = sorted(chunk.skipped + [(line, describe(exc.reason, exc.field))])
+            keep = np.ones(chunk.table.num_rows, dtype=bool)
+            keep[exc.row] = False
+            chunk.table, chunk.lines = chunk.table.filter(pa.array(keep)), chunk.lines[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,15 +579,22 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
                  id_column: bool = False, header: bool = False, batch_size: int = DEFAULT_BATCH_ROWS,
                  threads: int | None = None, variant: str = "fp32", predictor: Predictor | None = None,
                  log: Callable[[str], None] = print) -> PredictResult:
-    """Score input files and write one probability per scored row to ``out`` (TSV, input order).
+    """Score input files and write ``out``, a TSV file with one line per input line (after a
+    header line of the input), in input order, so that line k of the output belongs to data
+    line k of the input.
 
-    ``variant``: ``int8`` scores with the bundle's quantized graph (onnx). ``predictor``: an
-    already loaded Predictor to use (then ``bundle_dir``, ``backend``, ``threads`` and ``variant``
-    are not used).
+    Columns: [``id``] ``probability`` [``skipped``]. ``id_column``: the input's id column (Kaggle
+    CSV ``Id``) when every input has one, else the 1-based line number in the input file
+    (``file:line`` when there are several input files). With ``bad_lines="skip"`` a bad line
+    keeps its place with an empty probability (and an empty id when the ids come from the
+    input), and the ``skipped`` column says what was wrong with it (empty on scored lines).
+    ``header``: a first line naming the columns. ``variant``: ``int8`` scores with the bundle's
+    quantized graph (onnx). ``predictor``: an already loaded Predictor to use (then
+    ``bundle_dir``, ``backend``, ``threads`` and ``variant`` are not used).
 
-    ``id_column``: write an id first: the input's id column (Kaggle CSV ``Id``) when every input
-    has one, else the 0-based index of the scored row. ``header``: a first line naming the
-    columns. Labelled input: exact AUC and logloss over all rows in the result (and logged).
+    Labelled input: exact AUC and logloss over the scored rows in the result (and logged). A
+    warning is logged when a field's missing or OOV rate is far above the bundle's training
+    rates (the wrong bundle for the data, or a changed upstream).
     """
     import pyarrow.csv as pa_csv
 
@@ -513,36 +615,25 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     report = FileScoring()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     labels_parts: list[np.ndarray] = []
     prob_parts: list[np.ndarray] = []
     options = pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    try:
+    names = (["id"] if id_column else []) + ["probability"] + (["skipped"] if bad_lines == "skip" else [])
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             chunks = score_files(predictor, inputs, fmt=fmt, bad_lines=bad_lines, batch_size=batch_size,
                                  report=report)
-            wrote_header = False
+            if header:
+                fh.write(("\t".join(names) + "\n").encode())
             for chunk in chunks:
-                use_ids = id_column and report.has_ids
-                if header and not wrote_header:
-                    names = (["id"] if id_column else []) + ["probability"]
-                    fh.write(("\t".join(names) + "\n").encode())
-                    wrote_header = True
-                columns: dict[str, Any] = {}
-                if id_column:
-                    columns["id"] = chunk.ids if use_ids else pa.array(
-                        np.arange(chunk.rows_before, chunk.rows_before + len(chunk.probabilities)))
-                columns["probability"] = pa.array(chunk.probabilities, type=pa.float32())
-                pa_csv.write_csv(pa.table(columns), fh, write_options=options)
+                columns = _output_columns(chunk, id_column and report.has_ids, len(report.formats) > 1)
+                pa_csv.write_csv(pa.table({n: columns[n] for n in names}), fh, write_options=options)
                 prob_parts.append(chunk.probabilities)
                 if chunk.labels is not None and report.has_labels:
                     labels_parts.append(chunk.labels)
-            if header and not wrote_header:  # no rows at all: still a well-formed file
-                fh.write(("\t".join((["id"] if id_column else []) + ["probability"]) + "\n").encode())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)  # the whole output or nothing (a bad line under "error" leaves no file)
     seconds = time.perf_counter() - started
     metrics = None
     if report.has_labels and prob_parts:
@@ -558,4 +649,29 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     if metrics is not None:
         log(f"AUC {metrics['auc']:.6f}")
         log(f"logloss {metrics['logloss']:.6f}")
+    drift = input_drift(report.inputs.snapshot(), predictor.input_rates) if report.inputs else []
+    if drift:
+        log(f"warning: these inputs differ from the bundle's training data (rate seen here vs at training): "
+            f"{', '.join(drift)}; is this the right bundle for these files?")
     return result
+
+
+def _output_columns(chunk: ScoredChunk, input_ids: bool, several_files: bool) -> dict[str, pa.Array]:
+    """A scored chunk's output lines: its scored rows and skipped lines merged in line order."""
+    n = len(chunk.probabilities)
+    skip_lines = np.array([line for line, _ in chunk.skipped], dtype=np.int64)
+    lines = np.concatenate([chunk.lines if chunk.lines is not None else np.zeros(n, np.int64), skip_lines])
+    order = pa.array(np.argsort(lines, kind="stable"))
+    is_skipped = np.arange(len(lines)) >= n
+    probs = np.concatenate([chunk.probabilities.astype(np.float32), np.zeros(len(skip_lines), np.float32)])
+    columns = {"probability": pa.array(probs, mask=is_skipped).take(order),
+               "skipped": pa.array([None] * n + [" ".join(why.split()) for _, why in chunk.skipped],
+                                   type=pa.string()).take(order)}
+    if input_ids:
+        ids = pa.concat_arrays([chunk.ids.cast(pa.string()), pa.nulls(len(skip_lines), pa.string())])  # type: ignore[union-attr]
+        columns["id"] = ids.take(order)
+    elif several_files:
+        columns["id"] = pa.array([f"{chunk.path}:{line}" for line in np.sort(lines).tolist()], type=pa.string())
+    else:
+        columns["id"] = pa.array(np.sort(lines))
+    return columns

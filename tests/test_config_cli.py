@@ -36,8 +36,9 @@ def test_defaults():
     assert isinstance(cfg, Config)
     assert cfg.data.split == [0.8, 0.1, 0.1] and cfg.data.seed == 2024
     assert cfg.data.format == "auto" and cfg.data.bad_lines == "error"
-    assert cfg.features.categorical == CategoricalOptions()
-    assert cfg.features.numeric == NumericOptions()
+    # the one set of feature defaults (prepare and the ready configs alike)
+    assert cfg.features.categorical == CategoricalOptions(encoder="vocab", min_count=2)
+    assert cfg.features.numeric == NumericOptions(transform="log_square_bucket", min_count=2)
 
 
 def test_unknown_key_suggests_nearest(tmp_path):
@@ -135,9 +136,8 @@ def test_column_overrides_typed_and_checked():
     cfg = load_config(None, ["features.columns.C3.transform=log1p"])
     with pytest.raises(ConfigError, match=r"features\.columns\.C3\.transform.*categorical column"):
         column_overrides(cfg.features, ["I1"], ["C3"])
-    cfg = load_config(None, ["features.columns.C3.encoder=hsh"])
-    with pytest.raises(ConfigError, match="did you mean 'hash'"):
-        column_overrides(cfg.features, ["I1"], ["C3"])
+    with pytest.raises(ConfigError, match=r"features\.columns\.C3\.encoder.*did you mean 'hash'"):
+        load_config(None, ["features.columns.C3.encoder=hsh"])  # checked on loading, before any data
     cfg = load_config(None, ["features.columns.C99.min_count=2"])
     with pytest.raises(ConfigError, match="C99: no such column"):
         column_overrides(cfg.features, ["I1"], ["C3"])
@@ -173,7 +173,7 @@ def test_cli_prepare_writes_store(shared_data, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "store: 10,109 rows" in stdout
     assert "split: seeded random (train 0.8, valid 0.1, test 0.1; seed 2024)" in stdout
-    assert "features: 13 dense, 26 sparse" in stdout
+    assert "features: 0 dense, 39 sparse" in stdout  # the default: counts bucketized (log-square)
     assert "skipped lines: 0" in stdout
     assert f"wrote {out}" in stdout
     for name in ("meta.json", "pipeline.json", "config.yaml"):

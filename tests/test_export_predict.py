@@ -488,7 +488,11 @@ def test_bad_lines_error_and_skip_policies(criteo, onnx_predictor, tmp_path):
     logs: list[str] = []
     result = predict_file(criteo.bundle, [bad], tmp_path / "b.out", bad_lines="skip", log=logs.append,
                           predictor=onnx_predictor)
-    assert result.rows == 198 == len((tmp_path / "b.out").read_text().splitlines())
+    # skipped lines keep their place: one output line per input line, empty probability + reason
+    out_lines = (tmp_path / "b.out").read_text().splitlines()
+    assert result.rows == 198 and len(out_lines) == 200
+    assert out_lines[10].startswith("\t") and "expected a number, got 'abc'" in out_lines[10]
+    assert out_lines[50].startswith("\t") and "wrong field count" in out_lines[50]
     assert result.skipped.total == 2
     assert any("skipped 2 bad lines" in line for line in logs)
     assert any("not a number" in line for line in logs) and any("wrong field count" in line for line in logs)
@@ -496,7 +500,9 @@ def test_bad_lines_error_and_skip_policies(criteo, onnx_predictor, tmp_path):
     good = tmp_path / "good.tsv"
     good.write_text("\n".join(line for i, line in enumerate(lines) if i not in (10, 50)) + "\n")
     predict_file(criteo.bundle, [good], tmp_path / "c.out", log=quiet, predictor=onnx_predictor)
-    np.testing.assert_array_equal(read_scores(tmp_path / "b.out"), read_scores(tmp_path / "c.out"))
+    scored = np.array([float(line.split("\t")[0]) for i, line in enumerate(out_lines) if i not in (10, 50)],
+                      dtype=np.float32)
+    np.testing.assert_array_equal(scored, read_scores(tmp_path / "c.out"))
 
 
 def test_several_inputs_keep_input_order_and_row_indices(criteo, onnx_predictor, tmp_path):
@@ -505,7 +511,9 @@ def test_several_inputs_keep_input_order_and_row_indices(criteo, onnx_predictor,
                           id_column=True, header=True, batch_size=7, log=quiet, predictor=onnx_predictor)
     lines = (tmp_path / "s.tsv").read_text().splitlines()
     assert lines[0] == "id\tprobability" and len(lines) == 241 and result.rows == 240
-    assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(240)]
+    # ids: file:line (several inputs; criteo files have no header, so data line k is line k)
+    assert [line.split("\t")[0] for line in lines[1:]] == [f"{files[name]}:{k}" for name in ("criteo", "criteo_test")
+                                                           for k in range(1, 121)]
     scores = np.array([float(line.split("\t")[1]) for line in lines[1:]])
     np.testing.assert_array_equal(scores[:120], scores[120:])
     assert result.metrics is None  # one input has no labels
@@ -562,7 +570,7 @@ def test_predictor_bad_inputs_name_row_and_field(onnx_predictor, raw_table):
 def test_predictor_options_are_checked(criteo):
     with pytest.raises(ValueError, match="unknown backend 'tf'"):
         Predictor(criteo.bundle, backend="tf")
-    with pytest.raises(FileNotFoundError, match="no model.int8.onnx"):
+    with pytest.raises(BundleError, match="lists no int8 model"):
         Predictor(criteo.bundle, variant="int8")
     with pytest.raises(ValueError, match="not available here"):
         Predictor(criteo.bundle, providers=["NoSuchExecutionProvider"])
@@ -663,7 +671,8 @@ def test_cli_errors_exit_2_with_a_message(criteo, main, tmp_path, capsys):
         assert f"ctrlab {argv[0]}: error:" in err and message in err, err
     assert main(["predict", str(criteo.bundle), str(bad), "--out", str(tmp_path / "o"), "--bad-lines", "skip"]) == 0
     assert "skipped 1 bad lines" in capsys.readouterr().out
-    assert len((tmp_path / "o").read_text().splitlines()) == 19
+    out_lines = (tmp_path / "o").read_text().splitlines()
+    assert len(out_lines) == 20 and out_lines[3] == "\twrong field count (got 41, expected 40)"
 
 
 @pytest.mark.parametrize("command", ["export", "predict", "bench"])

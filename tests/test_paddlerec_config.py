@@ -72,7 +72,7 @@ def test_every_mapped_key(tmp_path):
     assert cfg.model.name == "wide_deep"
     assert cfg.data.train == [str(folder / "data/train")]
     assert cfg.data.test == ["/elsewhere/test"]
-    assert cfg.data.split == [0.9, 0.1, 0.0]  # validation rows come from the training data
+    assert cfg.data.split == [1.0, 0.0, 0.0]  # every training row trains: no hidden validation holdout
     t = cfg.train
     assert (t.batch_size, t.epochs, t.device, t.log_every) == (50, 4, "cpu", 2)
     assert (t.init_from, t.tensorboard, t.seed) == ("output_model_wide_deep/2", True, 7)
@@ -402,7 +402,7 @@ def test_train_and_eval_with_a_paddlerec_config(paddle_wide_deep, tmp_path, caps
     assert (saved.eval.epochs, saved.eval.batch_size) == ("1:1", 7)
     store = Store(run_dir / "store")
     assert store.meta["splits"]["test"]["rows"] == 110
-    assert store.meta["splits"]["train"]["rows"] + store.meta["splits"]["valid"]["rows"] == 110
+    assert store.meta["splits"]["train"]["rows"] == 110 and not store.has_split("valid")  # no hidden holdout
 
     # the same PaddleRec file drives evaluation (infer_start_epoch 0 .. infer_end_epoch 1 -> epoch 1)
     rc = main(["eval", "-m", str(paddle_wide_deep), "--json", "--set", "train.threads=1"])
@@ -419,5 +419,194 @@ def test_sparse_feature_number_keeps_the_table_size(paddle_wide_deep, tmp_path):
     store = prepare(prepare_options(cfg), tmp_path / "store", progress=False, log=lambda _: None)
     vocab_sizes = store.spec.vocab_sizes
     assert len(vocab_sizes) == 26
-    # one table of sparse_feature_number rows (allow a PAD/OOV row pair per field)
-    assert sum(vocab_sizes) <= 1000 + 2 * len(vocab_sizes), sum(vocab_sizes)
+    # a vocabulary per slot keeps exactly the ids that occur in the training rows (PaddleRec keeps
+    # every id: min_count 1), plus the missing and OOV rows; with ids < sparse_feature_number, as
+    # PaddleRec requires, that is at most sparse_feature_number rows in all
+    distinct: dict[str, set[str]] = {}
+    for line in (paddle_wide_deep.parent / "data" / "sample_data" / "train").glob("*.txt"):
+        for row in line.read_text().splitlines():
+            for token in row.split()[14:]:
+                slot, value = token.split(":")
+                distinct.setdefault(slot, set()).add(value)
+    assert list(vocab_sizes) == [len(distinct[str(k)]) + 2 for k in range(1, 27)]
+
+
+# --------------------------------------------------------------------------------------------
+# PaddleRec's own rank configs build PaddleRec's networks (layer shapes from its net.py files)
+# --------------------------------------------------------------------------------------------
+
+RANK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "PaddlePaddle__PaddleRec" / "models" / "rank"
+
+#: the PaddleRec rank models (folders with a config.yaml) that ctrlab maps onto its own models
+PADDLE_RANK_MODELS = ["dcn", "deepfefm", "deepfm", "dlrm", "dnn", "ffm", "fm", "gatenet", "logistic_regression",
+                      "wide_deep", "xdeepfm"]
+
+
+def paddle_shapes(model: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """The layer shapes PaddleRec's models/rank/<model>/net.py builds from a config's values.
+
+    linear: (in, out) of every dense weight matrix (Linear layers, CIN's 1x1 convolutions, and the
+    first-order weights of the dense inputs, a D -> 1 map). PaddleRec ends some networks in a
+    2-unit layer feeding a two-class softmax; ctrlab's equivalent is one logit, so such a
+    final (n, 2) layer is expected as (n, 1) here. embedding: the widths of the embedding tables.
+    """
+    dense, k = hp.get("dense_input_dim", 0), hp.get("sparse_feature_dim", 1)
+    sparse = hp.get("sparse_inputs_slots", 1) - 1  # one slot holds the dense vector
+    fields = sparse + dense  # models that embed each dense value as a field
+    fc = list(hp.get("fc_sizes", []))
+
+    def chain(sizes: list[int]) -> list[tuple[int, int]]:
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        return pairs[:-1] + [(pairs[-1][0], 1)] if pairs and pairs[-1][1] == 2 else pairs
+
+    first_order = [(dense, 1)]  # dense_w_one (or wide_deep's wide Linear)
+    if model == "dnn":
+        return {"linear": chain([sparse * k + dense] + fc + [2]), "embedding": {k}}
+    if model == "wide_deep":
+        # ctrlab's wide part also keeps a weight per sparse id (the paper's wide part over the
+        # sparse features): the 1-wide table PaddleRec's dense-only wide part does not have
+        return {"linear": first_order + chain([sparse * k + dense] + fc + [1]), "embedding": {1, k}}
+    if model == "deepfm":
+        return {"linear": first_order + chain([fields * k] + fc + [1]), "embedding": {1, k}}
+    if model == "fm":
+        return {"linear": first_order, "embedding": {1, k}}
+    if model == "ffm":  # one k-vector per (feature, field): width k * fields
+        return {"linear": first_order, "embedding": {1, fields * k}}
+    if model == "xdeepfm":
+        cin, last, convs = list(hp["layer_sizes_cin"]), fields, []
+        for size in cin:
+            convs.append((last * fields, size))
+            last = size
+        dnn = chain([fields * k] + list(hp["layer_sizes_dnn"]) + [1])
+        return {"linear": first_order + convs + [(sum(cin), 1)] + dnn, "embedding": {1, k}}
+    if model == "deepfefm":  # DNN input: dense values, sparse embeddings, field-pair values
+        return {"linear": first_order + chain([dense + sparse * k + fields * (fields - 1) // 2] + fc + [1]),
+                "embedding": {1, k}}
+    if model == "gatenet":  # hidden gates: one (n, n) matrix per hidden layer
+        return {"linear": chain([sparse * k + dense] + fc) + [(fc[-1], 1)], "embedding": {k},
+                "hidden_gates": [(n, n) for n in fc]}
+    if model == "dcn":  # cross vectors: x0-wide (PaddleRec shares one across layers; ctrlab, as the paper, one per layer)
+        x0 = sparse * k + dense
+        return {"linear": chain([x0] + fc) + [(fc[-1] + x0, 1)], "embedding": {k}, "cross_width": x0}
+    if model == "dlrm":
+        pairs = (sparse + 1) * sparse // 2  # dot products among the sparse embeddings and the bottom output
+        return {"linear": chain([dense] + list(hp["bot_layer_sizes"])) + chain([pairs + k] + list(hp["top_layer_sizes"])),
+                "embedding": {k}}
+    if model == "logistic_regression":
+        return {"linear": [], "embedding": {1}}
+    raise AssertionError(model)
+
+
+def ctrlab_shapes(net: torch.nn.Module) -> dict[str, Any]:
+    from ctrlab.nn.cin import CIN
+    from ctrlab.nn.cross import CrossNet
+    from ctrlab.nn.embedding import DenseFieldEmbedding, FieldEmbedding
+    from ctrlab.nn.gates import GatedMLP
+
+    out: dict[str, Any] = {"linear": [], "embedding": set()}
+    for module in net.modules():
+        if isinstance(module, torch.nn.Linear):
+            out["linear"].append((module.in_features, module.out_features))
+        elif isinstance(module, CIN):
+            out["linear"] += [(w.shape[1], w.shape[0]) for w in module.weights]
+        elif isinstance(module, (FieldEmbedding, DenseFieldEmbedding)):
+            out["embedding"].add(module.weight.shape[1])
+        elif isinstance(module, GatedMLP) and module.gates is not None:
+            out["hidden_gates"] = [tuple(g.shape) for g in module.gates]
+        elif isinstance(module, CrossNet):
+            out["cross_width"] = module.weight.shape[1]
+    return out
+
+
+def sorted_shapes(shapes: dict[str, Any]) -> dict[str, Any]:
+    return {k: sorted(v) if isinstance(v, list) else v for k, v in shapes.items()}
+
+
+@pytest.mark.parametrize("model", PADDLE_RANK_MODELS)
+def test_paddlerec_rank_config_builds_paddlerec_layer_shapes(model, tmp_path):
+    from ctrlab.fields import FeatureSpec
+    from ctrlab.models import build_model
+
+    config = RANK / model / "config.yaml"
+    if not config.is_file():
+        pytest.skip(f"{config} is not available")
+    raw = yaml.safe_load(config.read_text())
+    cfg, _, notes = to_native(raw, config.parent)
+    hp = raw["hyper_parameters"]
+    if model == "logistic_regression":  # feat_idx rows (not a ctrlab input): num_field id fields
+        spec = FeatureSpec((), tuple(f"F{j}" for j in range(hp["num_field"])), (10,) * hp["num_field"])
+    else:  # the config's own sample data, prepared as the mapped config says
+        store = prepare(prepare_options(cfg), tmp_path / "store", progress=False, log=lambda _: None)
+        spec = store.spec
+        assert (spec.n_dense, spec.n_sparse) == (hp["dense_input_dim"], hp["sparse_inputs_slots"] - 1)
+    net = build_model(cfg.model.name, spec, cfg.model.params)
+    assert sorted_shapes(ctrlab_shapes(net)) == sorted_shapes(paddle_shapes(model, hp))
+    # no network or training key is left unused (optimizer.strategy is PaddleRec's fleet mode)
+    assert [n for n in notes if "not used by ctrlab" in n and n.startswith("hyper_parameters.")] in (
+        [], ["hyper_parameters.optimizer.strategy is not used by ctrlab"]), notes
+
+
+def test_all_rank_configs_are_listed():
+    if not RANK.is_dir():
+        pytest.skip(f"{RANK} is not available")
+    with_config = {p.parent.name for p in RANK.glob("*/config.yaml")}
+    assert set(PADDLE_RANK_MODELS) <= with_config
+    # the rest are sequence / multi-field models ctrlab does not implement
+    assert with_config - set(PADDLE_RANK_MODELS) <= {"bst", "dien", "din", "dmr", "dsin"}
+
+
+def test_dcn_keys_with_a_ctrlab_equivalent_are_mapped(tmp_path):
+    cfg, _, notes = to_native({"hyper_parameters": {"l2_reg_cross": 5e-05, "clip_by_norm": 100.0, "dnn_use_bn": True,
+                                                    "cross_num": 2, "fc_sizes": [8]}}, tmp_path / "dcn")
+    assert (cfg.train.weight_decay, cfg.train.grad_clip) == (5e-05, 100.0)
+    assert cfg.model.params == {"batch_norm": True, "cross_layers": 2, "hidden_units": [8]}
+    assert notes == []
+
+
+def test_output_layer_of_top_layer_sizes_becomes_the_logit(tmp_path):
+    cfg, _, _ = to_native({"hyper_parameters": {"top_layer_sizes": [512, 256, 2], "bot_layer_sizes": [64, 16],
+                                                "sparse_feature_dim": 16}}, tmp_path / "dlrm")
+    assert cfg.model.params == {"top_mlp_units": [512, 256], "bottom_mlp_units": [64, 16], "embedding_dim": 16}
+    with pytest.raises(Exception, match="top_layer_sizes: expected a list of layer sizes ending in"):
+        to_native({"hyper_parameters": {"top_layer_sizes": [512, 256]}}, tmp_path / "dlrm")
+
+
+def test_xdeepfm_reads_layer_sizes_dnn_not_fc_sizes(tmp_path):
+    cfg, _, notes = to_native({"hyper_parameters": {"fc_sizes": [9, 9], "layer_sizes_dnn": [8], "layer_sizes_cin": [4]}},
+                              tmp_path / "xdeepfm")
+    assert cfg.model.params == {"hidden_units": [8], "cin_layer_units": [4], "cin_split_half": False}
+    assert notes_about(notes, "hyper_parameters.fc_sizes")
+
+
+def test_epochs_mean_epochs_unless_the_config_asks(tmp_path):
+    cfg, _, _ = to_native({"runner": {"epochs": 4, "test_data_dir": "t"}}, tmp_path / "dnn")
+    assert cfg.train.epochs == 4 and cfg.data.split == [1.0, 0.0, 0.0]
+    assert (cfg.train.early_stopping_patience, cfg.train.lr_decay_factor) == (0, 1.0)
+    asked = {"runner": {"epochs": 4}, "data": {"split": [0.8, 0.2, 0.0]},
+             "train": {"early_stopping_patience": 2, "lr_decay_factor": 0.5}}
+    cfg, _, _ = to_native(asked, tmp_path / "dnn")
+    assert cfg.data.split == [0.8, 0.2, 0.0]
+    assert (cfg.train.early_stopping_patience, cfg.train.lr_decay_factor) == (2, 0.5)
+
+
+def test_paddlerec_run_says_what_it_uses_and_that_test_is_train(paddle_wide_deep, tmp_path, capsys):
+    config = paddle_wide_deep.read_text().replace("epochs: 1", "epochs: 3").replace("infer_end_epoch: 1",
+                                                                                     "infer_end_epoch: 3")
+    paddle_wide_deep.write_text(config)
+    # lr 0: nothing improves, so early stopping (were it on) would end the run after 2 epochs
+    assert main(["train", "-m", str(paddle_wide_deep), "--quiet", "--set", "train.threads=1", "--set", "train.lr=0",
+                 "--set", "data.split=[0.7, 0.3, 0.0]"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3; validation: " in out and "early stopping: off; lr decay: off" in out
+    auc_line = next(ln for ln in out.splitlines() if ln.startswith("test AUC"))
+    assert "WARNING: the test data IS the training data" in auc_line
+    summary = json.loads((tmp_path / "work" / "output_model_wide_deep" / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and not summary["stopped_early"] and summary["test_is_training_data"] is True
+    assert summary["schedule"]["early_stopping"] == "off"
+    assert main(["eval", "-m", str(paddle_wide_deep), "--set", "train.threads=1"]) == 0
+    assert "WARNING: the test data IS the training data" in capsys.readouterr().out
+
+
+def test_paddlerec_run_without_validation(paddle_wide_deep, tmp_path, capsys):
+    assert main(["train", "-m", str(paddle_wide_deep), "--quiet", "--set", "train.threads=1"]) == 0
+    assert "epochs: 1; validation: none; early stopping: off; lr decay: off" in capsys.readouterr().out

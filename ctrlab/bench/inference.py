@@ -210,7 +210,7 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
     import onnxruntime
     import torch
 
-    from ..export.bundle import ONNX_INT8, library_versions, load_manifest
+    from ..export.bundle import library_versions, load_manifest, variants
     from ..predict import BACKENDS, Predictor
     from ..runtime import available_cores
 
@@ -231,7 +231,7 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
     if unknown:
         raise ValueError(f"onnxruntime execution provider(s) {unknown} are not available here; available: {available}")
     manifest = load_manifest(bundle_dir)
-    bundle_variants = ["fp32"] + (["int8"] if (Path(bundle_dir) / ONNX_INT8).is_file() else [])
+    bundle_variants = variants(manifest)
     missing_variants = [v for v in opts.variants if v not in bundle_variants]
     if missing_variants:
         log(f"note: the bundle has no {', '.join(missing_variants)} variant (export with --quantize); skipped")

@@ -34,6 +34,8 @@ class BatchIterator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if len(split) == 0:  # training on it would "succeed" with NaN loss and metrics
+            raise ValueError(f"{split.where} has no rows: nothing to train or evaluate on")
         self.split = split
         self.batch_size = int(batch_size)
         self.shuffle = shuffle

@@ -6,12 +6,13 @@ chunk (only training rows count towards the fit) and turns values into provision
 which are written straight into each split's ``sparse.npy`` (raw numeric values go to a
 temporary file). The encoders are then fitted, and pass 2 remaps the codes to final ids in
 place and transforms the numeric values, with numpy alone. Memory holds a chunk or two plus
-the vocabularies being counted; the temporary files are deleted at the end.
+the vocabularies being counted; the temporary files are deleted at the end. All of it happens in
+a new directory beside the target, swapped in whole when complete (see :func:`prepare`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import time
@@ -23,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
+from ..fileio import (DiskFullError, is_disk_full, recover_dir, replace_dir, stale_siblings, sync_tree,
+                      write_json_atomic)
 from ..runtime import available_cores
 from ..features.encoders import RemapFinalize
 from ..features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions, column_values
@@ -94,13 +97,75 @@ def assign_random_split(n: int, start: int, seed: int, ratios: dict[str, float])
     return codes[np.minimum(which, len(names) - 1)]
 
 
+# what a store directory holds of its own; anything else found there is carried into its replacement
+STORE_ENTRIES = frozenset({"meta.json", "pipeline.json", "config.yaml", ".prepare-tmp", *SPLITS})
+
+
 def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool = True,
-            log: Callable[[str], None] = print) -> Store:
-    """Prepare a store from raw files; returns it (its ``meta`` holds the summary)."""
+            log: Callable[[str], None] = print, before_swap: Callable[[Path], None] | None = None) -> Store:
+    """Prepare a store from raw files; returns it (its ``meta`` holds the summary).
+
+    The store is built beside ``out_dir`` in ``.NAME.prepare-PID`` and swapped in whole at the end
+    (``before_swap(build_dir)`` may add files to it first, e.g. config.yaml): an error, an interrupt
+    or a full disk removes the temporaries and leaves a previous store at ``out_dir`` as it was."""
+    out = _store_target(out_dir)
+    recover_dir(out)  # a previous swap that died half-way
+    for stale in stale_siblings(out, "prepare") + stale_siblings(out, "old"):  # of processes killed earlier
+        shutil.rmtree(stale, ignore_errors=True)
+    build = out.with_name(f".{out.name}.prepare-{os.getpid()}")
+    shutil.rmtree(build, ignore_errors=True)
+    try:
+        build.mkdir(parents=True)
+        _build_store(opts, build, progress)
+        if before_swap is not None:
+            before_swap(build)
+        sync_tree(build)
+        _carry_over(out, build)
+        replace_dir(build, out)
+    except BaseException as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        if is_disk_full(exc):  # name the store, not the temporary that no longer exists
+            raise DiskFullError(out_dir) from exc
+        raise
+    return Store(out_dir)
+
+
+def _store_target(out_dir: str | os.PathLike) -> Path:
+    """The directory a store will be swapped into (absolute; a symlink's target)."""
+    out = Path(os.path.abspath(out_dir))
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory; a store is a directory")
+    if os.path.ismount(out):
+        raise ValueError(f"{out_dir}: is a mount point, which cannot be swapped for a new store; "
+                         "prepare into a directory inside it")
+    cwd = Path.cwd().resolve()
+    if cwd == out.resolve() or out.resolve() in cwd.parents:
+        raise ValueError(f"{out_dir}: is (or holds) the current directory, which a new store would replace; "
+                         "prepare into another directory")
+    return out
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link into the new store whatever else the old directory holds (a ledger of created
+    files, data kept there), so that swapping the store keeps them."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in STORE_ENTRIES or (new / entry.name).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=os.link)
+        else:
+            os.link(entry, new / entry.name, follow_symlinks=False)
+
+
+def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
+    """Parse, fit, encode and write a whole store into the (new, empty) directory ``out``."""
     from tqdm import tqdm
 
     started = time.perf_counter()
-    out = Path(out_dir)
     roles = {"train": opts.train, "valid": opts.valid, "test": opts.test}
     sources = {role: resolve_inputs(paths) for role, paths in roles.items() if paths}
     if "train" not in sources:
@@ -126,9 +191,8 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
         random_ratios["test"] = opts.split[2]
     split_method = "files" if len(random_ratios) == 1 else "random"
 
-    out.mkdir(parents=True, exist_ok=True)
     tmp_dir = out / ".prepare-tmp"
-    tmp_dir.mkdir(exist_ok=True)
+    tmp_dir.mkdir()
     accs = pipeline.accumulators()
     dense_in = pipeline.dense_inputs
     dense_out = pipeline.dense_outputs
@@ -216,12 +280,15 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
                 appender.close()
         if rows == 0:
             raise ValueError(f"no rows read from {[str(p) for ps in sources.values() for p in ps]}")
+        if "train" not in writers:
+            raise ValueError(f"no training rows: none of the {rows} rows read from "
+                             f"{[str(p) for p in sources['train']]} went to the train split")
         finals = dict(zip(accs, pool.map(lambda acc: acc.finish(), accs.values())))
         pipeline.fitted = True
         meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finals, pool, progress)
     finally:
-        write_pool.shutdown()
-        pool.shutdown()
+        write_pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
         bar.close()
         for w in writers.values():
             for appender in w.values():
@@ -244,10 +311,7 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
         "rows_per_second": round(rows / elapsed, 1) if elapsed > 0 else None,
         "spec": pipeline.spec.to_dict(),
     })
-    with open(out / "meta.json.tmp", "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=1)
-    os.replace(out / "meta.json.tmp", out / "meta.json")
-    return Store(out)
+    write_json_atomic(out / "meta.json", meta, indent=1)
 
 
 def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -279,49 +343,48 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
     for s in present:
         # plain reads and writes, not memory maps: the store's pages stay out of this process's RSS
         n_rows = NpyAppender.rows_in(out / s / "label.npy")
-        sparse_file = open(out / s / "sparse.npy", "r+b")
-        label_file = open(out / s / "label.npy", "rb")
-        raw_file = open(tmp_dir / f"{s}.dense.npy", "rb")
-        for fh in (sparse_file, label_file, raw_file):
-            fh.seek(NpyAppender.HEADER_BYTES)
-        dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),))
-        st = {"rows": n_rows, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
-              "oov": np.zeros(len(sparse_out), np.int64)}
-        for lo in range(0, n_rows, PASS2_ROWS):
-            hi = min(n_rows, lo + PASS2_ROWS)
-            start = sparse_file.tell()
-            block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * len(sparse_out)).reshape(hi - lo, -1)
-            raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
-            label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
-            dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
+        with contextlib.ExitStack() as files:  # closed on errors too
+            sparse_file = files.enter_context(open(out / s / "sparse.npy", "r+b"))
+            label_file = files.enter_context(open(out / s / "label.npy", "rb"))
+            raw_file = files.enter_context(open(tmp_dir / f"{s}.dense.npy", "rb"))
+            for fh in (sparse_file, label_file, raw_file):
+                fh.seek(NpyAppender.HEADER_BYTES)
+            dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),))
+            files.callback(dense_writer.close)
+            st = {"rows": n_rows, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
+                  "oov": np.zeros(len(sparse_out), np.int64)}
+            for lo in range(0, n_rows, PASS2_ROWS):
+                hi = min(n_rows, lo + PASS2_ROWS)
+                start = sparse_file.tell()
+                block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * len(sparse_out)).reshape(hi - lo, -1)
+                raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
+                label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
+                dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
 
-            def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                """One share of the block's rows: ids, numeric features, and their statistics."""
-                part = block[rows]
-                if len(remapped) == len(sparse_out):  # all vocabulary columns: one gather
-                    part[:] = flat_remap[part + remap_offsets]
-                elif remapped:
-                    part[:, remapped] = flat_remap[part[:, remapped] + remap_offsets]
-                for j in others:
-                    part[:, j] = finals[sparse_out[j]](part[:, j])
-                for k, col in enumerate(dense_out):
-                    dense[rows, k] = finals[col](raw[rows, k])
-                return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
-                        (part == OOV_ID).sum(axis=0))
+                def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    """One share of the block's rows: ids, numeric features, and their statistics."""
+                    part = block[rows]
+                    if len(remapped) == len(sparse_out):  # all vocabulary columns: one gather
+                        part[:] = flat_remap[part + remap_offsets]
+                    elif remapped:
+                        part[:, remapped] = flat_remap[part[:, remapped] + remap_offsets]
+                    for j in others:
+                        part[:, j] = finals[sparse_out[j]](part[:, j])
+                    for k, col in enumerate(dense_out):
+                        dense[rows, k] = finals[col](raw[rows, k])
+                    return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
+                            (part == OOV_ID).sum(axis=0))
 
-            cut = (hi - lo) // 2  # two shares: both cores work on one block
-            for missing_sparse, missing_dense, oov in pool.map(finalize, [slice(0, cut), slice(cut, hi - lo)]):
-                st["missing"][: len(sparse_out)] += missing_sparse
-                st["missing"][len(sparse_out):] += missing_dense
-                st["oov"] += oov
-            sparse_file.seek(start)
-            block.tofile(sparse_file)
-            dense_writer.append(dense)
-            st["positives"] += int(label.sum())
-            bar.update(hi - lo)
-        for fh in (sparse_file, label_file, raw_file):
-            fh.close()
-        dense_writer.close()
+                cut = (hi - lo) // 2  # two shares: both cores work on one block
+                for missing_sparse, missing_dense, oov in pool.map(finalize, [slice(0, cut), slice(cut, hi - lo)]):
+                    st["missing"][: len(sparse_out)] += missing_sparse
+                    st["missing"][len(sparse_out):] += missing_dense
+                    st["oov"] += oov
+                sparse_file.seek(start)
+                block.tofile(sparse_file)
+                dense_writer.append(dense)
+                st["positives"] += int(label.sum())
+                bar.update(hi - lo)
         stats[s] = st
     bar.close()
 

@@ -10,9 +10,15 @@ Every reader yields :class:`Chunk` objects whose ``table`` has canonical columns
 Delimited files are parsed by Arrow's multithreaded CSV reader (the fast path). Bad lines
 never pass silently: with ``bad_lines="error"`` (the default) the first bad line raises a
 :class:`DataError` naming the file, line number, field and what was expected; with
-``bad_lines="skip"`` they are counted per reason in a :class:`SkipReport`. When a value error
-(a non-numeric count, say) turns up under ``skip``, the rest of that file is re-read by a
-line-by-line Python parser that applies the same rules and skips exactly the bad lines.
+``bad_lines="skip"`` they are counted per reason in a :class:`SkipReport` and listed, line by
+line, in the :class:`Chunk` that follows them. When Arrow meets a line it cannot take (a wrong
+field count, an empty line, invalid UTF-8, a stray ``\r``, a value it cannot convert), the rest of
+that file is re-read by a line-by-line Python parser that applies the same rules, so every line
+number is exact.
+
+A line ends at ``\n`` (``\r\n`` is one line end). Numbers are finite: ``nan``, ``inf`` and values
+that overflow a float64 (``1e400``) are bad values. A corrupt or truncated gzip stream stops the
+read with a :class:`DataError` naming the file, whatever the policy (what follows cannot be read).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import glob
 import gzip
 import hashlib
 import io
+import math
 import os
 import queue
 import re
 import threading
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,28 @@ ID = "id"
 # What the fast path accepts as a number; the fallback parser applies the same rule.
 # (ASCII digits only; surrounding blanks are allowed, as Arrow allows them; nan/inf are not numbers)
 _NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+# what a broken gzip stream raises while it is read (Python's gzip module)
+_DECOMPRESSION_ERRORS = (zlib.error, EOFError, gzip.BadGzipFile)
+
+
+def parse_number(text: str) -> float | None:
+    """The finite float that ``text`` writes, or None when it is not one (the readers' rule for a
+    number in text: ``nan``, ``inf`` and ``1e400``, which overflows, are not numbers)."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def number_error(text: str) -> str:
+    """What is wrong with a value that :func:`parse_number` refused."""
+    finite = "" if not _NUMBER.fullmatch(text) else " (not a finite float64)"
+    return f"expected a number, got {text[:40]!r}{finite}"
+
+
+def describe(message: str, field: str | None) -> str:
+    """A bad value's message with its field, as errors and skip lists write it."""
+    return f"field {field!r}: {message}" if field else message
 
 
 class DataError(ValueError):
@@ -56,8 +86,7 @@ class DataError(ValueError):
         self.field = field
         self.reason = message
         where = f"{self.path}:{line}" if line is not None else self.path
-        what = f" field {field!r}:" if field else ""
-        super().__init__(f"{where}:{what} {message}")
+        super().__init__(f"{where}: {describe(message, field)}")
 
 
 @dataclass
@@ -89,9 +118,20 @@ class SkipReport:
 
 @dataclass
 class Chunk:
+    """Rows of one file, with the 1-based line number of every row (exact, also when lines were
+    skipped) and, under the ``skip`` policy, the lines skipped since the previous chunk of the
+    file as (line number, what was wrong). A chunk may hold no rows but skipped lines."""
+
     table: pa.Table
     path: str
-    first_line: int  # 1-based line number of the chunk's first row (exact when nothing was skipped)
+    lines: np.ndarray  # int64[num_rows]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    last_line: int = 0  # the last line this chunk accounts for (a row or a skipped line)
+
+    @property
+    def first_line(self) -> int:
+        """Line number of the chunk's first row (0 when it has none)."""
+        return int(self.lines[0]) if len(self.lines) else 0
 
 
 @dataclass
@@ -136,16 +176,55 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
+def open_binary(path: str | os.PathLike) -> Any:
+    """Open a plain or gzip file for reading bytes, whatever its extension says."""
+    path = Path(path)
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
     """Open a plain or gzip file as text (UTF-8), whatever its extension says."""
-    path = Path(path)
-    raw: Any = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is dropped
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is dropped
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | None, tuple[str, str] | None]]:
+    """The physical lines of a plain or gzip file as (1-based number, text, problem), where a
+    problem is (reason, message).
+
+    A line ends at ``\n`` (a ``\r\n`` end is one end, and a byte-order mark on line 1 is dropped).
+    A line that is not UTF-8 or holds a bare ``\r`` comes with text None and a problem: a bad line,
+    numbered like every other. A broken gzip stream raises :class:`DataError` naming the file and
+    the last line read whole."""
+    line_no = 0
+    with open_binary(path) as fh:
+        try:
+            for raw in fh:
+                line_no += 1
+                body = raw[:-1] if raw.endswith(b"\n") else raw
+                if body.endswith(b"\r"):
+                    body = body[:-1]
+                if line_no == 1 and body.startswith(b"\xef\xbb\xbf"):
+                    body = body[3:]
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield line_no, None, ("invalid UTF-8", f"invalid UTF-8 (byte {exc.start + 1} of the line)")
+                    continue
+                if "\r" in text:
+                    yield line_no, None, ("carriage return inside a line", "carriage return (\\r) inside the line")
+                    continue
+                yield line_no, text, None
+        except _DECOMPRESSION_ERRORS as exc:
+            raise DataError(path, None, f"corrupt or truncated gzip data after line {line_no} "
+                                        f"({type(exc).__name__}: {exc})") from None
 
 
 def first_line(path: str | os.PathLike) -> str:
-    with open_text(path) as fh:
-        return fh.readline().rstrip("\r\n")
+    for line_no, text, problem in iter_lines(path):
+        if problem is not None:
+            raise DataError(path, line_no, problem[1])
+        return text  # type: ignore[return-value]
+    return ""
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -240,21 +319,23 @@ def _canonical(table: pa.Table, schema: Schema) -> pa.Table:
 
 
 def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, report: SkipReport,
-                info: SourceInfo, schema: Schema) -> pa.Table:
-    """What Arrow's parser lets through but ctrlab does not accept, row by row, vectorized:
-    an empty line (Arrow makes it a row of nulls), a label other than 0/1, a count written as
-    nan or inf. Under ``error`` the first such row raises (its line number is exact: nothing
-    was skipped before it); under ``skip`` the rows go and are counted."""
+                info: SourceInfo, schema: Schema) -> Chunk:
+    """What Arrow's parser lets through but ctrlab does not accept, row by row, vectorized: a
+    label other than 0/1, a count written as nan or inf (or overflowing, 1e400). Under ``error``
+    the first such row raises; under ``skip`` the rows go, counted and listed in the chunk. Line
+    numbers are exact: every Arrow row is one line (an empty line, which Arrow makes a row of
+    nulls, sends the file to the line parser)."""
     n = table.num_rows
-    problems: list[tuple[np.ndarray, str, str | None, Callable[[int], str]]] = []
+    lines = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
     empty = np.ones(n, dtype=bool)
     for col in table.column_names:
         empty &= np.asarray(table.column(col).is_null())
     if empty.any():
-        problems.append((empty, "empty line", None, lambda i: "empty line"))
+        raise _FallbackNeeded(f"empty line at line {first_line_no + int(np.flatnonzero(empty)[0])}")
+    problems: list[tuple[np.ndarray, str, str | None, Callable[[int], str]]] = []
     if LABEL in table.column_names:
         labels = table.column(LABEL).to_numpy()
-        bad = ~((labels == 0.0) | (labels == 1.0)) & ~empty  # NaN (missing label) is bad too
+        bad = ~((labels == 0.0) | (labels == 1.0))  # NaN (missing label) is bad too
         if bad.any():
             def label_reason(i: int) -> str:
                 value = table.column(LABEL)[i].as_py()
@@ -265,21 +346,26 @@ def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, 
         bad = ~np.isfinite(values) & np.asarray(table.column(col).is_valid())
         if bad.any():
             problems.append((bad, "not a number", col,
-                             lambda i, c=col: f"expected a number, got {table.column(c)[i].as_py()!r}"))
+                             lambda i, c=col: number_error(str(table.column(c)[i].as_py()))))
+    last = first_line_no + n - 1
     if not problems:
-        return table
+        return Chunk(table, path, lines, [], last)
     if bad_lines == "error":
-        first = min((int(np.flatnonzero(mask)[0]), reason_fn, col) for mask, _, col, reason_fn in problems)
-        idx, reason_fn, col = first
+        idx, col = min((int(np.flatnonzero(mask)[0]), col) for mask, _, col, _ in problems)
+        reason_fn = next(fn for mask, _, c, fn in problems if c == col and mask[idx])
         raise DataError(path, first_line_no + idx, reason_fn(idx), field=col)
     drop = np.zeros(n, dtype=bool)
-    for mask, reason, _, _ in problems:
+    skipped: list[tuple[int, str]] = []
+    for mask, reason, col, reason_fn in problems:
         fresh = mask & ~drop
         if fresh.any():
-            report.add(reason, f"{path}:{first_line_no + int(np.flatnonzero(fresh)[0])}", n=int(fresh.sum()))
-            info.skipped += int(fresh.sum())
+            rows = np.flatnonzero(fresh)
+            report.add(reason, f"{path}:{first_line_no + int(rows[0])}", n=len(rows))
+            info.skipped += len(rows)
+            skipped += [(first_line_no + int(i), describe(reason_fn(int(i)), col)) for i in rows]
         drop |= mask
-    return table.filter(pa.array(~drop))
+    skipped.sort()
+    return Chunk(table.filter(pa.array(~drop)), path, lines[~drop], skipped, last)
 
 
 class _FallbackNeeded(Exception):
@@ -293,30 +379,17 @@ def _fast_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
     stream: Any = pa.OSFile(str(path))
     if _is_gzip(path):
         stream = pa.CompressedInputStream(stream, "gzip")
-    expected = len(schema.columns)
-
-    def on_invalid(row) -> str:
-        if bad_lines == "error":
-            return "error"
-        got = row.actual_columns
-        reason = "empty line" if (row.text or "").strip() == "" else f"wrong field count (got {got}, expected {expected})"
-        where = f"{path}:{row.number}" if row.number is not None else f"{path}: line {(row.text or '')[:30]!r}..."
-        report.add(reason, where)
-        info.skipped += 1
-        return "skip"
-
     types = _output_types(schema)
     try:
-        reader = _open_arrow_csv(stream, schema, header_lines, block_bytes, on_invalid, types)
-    except pa.ArrowInvalid as exc:
+        reader = _open_arrow_csv(stream, schema, header_lines, block_bytes, types)
+    except (pa.ArrowInvalid, OSError) as exc:
         raise _FallbackNeeded(str(exc)) from exc
     next_line = header_lines + 1
     for table in prefetch(_joined_batches(reader, schema, CHUNK_ROWS)):
-        first = next_line
+        chunk = _check_rows(table, str(path), next_line, bad_lines, report, info, schema)
         next_line += table.num_rows
-        table = _check_rows(table, str(path), first, bad_lines, report, info, schema)
-        info.rows += table.num_rows
-        yield Chunk(table, str(path), first)
+        info.rows += chunk.table.num_rows
+        yield chunk
     info.sha256 = digest.result()
     info.bytes = path.stat().st_size
 
@@ -331,8 +404,8 @@ def _joined_batches(reader, schema: Schema, rows: int) -> Iterator[pa.Table]:
             batch = reader.read_next_batch()
         except StopIteration:
             break
-        except pa.ArrowInvalid as exc:
-            raise _FallbackNeeded(str(exc)) from exc
+        except (pa.ArrowInvalid, OSError) as exc:  # a bad line, bad UTF-8, a broken gzip stream...
+            raise _FallbackNeeded(str(exc)) from exc  # ...which the line parser names exactly
         batches.append(batch)
         pending += batch.num_rows
         if pending >= rows:
@@ -386,13 +459,13 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
                 thread.join(0.05)
 
 
-def _open_arrow_csv(stream, schema: Schema, header_lines: int, block_bytes: int, on_invalid, types):
+def _open_arrow_csv(stream, schema: Schema, header_lines: int, block_bytes: int, types):
     return pa_csv.open_csv(
         stream,
         read_options=pa_csv.ReadOptions(column_names=list(schema.columns), skip_rows=header_lines,
                                         block_size=block_bytes, use_threads=True),
         parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter, quote_char='"' if schema.quoted else False,
-                                          ignore_empty_lines=False, invalid_row_handler=on_invalid),
+                                          ignore_empty_lines=False),  # a bad line: the line parser
         convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=list(types),
                                               null_values=[""], strings_can_be_null=True,
                                               quoted_strings_can_be_null=True),
@@ -411,32 +484,65 @@ def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
     index = {c: i for i, c in enumerate(schema.columns)}
     if schema.label:
         value = fields[index[schema.label]]
-        if not _NUMBER.fullmatch(value) or float(value) not in (0.0, 1.0):
+        if parse_number(value) not in (0.0, 1.0):
             return "label not 0/1", f"expected a 0/1 label, got {repr(value[:40]) if value else 'empty'}", schema.label
     for col in schema.dense:
         value = fields[index[col]]
-        if value != "" and not _NUMBER.fullmatch(value):
-            return "not a number", f"expected a number, got {value[:40]!r}", col
+        if value != "" and parse_number(value) is None:
+            return "not a number", number_error(value), col
     return None
 
 
-def _split_lines(fh: io.TextIOBase, schema: Schema) -> Iterator[list[str]]:
+def _split_line(text: str, schema: Schema) -> list[str]:
+    """One physical line's fields (a quoted field does not span lines: one row is one line)."""
     if schema.quoted:
-        yield from csv.reader(fh, delimiter=schema.delimiter)
-    else:
-        for line in fh:
-            yield line.rstrip("\r\n").split(schema.delimiter)
+        return next(csv.reader([text], delimiter=schema.delimiter), [])
+    return text.split(schema.delimiter)
+
+
+class _ChunkBuilder:
+    """Rows, their line numbers and the skipped lines of the chunk being built (line parsers)."""
+
+    def __init__(self, path: Path, bad_lines: str, report: SkipReport, info: SourceInfo):
+        self.path, self.bad_lines, self.report, self.info = path, bad_lines, report, info
+        self.lines: list[int] = []
+        self.skipped: list[tuple[int, str]] = []
+        self.last_line = 0
+
+    def bad(self, line_no: int, reason: str, message: str, col: str | None) -> None:
+        """A bad line: raises under ``error``; else counted and listed."""
+        if self.bad_lines == "error":
+            raise DataError(self.path, line_no, message, field=col)
+        self.report.add(reason, f"{self.path}:{line_no}")
+        self.info.skipped += 1
+        self.skipped.append((line_no, describe(message, col)))
+        self.last_line = line_no
+
+    def good(self, line_no: int) -> None:
+        self.lines.append(line_no)
+        self.last_line = line_no
+        self.info.rows += 1
+
+    def take(self, table: pa.Table) -> Chunk:
+        chunk = Chunk(table, str(self.path), np.array(self.lines, dtype=np.int64), self.skipped, self.last_line)
+        self.lines, self.skipped = [], []
+        return chunk
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.lines or self.skipped)
 
 
 def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
-                    drop_valid_rows: int = 0) -> Iterator[Chunk]:
-    """Line-by-line parser: exact line numbers for errors; used after a fast-path value error."""
+                    resume_after: int = 0) -> Iterator[Chunk]:
+    """Line-by-line parser: exact line numbers for every row and bad line; used when the fast
+    path meets a line it cannot take. Lines up to ``resume_after`` were delivered already."""
     header_lines = 1 if schema.header else 0
     index = {c: i for i, c in enumerate(schema.columns)}
     out_cols = list(_output_types(schema))
     types = _output_types(schema)
     rows: list[list[str]] = []
-    first_of_chunk = None
+    builder = _ChunkBuilder(path, bad_lines, report, info)
     info.sha256 = sha256_file(path)
     info.bytes = path.stat().st_size
 
@@ -449,57 +555,40 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
             else:
                 arrays.append(pa.array([float(v) if v != "" else None for v in values], type=pa.float64()))
         table = _canonical(pa.Table.from_arrays(arrays, names=out_cols), schema)
-        return Chunk(table, str(path), first_of_chunk or 0)
+        rows.clear()
+        return builder.take(table)
 
-    with open_text(path) as fh:
-        for _ in range(header_lines):
-            fh.readline()
-        for line_no, fields in enumerate(_split_lines(fh, schema), start=header_lines + 1):
-            problem = _line_error(fields, schema)
-            if problem is not None:
-                reason, message, col = problem
-                if bad_lines == "error":
-                    raise DataError(path, line_no, message, field=col)
-                report.add(reason, f"{path}:{line_no}")
-                info.skipped += 1
-                continue
-            if drop_valid_rows > 0:  # already delivered by the fast path
-                drop_valid_rows -= 1
-                continue
-            if first_of_chunk is None:
-                first_of_chunk = line_no
-            rows.append([fields[index[c]] for c in out_cols])
-            info.rows += 1
-            if len(rows) >= FALLBACK_ROWS:
-                yield flush()
-                rows, first_of_chunk = [], None
-    if rows:
+    for line_no, text, problem in iter_lines(path):
+        if line_no <= max(header_lines, resume_after):
+            continue
+        fields = _split_line(text, schema) if text is not None else []
+        error = (*problem, None) if problem is not None else _line_error(fields, schema)
+        if error is not None:
+            builder.bad(line_no, *error)
+            continue
+        builder.good(line_no)
+        rows.append([fields[index[c]] for c in out_cols])
+        if len(rows) >= FALLBACK_ROWS:
+            yield flush()
+    if builder.pending:
         yield flush()
 
 
 def _read_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
                     block_bytes: int) -> Iterator[Chunk]:
-    local = SkipReport()
-    delivered = 0
+    delivered_through = 0  # the last line of the chunks the fast path delivered
     try:
-        for chunk in _fast_delimited(path, schema, bad_lines, local, info, block_bytes):
-            delivered += chunk.table.num_rows
+        for chunk in _fast_delimited(path, schema, bad_lines, report, info, block_bytes):
+            delivered_through = chunk.last_line
             yield chunk
-        report.merge_from(local)
         return
     except _FallbackNeeded as exc:
         fast_error = str(exc)
-    # The fast path hit a bad line. Re-read this file line by line: under "error" that names the
-    # first bad line exactly; under "skip" it delivers the rows the fast path had not delivered.
-    info.rows = 0
-    info.skipped = 0
-    fresh = SkipReport()
-    for chunk in _slow_delimited(path, schema, bad_lines, fresh, info, drop_valid_rows=delivered):
-        yield chunk
-    info.rows += delivered
+    # The fast path hit a line it cannot take. Re-read the rest of this file line by line: under
+    # "error" that names the first bad line exactly; under "skip" it skips exactly the bad lines.
+    yield from _slow_delimited(path, schema, bad_lines, report, info, resume_after=delivered_through)
     if bad_lines == "error":  # the line parser found nothing wrong, but Arrow did
         raise DataError(path, None, f"could not parse: {fast_error}")
-    report.merge_from(fresh)
 
 
 def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo) -> Iterator[Chunk]:
@@ -513,7 +602,7 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
     labels: list[float] = []
     dense_rows: list[list[float | None]] = []
     sparse_cols: dict[str, list[str | None]] = {name: [] for name in schema.sparse}
-    first_of_chunk = None
+    builder = _ChunkBuilder(path, bad_lines, report, info)
     info.sha256 = sha256_file(path)
     info.bytes = path.stat().st_size
 
@@ -528,13 +617,15 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
             if key == "click":
                 if label is not None:
                     return "click appears twice", LABEL
-                if not _NUMBER.fullmatch(value) or float(value) not in (0.0, 1.0):
+                label = parse_number(value)
+                if label not in (0.0, 1.0):
                     return f"expected a 0/1 label, got {value[:40]!r}", LABEL
-                label = float(value)
             elif key == "dense_feature":
-                if not _NUMBER.fullmatch(value):
-                    return f"expected a number, got {value[:40]!r}", schema.dense[min(len(dense), n_dense - 1)] if n_dense else None
-                dense.append(float(value))
+                number = parse_number(value)
+                if number is None:
+                    return (number_error(value),
+                            schema.dense[min(len(dense), n_dense - 1)] if n_dense else None)
+                dense.append(number)
             elif key in slot_of:
                 name = slot_of[key]
                 if name in sparse:
@@ -561,34 +652,30 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
         for name in schema.sparse:
             names.append(name)
             arrays.append(pa.array(sparse_cols[name], type=pa.string()))
-        return Chunk(pa.Table.from_arrays(arrays, names=names), str(path), first_of_chunk or 0)
+        labels.clear(), dense_rows.clear()
+        for values in sparse_cols.values():
+            values.clear()
+        return builder.take(pa.Table.from_arrays(arrays, names=names))
 
-    with open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            parsed = parse(line)
-            if len(parsed) == 2:
-                reason, col = parsed  # type: ignore[misc]
-                if bad_lines == "error":
-                    raise DataError(path, line_no, reason, field=col)
-                report.add(reason, f"{path}:{line_no}")
-                info.skipped += 1
-                continue
-            label, dense, sparse = parsed  # type: ignore[misc]
-            if first_of_chunk is None:
-                first_of_chunk = line_no
-            if schema.label:
-                labels.append(label)  # type: ignore[arg-type]
-            dense_rows.append(dense)
-            for name in schema.sparse:
-                sparse_cols[name].append(sparse.get(name))
-            info.rows += 1
-            if len(dense_rows) >= FALLBACK_ROWS:
-                yield flush()
-                labels.clear(), dense_rows.clear()
-                for values in sparse_cols.values():
-                    values.clear()
-                first_of_chunk = None
-    if dense_rows:
+    for line_no, line, problem in iter_lines(path):
+        if problem is not None:
+            builder.bad(line_no, *problem, None)
+            continue
+        parsed = parse(line)  # type: ignore[arg-type]
+        if len(parsed) == 2:
+            message, col = parsed  # type: ignore[misc]
+            builder.bad(line_no, message, message, col)
+            continue
+        label, dense, sparse = parsed  # type: ignore[misc]
+        builder.good(line_no)
+        if schema.label:
+            labels.append(label)  # type: ignore[arg-type]
+        dense_rows.append(dense)
+        for name in schema.sparse:
+            sparse_cols[name].append(sparse.get(name))
+        if len(dense_rows) >= FALLBACK_ROWS:
+            yield flush()
+    if builder.pending:
         yield flush()
 
 

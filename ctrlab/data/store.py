@@ -11,12 +11,12 @@
         label.npy   uint8[N]
 
 Arrays are ordinary .npy files (``np.load(path, mmap_mode="r")`` reads them), written by
-appending rows and fixing the header's row count at the end.
+appending rows and fixing the header's row count at the end. ``prepare`` builds a store beside
+its target and swaps it in whole; :class:`Store` verifies what it opens against meta.json.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ import numpy as np
 
 from ..features.pipeline import FeaturePipeline
 from ..fields import FeatureSpec
+from ..fileio import recover_dir
 
 SPLITS = ("train", "valid", "test")
 _HEADER_BYTES = 128  # fixed .npy header size, so the row count can be rewritten in place
@@ -68,9 +69,11 @@ class NpyAppender:
     def close(self) -> None:
         if self._fh.closed:
             return
-        self._fh.seek(0)
-        self._fh.write(self._header(self.rows))
-        self._fh.close()
+        try:
+            self._fh.seek(0)
+            self._fh.write(self._header(self.rows))
+        finally:
+            self._fh.close()
 
     @staticmethod
     def rows_in(path: str | os.PathLike) -> int:
@@ -85,22 +88,73 @@ class SplitArrays:
     dense: np.ndarray  # float32[N, n_dense]
     sparse: np.ndarray  # int32[N, n_sparse]
     label: np.ndarray  # uint8[N]
+    where: str = "split"  # what to call it in messages, e.g. "STORE: the train split"
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
 
+class StoreError(ValueError):
+    """A store directory that is incomplete or does not match its own meta.json."""
+
+
 class Store:
-    """Read access to a prepared store directory."""
+    """Read access to a prepared store directory, verified on opening: meta.json and pipeline.json
+    parse, and every split's arrays have the dtype, columns and row count meta.json records."""
+
+    ARRAYS = {"dense": np.float32, "sparse": np.int32, "label": np.uint8}
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        recover_dir(self.path)  # a swap that died half-way leaves the previous store beside it
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{self.path}: not a ctrlab store (no meta.json); run `ctrlab prepare` first")
-        with open(meta_path, encoding="utf-8") as fh:
-            self.meta: dict[str, Any] = json.load(fh)
+        self.meta: dict[str, Any] = self._read_json(meta_path)
+        try:
+            spec = self.spec
+            splits = {name: int(self.meta["splits"][name]["rows"]) for name in self.meta["splits"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{meta_path}: not a valid store description (missing or bad {exc}); "
+                             "prepare the store again") from None
+        self._read_json(self.path / "pipeline.json")  # parses, or says which file is damaged
+        for name, rows in splits.items():
+            if name not in SPLITS:
+                raise StoreError(f"{meta_path}: unknown split {name!r}")
+            if rows > 0:
+                self._verify_split(name, rows, len(spec.dense_names), len(spec.sparse_names))
         self._pipeline: FeaturePipeline | None = None
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            raise StoreError(f"{path}: missing; {self.path} is not a complete store (prepare it again)")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: damaged ({exc}); prepare the store again") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{path}: damaged (not a JSON object); prepare the store again")
+        return data
+
+    def _verify_split(self, name: str, rows: int, n_dense: int, n_sparse: int) -> None:
+        """Each array of the split: the recorded dtype, ``rows`` rows, the spec's columns, and a
+        file long enough to hold them."""
+        expected = {"dense": (rows, n_dense), "sparse": (rows, n_sparse), "label": (rows,)}
+        for array, dtype in self.ARRAYS.items():
+            path = self.path / name / f"{array}.npy"
+            try:
+                shape, actual_dtype, data_bytes = npy_layout(path)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise StoreError(f"{path}: unreadable ({exc}); the store is damaged, prepare it again") from None
+            if actual_dtype != np.dtype(dtype) or shape != expected[array]:
+                raise StoreError(f"{path}: shape {shape} {actual_dtype}, but meta.json records {rows} {name} rows "
+                                 f"(expected shape {expected[array]} {np.dtype(dtype)}); the store is damaged or "
+                                 "was changed after prepare: prepare it again")
+            needed = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if data_bytes < needed:
+                raise StoreError(f"{path}: truncated ({data_bytes} of {needed} data bytes for {rows} rows); the "
+                                 "store is damaged: prepare it again")
 
     @property
     def spec(self) -> FeatureSpec:
@@ -129,12 +183,22 @@ class Store:
             np.load(folder / "dense.npy", mmap_mode="r"),
             np.load(folder / "sparse.npy", mmap_mode="r"),
             np.load(folder / "label.npy", mmap_mode="r"),
+            where=f"{self.path}: the {name} split",
         )
+
+
+def npy_layout(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int]:
+    """A .npy file's shape and dtype (from its header) and the number of data bytes after it."""
+    with open(path, "rb") as fh:
+        fmt = np.lib.format
+        version = fmt.read_magic(fh)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(fh)
+        if fortran_order:
+            raise ValueError("Fortran-ordered array")
+        return tuple(shape), dtype, os.fstat(fh.fileno()).st_size - fh.tell()
 
 
 def read_npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The shape recorded in a .npy header (without reading the data)."""
-    with open(path, "rb") as fh:
-        fh.read(8)
-        n = int.from_bytes(fh.read(2), "little")
-        return tuple(ast.literal_eval(fh.read(n).decode("latin1"))["shape"])
+    return npy_layout(path)[0]

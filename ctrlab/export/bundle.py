@@ -21,18 +21,22 @@ wrong (which file, expected vs actual hash).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .. import __version__
 from ..data.readers import sha256_file
+from ..fileio import DiskFullError, disk_errors, replace_dir, short_of_space, stale_siblings
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -198,14 +202,25 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
     model.eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_siblings(out, "tmp"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+
+    def writing(name: str):
+        return _writing(out, name)
+
     try:
-        shutil.copyfile(store.path / PIPELINE, tmp / PIPELINE)
-        dump_config(cfg, tmp / CONFIG)
-        torch.save(model.state_dict(), tmp / TORCH_WEIGHTS)
-        export_onnx(model, spec, tmp / ONNX_MODEL)
+        with writing(""):
+            tmp.mkdir()
+        with writing(PIPELINE), open(store.path / PIPELINE, "rb") as src, open(tmp / PIPELINE, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        with writing(CONFIG):
+            dump_config(cfg, tmp / CONFIG)
+        with writing(TORCH_WEIGHTS):
+            torch.save(model.state_dict(), tmp / TORCH_WEIGHTS)
+        with writing(ONNX_MODEL):
+            export_onnx(model, spec, tmp / ONNX_MODEL)
 
         # parity on real rows, with the model rebuilt from the files as a loader will see them
         split_name, dense, sparse = golden_batch(store, golden_rows)
@@ -219,18 +234,50 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
                                "no bundle was written")
         log(f"parity: onnxruntime vs torch max |diff| {diff:.2e} on {len(dense)} {split_name} rows")
 
-        quantized = quantize_bundle_model(tmp, reloaded, store, log=log) if quantize else None
+        with writing(ONNX_INT8):
+            quantized = quantize_bundle_model(tmp, reloaded, store, log=log) if quantize else None
 
         manifest = build_manifest(cfg, store, run_dir, epoch, checkpoint, reloaded, tmp,
                                   parity={"rows": int(len(dense)), "split": split_name, "max_abs_diff": diff,
                                           "tolerance": PARITY_TOLERANCE},
                                   quantized=quantized)
-        _write_json(tmp / MANIFEST, manifest)
-        _move_into_place(tmp, out)
+        with writing(MANIFEST):
+            _write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+@contextlib.contextmanager
+def _writing(out: Path, name: str) -> Iterator[None]:
+    """Writing the bundle file ``name`` (into the temporary folder): a full disk is a DiskFullError
+    naming ``out/name``. onnx's C++ writers do not check their writes (their truncated file fails
+    to parse a step later), so any failure on an almost full disk counts as one."""
+    path = out / name
+    try:
+        with disk_errors(path):
+            yield
+    except DiskFullError as exc:
+        raise DiskFullError(path) from exc  # (a nested writer named its temporary file)
+    except Exception as exc:
+        if short_of_space(out.parent):
+            raise DiskFullError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def input_rates(meta: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per field, from a store's meta.json: the training split's missing rate and the held-out
+    (valid, else test, else train) OOV rate (None for numeric features), which predict and the
+    server compare their inputs against."""
+    rates: dict[str, dict[str, float | None]] = {}
+    for name, f in meta.get("fields", {}).items():
+        missing = f.get("missing_rate", {})
+        oov = f.get("oov_rate", {})
+        rates[name] = {"missing": missing.get("train", next(iter(missing.values()), None)),
+                       "oov": next((oov[s] for s in ("valid", "test", "train") if s in oov), None)}
+    return rates
 
 
 def build_manifest(cfg: Any, store: Any, run_dir: Path, epoch: int, checkpoint: Path, model: Any, folder: Path,
@@ -264,6 +311,7 @@ def build_manifest(cfg: Any, store: Any, run_dir: Path, epoch: int, checkpoint: 
         "onnx": {"opset": DEFAULT_OPSET, "file": ONNX_MODEL},
         "spec": spec.to_dict(),
         "metrics": epoch_metrics(run_dir, epoch),
+        "input_rates": input_rates(store.meta),
         "source": {"run_dir": str(run_dir.resolve()), "epoch": epoch, "checkpoint": str(checkpoint.resolve()),
                    "store": str(Path(store.path).resolve())},
         "parity": parity,
@@ -325,24 +373,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         fh.write("\n")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle to ``out`` (an existing one is moved aside first, then removed)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 # --------------------------------------------------------------------------------------------
 # load and verify
 # --------------------------------------------------------------------------------------------
 
 def load_manifest(bundle_dir: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a bundle, after checking its format version and (``verify``) every
-    file's sha256. Raises BundleError naming the problem."""
+    """The manifest of a bundle, after checking its format version and structure and (``verify``)
+    that the folder holds exactly the files it lists, each with its sha256. Raises BundleError
+    naming the file and the problem."""
     folder = Path(bundle_dir)
     path = folder / MANIFEST
     if not folder.is_dir():
@@ -352,26 +390,102 @@ def load_manifest(bundle_dir: str | os.PathLike, *, verify: bool = True) -> dict
     try:
         with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object at the top level, found {_json_type(manifest)}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        made_by = manifest.get("versions", {}).get("ctrlab", "an unknown version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        versions = manifest.get("versions")
+        made_by = versions.get("ctrlab", "an unknown version") if isinstance(versions, dict) else "an unknown version"
         raise BundleError(f"{folder}: bundle format_version {version!r} is not supported: this ctrlab "
                           f"({__version__}) reads format_version {FORMAT_VERSION}; the bundle was written by "
                           f"ctrlab {made_by}. Re-export it with this ctrlab (`ctrlab export RUN --out DIR`) or "
                           f"use the matching ctrlab version")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{path}: damaged manifest; re-export the bundle:\n  " + "\n  ".join(problems))
     if verify:
         verify_files(folder, manifest)
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# (key, JSON type) a loader reads, per manifest section
+_REQUIRED: dict[str, tuple[tuple[str, type], ...]] = {
+    "": (("versions", dict), ("model", dict), ("schema", dict), ("spec", dict), ("inputs", dict),
+         ("outputs", dict), ("onnx", dict), ("metrics", dict), ("files", dict)),
+    "model": (("name", str), ("params", dict)),
+    "spec": (("dense_names", list), ("sparse_names", list), ("vocab_sizes", list)),
+    "onnx": (("file", str),),
+    "int8": (("file", str),),
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _type_problems(section: dict[str, Any], where: str, required: tuple[tuple[str, type], ...]) -> list[str]:
     problems = []
-    files = manifest.get("files") or {}
-    for required in (PIPELINE, TORCH_WEIGHTS, ONNX_MODEL):
+    for key, kind in required:
+        if key not in section:
+            problems.append(f"{where}{key}: missing")
+        elif not isinstance(section[key], kind) or isinstance(section[key], bool):
+            problems.append(f"{where}{key}: expected {_json_type(kind())}, found {_json_type(section[key])}")
+    return problems
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with a manifest's structure (empty when nothing): every key a loader reads,
+    its type, the schema and spec, and every file entry (a relative path with a sha256)."""
+    from ..fields import FeatureSpec
+    from ..schema import Schema
+
+    problems = _type_problems(manifest, "", _REQUIRED[""])
+    for section in ("model", "spec", "onnx", "int8"):
+        if isinstance(manifest.get(section), dict):
+            problems += _type_problems(manifest[section], f"{section}.", _REQUIRED[section])
+        elif section == "int8" and section in manifest:
+            problems.append(f"int8: expected an object, found {_json_type(manifest[section])}")
+    if problems:
+        return problems
+    spec = manifest["spec"]
+    if not all(isinstance(n, str) for n in spec["dense_names"] + spec["sparse_names"]) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in spec["vocab_sizes"]):
+        problems.append("spec: names must be strings and vocab_sizes integers")
+    for key, build in (("schema", Schema.from_dict), ("spec", FeatureSpec.from_dict)):
+        try:
+            build(manifest[key])
+        except (TypeError, ValueError, KeyError) as exc:
+            problems.append(f"{key}: {exc}")
+    files = manifest["files"]
+    for name, entry in files.items():
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts or name == MANIFEST:
+            problems.append(f"files.{name}: not a file name inside the bundle")
+        if not isinstance(entry, dict):
+            problems.append(f"files.{name}: expected an object with sha256 and bytes, found {_json_type(entry)}")
+            continue
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            problems.append(f"files.{name}.sha256: expected 64 lowercase hex digits, found {sha!r}")
+        size = entry.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            problems.append(f"files.{name}.bytes: expected a byte count, found {size!r}")
+    graphs = [manifest["onnx"]["file"]] + ([manifest["int8"]["file"]] if "int8" in manifest else [])
+    for required in dict.fromkeys([PIPELINE, TORCH_WEIGHTS, ONNX_MODEL, *graphs]):
         if required not in files:
-            problems.append(f"{required}: not listed in the manifest")
+            problems.append(f"files: {required} is not listed")
+    return problems
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """The folder holds exactly the manifest's files, each with its recorded sha256."""
+    problems = []
+    files = manifest["files"]
     for name, entry in files.items():
         path = folder / name
         if not path.is_file():
@@ -381,9 +495,26 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
         if actual != entry["sha256"]:
             problems.append(f"{name}: sha256 mismatch: the manifest expects {entry['sha256']}, the file has {actual} "
                             f"({path.stat().st_size} bytes now, {entry.get('bytes')} at export)")
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and name != MANIFEST and name not in files:
+            problems.append(f"{name}: not listed in the manifest (nothing unlisted is loaded)")
     if problems:
         raise BundleError(f"{folder}: the bundle's files do not match its manifest (changed after export?); "
                           "re-export it:\n  " + "\n  ".join(problems))
+
+
+def variants(manifest: dict[str, Any]) -> list[str]:
+    """The model variants a bundle lists: fp32, and int8 when it was exported with --quantize."""
+    return ["fp32"] + (["int8"] if "int8" in manifest else [])
+
+
+def graph_file(bundle_dir: str | os.PathLike, manifest: dict[str, Any], variant: str = "fp32") -> Path:
+    """The ONNX graph of a variant, as the (checked) manifest lists it; BundleError when it lists none."""
+    if variant not in variants(manifest):
+        raise BundleError(f"{Path(bundle_dir) / MANIFEST}: the bundle lists no {variant} model "
+                          f"(its variants: {', '.join(variants(manifest))}; export with --quantize for int8)")
+    return Path(bundle_dir) / manifest["onnx" if variant == "fp32" else "int8"]["file"]
 
 
 def version_notes(manifest: dict[str, Any]) -> list[str]:
@@ -435,8 +566,12 @@ def torch_model(folder: str | os.PathLike, manifest: dict[str, Any]):
     from ..models import build_model
 
     spec = FeatureSpec.from_dict(manifest["spec"])
-    model = build_model(manifest["model"]["name"], spec, manifest["model"]["params"])
-    state = torch.load(Path(folder) / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    weights = Path(folder) / TORCH_WEIGHTS
+    try:
+        model = build_model(manifest["model"]["name"], spec, manifest["model"]["params"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (ValueError, TypeError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise BundleError(f"{weights}: does not load as the model {manifest['model']['name']!r} that "
+                          f"{MANIFEST} describes: {exc}") from exc
     model.eval()
     return model

@@ -27,6 +27,19 @@ from .encoders import (BucketizedNumeric, HashBuckets, NumericTransform, Vocabul
 FORMAT_VERSION = 1
 
 
+class InputError(ValueError):
+    """Rows that cannot be scored: names the row (0-based) and the field, and what was expected.
+
+    ``row`` and ``field`` are kept (None when not about one value) so that a file reader can
+    name the file and line instead."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None, reason: str = ""):
+        super().__init__(message)
+        self.row = row
+        self.field = field
+        self.reason = reason or message
+
+
 @dataclass
 class CategoricalOptions:
     """How categorical columns are encoded (the ``features.categorical`` config section)."""
@@ -146,11 +159,13 @@ class FeaturePipeline:
             raise ValueError(f"input lacks columns {missing}")
         n = table.num_rows
         dense = np.empty((n, len(self.dense_outputs)), dtype=np.float32)
-        for j, col in enumerate(self.dense_outputs):
-            dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
+            for j, col in enumerate(self.dense_outputs):
+                dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
         sparse = np.empty((n, len(self.sparse_outputs)), dtype=np.int32)
         for j, col in enumerate(self.sparse_outputs):
             sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
+        check_finite(dense, self.dense_outputs, table)
         return dense, sparse
 
     # persistence -----------------------------------------------------------------------------
@@ -184,6 +199,18 @@ class FeaturePipeline:
     def load(cls, path: str | os.PathLike) -> "FeaturePipeline":
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+def check_finite(dense: np.ndarray, names: list[str], table: pa.Table) -> None:
+    """Raise :class:`InputError` naming the first row and field whose feature is not finite (a
+    value whose transform overflows float32, e.g. 1e39 passed through): a model would score NaN."""
+    finite = np.isfinite(dense)
+    if finite.all():
+        return
+    row, j = (int(i) for i in np.argwhere(~finite)[0])
+    raw = table.column(names[j])[row].as_py()
+    reason = f"value {raw!r} encodes to a non-finite feature ({dense[row, j]})"
+    raise InputError(f"row {row}, field {names[j]!r}: {reason}", row=row, field=names[j], reason=reason)
 
 
 def column_values(table: pa.Table, col: str, numeric: bool):

@@ -12,6 +12,7 @@ import pkgutil
 
 from ctrlab.models.registry import (
     build_model,
+    check_params,
     describe_model,
     format_model_detail,
     format_model_table,
@@ -23,6 +24,7 @@ from ctrlab.models.registry import (
 
 __all__ = [
     "build_model",
+    "check_params",
     "describe_model",
     "format_model_detail",
     "format_model_table",

@@ -20,13 +20,14 @@ class DeepFEFM(nn.Module):
     prediction", arXiv:2009.09931.
 
     Dense features: each numeric column is a field with embedding value * v_i (it gets
-    its own field-pair matrices), plus a linear weight.
+    its own field-pair matrices), plus a linear weight; the DNN takes the dense values
+    themselves beside the sparse embeddings (PaddleRec's DeepFEFM layout).
 
     Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         hidden_units: widths of the DNN, whose input is the F*(F-1)/2 FEFM pair values
-            concatenated with the flattened embeddings
+            (F = n_sparse + n_dense), the flattened sparse embeddings and the dense values
     """
 
     def __init__(
@@ -40,11 +41,12 @@ class DeepFEFM(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.n_sparse = spec.n_sparse
         self.linear = FirstOrder(spec)
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=True)
         self.fefm = FEFMInteraction(self.embedding.num_fields, embedding_dim)
         self.mlp = MLP(
-            num_pairs(self.embedding.num_fields) + self.embedding.output_dim,
+            num_pairs(self.embedding.num_fields) + spec.n_sparse * embedding_dim + spec.n_dense,
             hidden_units,
             activation=activation,
             dropout=dropout,
@@ -55,5 +57,6 @@ class DeepFEFM(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         embeddings = self.embedding(dense, sparse)
         pair_values = self.fefm(embeddings)  # [B, P]
-        deep = self.mlp(torch.cat([pair_values, embeddings.flatten(1)], dim=1)).squeeze(-1)
+        sparse_flat = embeddings[:, : self.n_sparse].flatten(1)
+        deep = self.mlp(torch.cat([pair_values, sparse_flat, dense], dim=1)).squeeze(-1)
         return self.linear(dense, sparse) + pair_values.sum(dim=1) + deep

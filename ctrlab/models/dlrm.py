@@ -29,8 +29,9 @@ class DLRM(nn.Module):
     Hyperparameters:
         embedding_dim: size of sparse embeddings and of the bottom MLP output (default
             16, the paper's Criteo Kaggle setting 13-512-256-64-16 / 512-256-1)
-        bottom_mlp_units: bottom MLP hidden widths (a final layer of width embedding_dim
-            is added)
+        bottom_mlp_units: bottom MLP widths; its output must be embedding_dim wide, so a
+            final layer of width embedding_dim is added unless the list ends with it
+            (PaddleRec's bot_layer_sizes [512, 256, 64, 16] is 13-512-256-64-16)
         top_mlp_units: top MLP hidden widths (a final logit layer is added)
         dropout: dropout after each top MLP hidden layer
     """
@@ -46,7 +47,10 @@ class DLRM(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        self.bottom = MLP(spec.n_dense, (*bottom_mlp_units, embedding_dim)) if spec.n_dense > 0 else None
+        bottom = tuple(bottom_mlp_units)
+        if not bottom or bottom[-1] != embedding_dim:
+            bottom += (embedding_dim,)
+        self.bottom = MLP(spec.n_dense, bottom) if spec.n_dense > 0 else None
         num_vectors = spec.n_sparse + (1 if self.bottom is not None else 0)
         self.interaction = DotInteraction(num_vectors)
         top_input = self.interaction.output_dim + (embedding_dim if self.bottom is not None else 0)

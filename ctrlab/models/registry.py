@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -146,17 +147,28 @@ def _check_value(key: str, value: Any, default: Any) -> tuple[Any, str | None]:
             expected = "a list"
     if expected is not None:
         return value, f"'{key}' must be {expected} (like its default {default!r}), got {value!r}"
-    return value, None
+    return value, _range_problem(key, value, default)
 
 
-def build_model(name: str, spec: FeatureSpec, params: Mapping[str, Any] | None = None) -> nn.Module:
-    """Instantiate model ``name`` for ``spec`` with hyperparameters ``params``.
+def _range_problem(key: str, value: Any, default: Any) -> str | None:
+    """Sizes and counts are >= 1, dropout probabilities in [0, 1), other numbers finite and > 0."""
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int):
+        return None if value >= 1 else f"'{key}' must be >= 1, got {value!r}"
+    if isinstance(default, float):
+        if "dropout" in key:
+            return None if 0.0 <= value < 1.0 else f"'{key}' must be in [0, 1), got {value!r}"
+        return None if math.isfinite(value) and value > 0 else f"'{key}' must be > 0, got {value!r}"
+    if isinstance(default, tuple) and default and all(isinstance(d, int) for d in default):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+            return f"'{key}' must be a list of sizes >= 1, got {list(value)!r}"
+    return None
 
-    Unknown keys raise ``ValueError`` naming each bad key, the nearest valid name, and all
-    valid names; values whose type does not match the default's (bool/int/float/str/list)
-    raise ``ValueError`` too. Lists are converted to tuples. Omitted keys use defaults.
-    """
-    cls = get_model_class(name)
+
+def check_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` checked against model ``name``'s constructor (names, types, ranges), as keyword
+    arguments; ``ValueError`` naming every bad key otherwise. Needs no data: run it before any."""
     defaults = hyperparameter_defaults(name)
     params = dict(params or {})
     unknown = [key for key in params if key not in defaults]
@@ -178,6 +190,19 @@ def build_model(name: str, spec: FeatureSpec, params: Mapping[str, Any] | None =
             problems.append(problem)
     if problems:
         raise ValueError(f"Bad hyperparameter value(s) for model '{name}': " + "; ".join(problems))
+    return kwargs
+
+
+def build_model(name: str, spec: FeatureSpec, params: Mapping[str, Any] | None = None) -> nn.Module:
+    """Instantiate model ``name`` for ``spec`` with hyperparameters ``params``.
+
+    Unknown keys raise ``ValueError`` naming each bad key, the nearest valid name, and all
+    valid names; values whose type does not match the default's (bool/int/float/str/list)
+    or out of range (:func:`check_params`) raise ``ValueError`` too. Lists are converted to
+    tuples. Omitted keys use defaults.
+    """
+    cls = get_model_class(name)
+    kwargs = check_params(name, params)
     try:
         return cls(spec, **kwargs)
     except ValueError as error:

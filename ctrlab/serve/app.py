@@ -15,8 +15,11 @@ Endpoints::
 Every request takes the current model once (``state.current``) and uses only that object, so a
 reload never fails or mixes a request: in-flight requests finish on the old model.
 
-Bad input is a 4xx whose ``detail`` names the row and field; request bodies are capped
-(Content-Length is checked first, then the stream is counted as it is read) before any parsing.
+Bad input is a 4xx whose ``detail`` names the row and field, never a 500; request bodies are capped
+(Content-Length is checked first, then the stream is counted as it is read) before any parsing, and
+a JSON body's nesting depth, rows and values are counted on its raw bytes before it is parsed
+(:mod:`ctrlab.serve.limits`). Bodies over ``INLINE_BODY_BYTES`` are parsed and scored in worker
+threads, at most ``LARGE_BODY_SLOTS`` at a time, so the event loop (``/health``) stays free.
 Clients never name server files: uploads are written to a private temporary file.
 """
 
@@ -26,6 +29,7 @@ import asyncio
 import gc
 import hmac
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -37,12 +41,16 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..predict import InputError, Predictor
+from ..fileio import is_disk_full
+from ..predict import IGNORED_KEYS, InputError, Predictor
+from .limits import ClientError, decode_json, has_surrogate, may_hold_surrogates, too_many
+
+_log = logging.getLogger("ctrlab.serve")
 
 DEFAULT_MAX_ROWS = 50_000
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a 50k-row JSON request of Criteo dicts is ~30 MB
@@ -50,11 +58,10 @@ DEFAULT_MAX_BODY_BYTES = 32 << 20  # 32 MiB: a 50k-row JSON request of Criteo di
 # under a millisecond, less than handing it to a worker thread; larger ones go to the threadpool
 # so that one big request does not stall the loop (health checks, small requests).
 INLINE_BODY_BYTES = 16 << 10
+# Large bodies parsed and scored at once (per worker process): each may take a few times its size
+# in memory while it is parsed, and more at once would only share the same cores.
+LARGE_BODY_SLOTS = 2
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class ClientError(HTTPException):
-    """A 4xx answer with a message for the client."""
 
 
 class BodyTooLarge(Exception):
@@ -167,6 +174,24 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+def input_metrics(predictor: Predictor) -> str:
+    """Per input field, since the model was loaded: rows, missing and OOV values seen, beside the
+    rates the bundle saw in training (compare to spot inputs that do not fit the model)."""
+    seen = predictor.input_counts.snapshot()
+    out = []
+    for name, help_text in (("rows", "Rows encoded"), ("missing", "Missing values seen"),
+                            ("oov", "Out-of-vocabulary values seen (fields encoded to ids)")):
+        out += [f"# HELP ctrlab_input_{name}_total {help_text}, per input field.",
+                f"# TYPE ctrlab_input_{name}_total counter"]
+        out += [f'ctrlab_input_{name}_total{{field="{f}"}} {c[name]}' for f, c in seen.items() if c[name] is not None]
+    for kind in ("missing", "oov"):
+        out += [f"# HELP ctrlab_input_trained_{kind}_rate The {kind} rate per field in the bundle's training data.",
+                f"# TYPE ctrlab_input_trained_{kind}_rate gauge"]
+        out += [f'ctrlab_input_trained_{kind}_rate{{field="{f}"}} {r[kind]}'
+                for f, r in predictor.input_rates.items() if r.get(kind) is not None]
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # ASGI middleware: metrics (outermost) and the body cap
 # --------------------------------------------------------------------------------------------
@@ -242,26 +267,21 @@ async def _send_json(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": status}, status_code=status)
+def _error(status: int, detail: str) -> Response:
+    # ASCII JSON: a message that quotes the client's text stays valid even for a lone surrogate
+    body = json.dumps({"detail": detail, "code": status})
+    return Response(body, status_code=status, media_type="application/json")
 
 
 # --------------------------------------------------------------------------------------------
 # request bodies -> rows
 # --------------------------------------------------------------------------------------------
 
-def parse_predict_body(body: bytes, max_rows: int) -> list[Any]:
-    """The ``rows`` of a /v1/predict JSON body, checked for shape and count (ClientError otherwise)."""
-    if not body.strip():
-        raise ClientError(400, 'empty request body; send JSON {"rows": [...]}')
-    try:
-        text = body.decode("utf-8")  # (json.loads on bytes would guess UTF-16/32 from the first bytes)
-    except UnicodeDecodeError as exc:
-        raise ClientError(400, f"request body is not UTF-8 text (byte {exc.start})") from None
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ClientError(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+def parse_predict_body(body: bytes, max_rows: int, columns: list[str]) -> list[Any]:
+    """The ``rows`` of a /v1/predict JSON body, checked for shape and count (ClientError otherwise).
+    ``columns``: the model's input columns (a row holds at most these and IGNORED_KEYS)."""
+    payload = decode_json(body, expected='{"rows": [...]}', max_items=max_rows,
+                          max_values=max_rows * (len(columns) + len(IGNORED_KEYS)))
     if not isinstance(payload, dict):
         raise ClientError(422, f'expected a JSON object {{"rows": [...]}}, got {type(payload).__name__}')
     extra = sorted(k for k in payload if k != "rows")
@@ -275,8 +295,23 @@ def parse_predict_body(body: bytes, max_rows: int) -> list[Any]:
     if not rows:
         raise ClientError(422, '"rows" is empty; send at least one row')
     if len(rows) > max_rows:
-        raise ClientError(413, f"{len(rows):,} rows exceed the limit of {max_rows:,} rows per request")
+        raise too_many(f"{len(rows):,}", max_rows)
+    if may_hold_surrogates(body):
+        check_text(rows, columns)
     return rows
+
+
+def check_text(rows: list[Any], columns: list[str]) -> None:
+    """ClientError naming the row and field of the first string with a lone UTF-16 surrogate
+    (legal JSON, "\\ud800", but not text: it cannot be encoded, hashed or stored)."""
+    for i, row in enumerate(rows):
+        fields = row.items() if isinstance(row, dict) else enumerate(row) if isinstance(row, list) else ()
+        for key, value in fields:
+            name = columns[key] if isinstance(key, int) and key < len(columns) else key
+            for text in (key, value):
+                if isinstance(text, str) and has_surrogate(text):
+                    raise ClientError(422, f"row {i}, field {name!r}: {text[:40]!r} holds a lone UTF-16 surrogate; "
+                                           f"send valid Unicode text")
 
 
 def score_rows(loaded: LoadedModel, rows: list[Any]) -> tuple[np.ndarray, dict[str, float]]:
@@ -285,13 +320,18 @@ def score_rows(loaded: LoadedModel, rows: list[Any]) -> tuple[np.ndarray, dict[s
     t0 = time.perf_counter()
     try:
         table = predictor.to_table(rows)
-    except InputError as exc:
+        t1 = time.perf_counter()
+        dense, sparse = predictor.transform(table)  # (a value whose feature overflows is the client's)
+    except InputError as exc:  # names the row and field
         raise ClientError(422, str(exc)) from None
-    t1 = time.perf_counter()
-    dense, sparse = predictor.pipeline.transform(table)
+    except (ValueError, ArithmeticError, UnicodeError) as exc:  # a bad value the checks missed: still a 4xx
+        raise ClientError(422, f"the rows hold a value that cannot be encoded: {exc}") from None
     t2 = time.perf_counter()
     probs = predictor.predict_encoded(dense, sparse)
     t3 = time.perf_counter()
+    bad = np.flatnonzero(~np.isfinite(probs))
+    if len(bad):  # (JSON has no NaN; only extreme inputs get here)
+        raise ClientError(422, f"row {bad[0]}: the model gives no finite probability for its values")
     return probs, {"parse": (t1 - t0) * 1e3, "transform": (t2 - t1) * 1e3, "inference": (t3 - t2) * 1e3}
 
 
@@ -372,6 +412,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
         raise ValueError(f"max_rows and max_body_bytes must be >= 1, got {max_rows} and {max_body_bytes}")
     state = ServerState(load_model(bundle_dir, backend, threads), backend, threads)
     metrics = Metrics()
+    large_body_slots = asyncio.Semaphore(LARGE_BODY_SLOTS)
     app = FastAPI(title="ctrlab serving", version=_ctrlab_version(),
                   description="Click-through-rate probabilities for raw rows, from a ctrlab bundle.")
     app.state.serve = state
@@ -385,6 +426,18 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
     async def too_large(_request: Request, exc: BodyTooLarge):
         return _error(413, f"{exc}; send fewer rows per request")
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # logged; the answer shows no internals
+        _log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        if is_disk_full(exc):  # (an upload's temporary file): the server's state, not the request's
+            return _error(503, "the server is out of disk space; retry later")
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+    async def in_worker(func, *args):
+        """``func(*args)`` in a worker thread, at most LARGE_BODY_SLOTS at a time (large bodies)."""
+        async with large_body_slots:
+            return await run_in_threadpool(func, *args)
+
     @app.post("/v1/predict", openapi_extra={"requestBody": _PREDICT_BODY},
               summary="Probabilities for raw rows (JSON)")
     async def predict(request: Request):
@@ -392,15 +445,16 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
         loaded = state.current  # this request's model, whatever a reload does meanwhile
         body = await request.body()
         t_read = time.perf_counter()
+        columns = loaded.predictor.columns
         if len(body) <= INLINE_BODY_BYTES:
-            rows = parse_predict_body(body, max_rows)
+            rows = parse_predict_body(body, max_rows, columns)
             t_json = time.perf_counter()
             probs, timing = score_rows(loaded, rows)
         else:
             def work():
-                rows = parse_predict_body(body, max_rows)
+                rows = parse_predict_body(body, max_rows, columns)
                 return rows, time.perf_counter(), *score_rows(loaded, rows)
-            rows, t_json, probs, timing = await run_in_threadpool(work)
+            rows, t_json, probs, timing = await in_worker(work)
         metrics.add_rows("/v1/predict", len(rows))
         timing = {"read": (t_read - started) * 1e3, "json": (t_json - t_read) * 1e3, **timing}
         timing["total"] = (time.perf_counter() - started) * 1e3
@@ -422,8 +476,11 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
         finally:
             await form.close()
         t_read = time.perf_counter()
-        check_upload_text(data, max_rows)
-        probs, fmt = await run_in_threadpool(score_upload, loaded, data)
+
+        def work():
+            check_upload_text(data, max_rows)
+            return score_upload(loaded, data)
+        probs, fmt = await in_worker(work)
         metrics.add_rows("/upload", len(probs))
         answer: dict[str, Any] = {"code": 200, "dtype": "float32", "data": probs.reshape(-1, 1).tolist(),
                                   "user_id": user_id}
@@ -455,7 +512,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus():
-        return PlainTextResponse(metrics.render(state.current.version),
+        return PlainTextResponse(metrics.render(state.current.version) + input_metrics(state.current.predictor),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/admin/reload", summary="Swap to another bundle (admin; Bearer token)",
@@ -471,10 +528,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = "onnx", max_rows
             return _error(401, "missing Authorization: Bearer TOKEN header")
         if not hmac.compare_digest(auth[len("Bearer "):].encode(), token.encode()):
             return _error(403, "wrong reload token")
-        try:
-            payload = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, 'malformed JSON; send {"bundle": "/path/to/bundle"}')
+        payload = decode_json(await request.body(), expected='{"bundle": "/path/to/bundle"}', max_values=16)
         if not isinstance(payload, dict) or not isinstance(payload.get("bundle"), str) or not payload["bundle"]:
             return _error(422, 'send {"bundle": "/path/to/bundle"} (a bundle directory on the server)')
         async with state.reload_lock:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -12,8 +10,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, dump_config
+from ..config import Config, ConfigError, dump_config, fitted_features, parse_epoch_range_text, to_dict
 from ..data.store import Store
+from ..fileio import write_json_atomic
 from ..runtime import configure_torch_threads
 from .metrics import evaluate_scores
 from . import distributed as distrib
@@ -44,6 +43,58 @@ def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], Non
     return store
 
 
+def check_run_config(cfg: Config) -> None:
+    """What loading could not check without the model registry: the model name and its
+    parameters (names, types, ranges). Runs before any data is read."""
+    from ..models import check_params
+
+    check_params(cfg.model.name, cfg.model.params)
+
+
+def record_fitted_features(cfg: Config, store: Store, log: Callable[[str], None]) -> None:
+    """Make ``cfg.features`` say what the store's pipeline.json was fitted with (the truth), so the
+    run's config.yaml re-creates that pipeline; says so when the config had asked for other settings."""
+    fitted = fitted_features(store.pipeline, cfg.features)
+    if to_dict(fitted) != to_dict(cfg.features):
+        log(f"features: the store {store.path} was prepared with other settings than this config's features "
+            f"section; the run records the store's: {to_dict(fitted)}")
+    cfg.features = fitted
+
+
+def schedule(cfg: Config, store: Store) -> dict[str, Any]:
+    """What the run will do beyond its epochs: validation, early stopping, learning-rate decay."""
+    rows = len(store.split("valid")) if store.has_split("valid") else 0
+    t = cfg.train
+    return {
+        "epochs": t.epochs,
+        "validation": f"{rows:,} rows (valid split)" if rows else "none",
+        "early_stopping": (f"after {t.early_stopping_patience} epochs without valid {t.monitor} improvement"
+                           if rows and t.early_stopping_patience else "off"),
+        "lr_decay": (f"x{t.lr_decay_factor:g} per epoch without valid {t.monitor} improvement"
+                     if rows and t.lr_decay_factor != 1.0 else "off"),
+    }
+
+
+def format_schedule(plan: dict[str, Any]) -> str:
+    return (f"epochs: {plan['epochs']}; validation: {plan['validation']}; early stopping: {plan['early_stopping']}; "
+            f"lr decay: {plan['lr_decay']}")
+
+
+def train_test_overlap(meta: dict[str, Any]) -> list[str]:
+    """Test source files that are also training source files (same resolved path or same
+    sha256): a test score on them is no held-out score. PaddleRec's sample configs do this."""
+    train = meta.get("sources", {}).get("train", [])
+    paths = {str(Path(s["path"]).resolve()) for s in train}
+    hashes = {s.get("sha256") for s in train} - {None}
+    return [s["path"] for s in meta.get("sources", {}).get("test", [])
+            if str(Path(s["path"]).resolve()) in paths or s.get("sha256") in hashes]
+
+
+def overlap_warning(shared: list[str]) -> str:
+    return (f"  <- WARNING: the test data IS the training data ({', '.join(shared)}): "
+            "this is not a held-out score") if shared else ""
+
+
 def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
     from ..models import build_model
 
@@ -58,6 +109,7 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
     group and trains its share (:mod:`ctrlab.train.distributed`); only rank 0 writes."""
     if not cfg.run_dir:
         raise ConfigError("where should the run go? pass --out RUN_DIR or set run_dir in the config")
+    check_run_config(cfg)
     ctx = distrib.init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
     if ctx is None:
         return _run_training(cfg, None, resume=resume, progress=progress, log=log)
@@ -82,6 +134,7 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
                               "`ctrlab prepare` first (or launch with `ctrlab train --nproc N`, which prepares it)")
         cfg.data.store = str(store_dir)
     store = ensure_store(cfg, progress=progress, log=log)
+    record_fitted_features(cfg, store, log)
     is_main = ctx is None or ctx.is_main
     if is_main:
         _reset_run_dir(cfg, run_dir, resume)
@@ -116,12 +169,14 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; train rows {len(store.split('train')):,}; "
         f"device {trainer.device}; torch threads {torch.get_num_threads()}")
+    plan = schedule(cfg, store)
+    log(format_schedule(plan))
     started = time.perf_counter()
     history = trainer.fit()
     summary: dict[str, Any] = {
         "model": cfg.model.name, "parameters": n_params, "epochs_run": trainer.epoch,
         "best_epoch": trainer.best["epoch"], "stopped_early": trainer.stopped_early,
-        "train_seconds": round(time.perf_counter() - started, 3), "history": history,
+        "train_seconds": round(time.perf_counter() - started, 3), "schedule": plan, "history": history,
     }
     best_epoch = trainer.best["epoch"] or trainer.epoch
     best = next((h for h in history if h["epoch"] == best_epoch), None)
@@ -134,12 +189,14 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
         test = trainer.evaluate_split(store.split("test")) if trainer.dist else \
             evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
         summary["test_auc"], summary["test_logloss"], summary["test_rows"] = test["auc"], test["logloss"], test["rows"]
-        log(f"best epoch {best_epoch} (by valid {cfg.train.monitor}); test rows {test['rows']:,}")
-        log(f"test AUC {test['auc']:.5f}")
-        log(f"test logloss {test['logloss']:.5f}")
+        shared = train_test_overlap(store.meta)
+        summary["test_is_training_data"] = bool(shared)
+        chosen = f"by valid {cfg.train.monitor}" if store.has_split("valid") else "the last: no validation split"
+        log(f"best epoch {best_epoch} ({chosen}); test rows {test['rows']:,}")
+        log(f"test AUC {test['auc']:.5f}{overlap_warning(shared)}")
+        log(f"test logloss {test['logloss']:.5f}{overlap_warning(shared)}")
     if is_main:
-        with open(run_dir / "summary.json", "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=1)
+        write_json_atomic(run_dir / "summary.json", summary, indent=1)
     log(format_history(history, best_epoch))
     return summary
 
@@ -159,14 +216,9 @@ def parse_epoch_range(text: str | None, available: list[int]) -> list[int]:
     """'1:4' -> the saved epochs 1..4 (inclusive); None -> all saved epochs."""
     if text is None:
         return available
-    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
-    if m:
-        lo = int(m.group(1)) if m.group(1) else min(available, default=0)
-        hi = int(m.group(2)) if m.group(2) else max(available, default=0)
-    elif text.strip().isdigit():
-        lo = hi = int(text)
-    else:
-        raise ConfigError(f"--epochs expects START:END or N, got {text!r}")
+    lo, hi = parse_epoch_range_text(text, "--epochs")
+    lo = min(available, default=0) if lo is None else lo
+    hi = max(available, default=0) if hi is None else hi
     chosen = [e for e in available if lo <= e <= hi]
     if not chosen:
         raise ConfigError(f"no saved epoch in {lo}..{hi}; saved epochs: {available}")
@@ -177,6 +229,7 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
     """Evaluate every saved epoch in ``eval.epochs`` on ``eval.split`` (exact AUC/logloss)."""
     if not cfg.run_dir:
         raise ConfigError("which run? pass RUN_DIR or set run_dir in the config")
+    check_run_config(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     available = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("epoch_*.pt"))
@@ -190,11 +243,12 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
     model = build_model_for(cfg, store).to(device)
     results = []
     labels = np.asarray(split.label)
+    warning = overlap_warning(train_test_overlap(store.meta)) if cfg.eval.split == "test" else ""
     for epoch in epochs:
         model.load_state_dict(load_weights(ckpt_dir / f"epoch_{epoch}.pt"))
         probs = predict_split(model, split, cfg.eval.batch_size, device)
         res = {"epoch": epoch, "split": cfg.eval.split, **evaluate_scores(labels, probs)}
         results.append(res)
         log(f"epoch {epoch}: {cfg.eval.split} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
-            f"rows {res['rows']:,}")
+            f"rows {res['rows']:,}{warning}")
     return results

@@ -19,6 +19,7 @@ the run directory.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from ..data.batches import BatchIterator
 from ..data.readers import prefetch
 from ..config import TrainConfig
 from ..data.store import SplitArrays, Store
+from ..fileio import atomic_write, disk_errors, remove_stale_temporaries, write_bytes_atomic
 from ..runtime import configure_torch_threads
 from .metrics import evaluate_scores
 from .optim import RowSparseOptimizer, dense_optimizer
@@ -100,10 +102,37 @@ def evaluate(model: torch.nn.Module, split: SplitArrays, batch_size: int, device
     return evaluate_scores(np.asarray(split.label), probs)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` whole or not at all; a full disk is a DiskFullError naming ``path`` (torch
+    itself says "[enforce fail at inline_container.cc] unexpected pos")."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, write)
+
+
+def read_step_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a steps.jsonl; a torn last line (the process was killed while writing it) is
+    dropped, any other unreadable line is an error naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.readlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise ValueError(f"{path}:{number}: not a step record ({exc}); fix or remove the line") from None
+        records.append(record)
+    return records
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -198,22 +227,21 @@ class Trainer:
         if not last.is_file():
             return False
         self.load_state(torch.load(last, map_location=self.device, weights_only=True))
-        if self.is_main:
-            self._truncate_steps_log()
         self.log(f"resumed from {last} after epoch {self.epoch}")
         return True
 
-    def _truncate_steps_log(self) -> None:
-        """Drop step records written after the checkpoint (an interrupted epoch re-runs)."""
+    def _align_records(self) -> None:
+        """Make the run's logs say what the state training starts from covers: step records up to
+        ``self.step`` (an interrupted epoch re-runs, a run killed before its first checkpoint starts
+        afresh) and the epoch records of ``self.history``; temporaries of killed writers go."""
+        for folder in (self.run_dir, self.ckpt_dir):
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
         path = self.run_dir / "steps.jsonl"
-        if not path.is_file():
-            return
-        with open(path, encoding="utf-8") as fh:
-            kept = [line for line in fh if line.strip() and json.loads(line)["step"] <= self.step]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(kept)
-        os.replace(tmp, path)
+        if path.is_file():
+            kept = [r for r in read_step_records(path) if r["step"] <= self.step]
+            write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self._write_epoch_logs()
 
     def evaluate_split(self, split: SplitArrays) -> dict[str, float]:
         """Exact metrics over a whole split (distributed: gathered from every rank's block)."""
@@ -225,9 +253,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"model": self.model.state_dict(), "epoch": self.epoch},
-                     self.ckpt_dir / f"epoch_{self.epoch}.pt")
-        _atomic_save(self.state(), self.ckpt_dir / "last.pt")
+        save_torch({"model": self.model.state_dict(), "epoch": self.epoch}, self.ckpt_dir / f"epoch_{self.epoch}.pt")
+        save_torch(self.state(), self.ckpt_dir / "last.pt")
 
     # ----------------------------------------------------------------------------------------
     def train_epoch(self) -> tuple[float, float]:
@@ -247,7 +274,9 @@ class Trainer:
         started = time.perf_counter()
         bar = tqdm(total=len(split), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
                    disable=not self.progress, mininterval=1.0, leave=False)
-        steps_file = open(self.run_dir / "steps.jsonl", "a", encoding="utf-8") if self.is_main else None
+        steps_path = self.run_dir / "steps.jsonl"
+        with disk_errors(steps_path):
+            steps_file = open(steps_path, "a", encoding="utf-8") if self.is_main else None
         try:
             # the next batch is gathered in a thread while this one trains (numpy gathers release
             # the GIL)
@@ -280,8 +309,9 @@ class Trainer:
                     window_rows += n
                     rate = seen * world / (time.perf_counter() - started)
                     if steps_file is not None:
-                        steps_file.write(json.dumps({"step": self.step, "epoch": self.epoch + 1, "loss": value,
-                                                     "samples_per_s": round(rate, 1)}) + "\n")
+                        with disk_errors(steps_path):
+                            steps_file.write(json.dumps({"step": self.step, "epoch": self.epoch + 1, "loss": value,
+                                                         "samples_per_s": round(rate, 1)}) + "\n")
                     bar.set_postfix(loss=f"{value:.4f}", rate=f"{rate:,.0f}/s")
                     if self._tb:
                         self._tb.add_scalar("train/loss", value, self.step)
@@ -289,7 +319,8 @@ class Trainer:
         finally:
             bar.close()
             if steps_file is not None:
-                steps_file.close()
+                with disk_errors(steps_path):
+                    steps_file.close()
         elapsed = time.perf_counter() - started
         if self.dist:  # every rank's rows: the exact mean loss and the global rate
             loss_sum, seen = distrib.all_reduce_sum([float(total_loss), seen], self.device)
@@ -303,6 +334,8 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self._align_records()
         if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -329,7 +362,7 @@ class Trainer:
                 else:
                     self.bad_epochs += 1
                     self._scale_lr(cfg.lr_decay_factor)
-                    if self.bad_epochs >= cfg.early_stopping_patience:
+                    if cfg.early_stopping_patience and self.bad_epochs >= cfg.early_stopping_patience:  # 0: off
                         self.stopped_early = True
             else:  # no validation data: the last epoch is the one to use
                 self.best = {"epoch": self.epoch, "metric": None}
@@ -355,13 +388,18 @@ class Trainer:
         return self.history
 
     def _write_epoch_logs(self) -> None:
-        with open(self.run_dir / "epochs.jsonl", "w", encoding="utf-8") as fh:
-            for rec in self.history:
-                fh.write(json.dumps(rec) + "\n")
-        with open(self.run_dir / "epochs.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
+        """epochs.jsonl and epochs.csv from ``self.history`` (each replaced whole; none without epochs)."""
+        jsonl, csv_path = self.run_dir / "epochs.jsonl", self.run_dir / "epochs.csv"
+        if not self.history:
+            jsonl.unlink(missing_ok=True)
+            csv_path.unlink(missing_ok=True)
+            return
+        write_bytes_atomic(jsonl, "".join(json.dumps(rec) + "\n" for rec in self.history).encode())
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_bytes_atomic(csv_path, table.getvalue().encode())
 
     def best_checkpoint(self) -> Path:
         epoch = self.best["epoch"] or self.epoch
