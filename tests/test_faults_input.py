@@ -324,3 +324,23 @@ def test_server_metrics_count_missing_and_oov_per_field(bundle):
     assert 'ctrlab_input_missing_total{field="C1"} 1' in text
     assert 'ctrlab_input_missing_total{field="I1"} 1' in text
     assert 'ctrlab_input_trained_oov_rate{field="C1"}' in text
+
+
+def test_prepare_refuses_a_feature_that_overflows(criteo_lines, tmp_path):
+    """prepare's own transform path (pass 2) refuses a value whose feature is not finite, naming the
+    split row and field, and the store is not written."""
+    from ctrlab.features.pipeline import NumericOptions
+
+    lines = list(criteo_lines)
+    fields = lines[6].split(b"\t")
+    fields[2] = b"1e39"  # I2, finite as float64, inf as a float32 feature when passed through
+    lines[6] = b"\t".join(fields)
+    path = write(tmp_path / "big.tsv", lines)
+    opts = PrepareOptions(train=[str(path)], split=(1.0, 0.0, 0.0), numeric=NumericOptions(transform="passthrough"))
+    with pytest.raises(ValueError, match=r"train split, row 6 .*field 'I2'.*non-finite"):
+        prepare(opts, tmp_path / "store", progress=False, log=quiet)
+    assert not (tmp_path / "store").exists()
+    # the same value is fine where the transform bounds it
+    opts.numeric = NumericOptions(transform="log1p")
+    store = prepare(opts, tmp_path / "store", progress=False, log=quiet)
+    assert np.isfinite(np.load(Path(store.path) / "train" / "dense.npy")).all()

@@ -321,6 +321,18 @@ def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.nda
         w["raw_dense"].append(raw)
 
 
+def _check_finite_features(dense: np.ndarray, raw: np.ndarray, names: list[str], split: str, first_row: int) -> None:
+    """A finite raw value whose fitted transform overflows float32 (e.g. 1e39 passed through) would
+    put inf into the store and NaN into every score: refuse it, naming the split row and field."""
+    finite = np.isfinite(dense)
+    if finite.all():
+        return
+    row, k = (int(i) for i in np.argwhere(~finite)[0])
+    raise ValueError(f"{split} split, row {first_row + row} (0-based, in input order), field {names[k]!r}: "
+                     f"value {raw[row, k]!r} encodes to a non-finite feature ({dense[row, k]}); "
+                     "choose a transform that bounds it (log1p, log_square_bucket) or fix the input")
+
+
 def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
                      finals: dict[str, Any], pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
     """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
@@ -370,8 +382,9 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                         part[:, remapped] = flat_remap[part[:, remapped] + remap_offsets]
                     for j in others:
                         part[:, j] = finals[sparse_out[j]](part[:, j])
-                    for k, col in enumerate(dense_out):
-                        dense[rows, k] = finals[col](raw[rows, k])
+                    with np.errstate(over="ignore", invalid="ignore"):  # _check_finite_features reports it
+                        for k, col in enumerate(dense_out):
+                            dense[rows, k] = finals[col](raw[rows, k])
                     return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
                             (part == OOV_ID).sum(axis=0))
 
@@ -380,6 +393,7 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                     st["missing"][: len(sparse_out)] += missing_sparse
                     st["missing"][len(sparse_out):] += missing_dense
                     st["oov"] += oov
+                _check_finite_features(dense, raw, dense_out, s, lo)
                 sparse_file.seek(start)
                 block.tofile(sparse_file)
                 dense_writer.append(dense)

@@ -15,8 +15,11 @@ Layout::
 place only after the ONNX graph matched the torch model on a golden batch of real rows (the
 store's valid or test split): a bundle that exists passed its parity check.
 
-:func:`load_manifest` checks the format version and every file's sha256 and says what is
-wrong (which file, expected vs actual hash).
+:func:`load_manifest` checks the format version, the manifest's structure (every key a loader
+reads, with its type; every file entry a relative path with a sha256) and that the folder holds
+exactly the listed files with their sha256s, and says what is wrong (which file, expected vs
+actual). Only listed, checked files are loaded (:func:`graph_file` for a variant's graph). A full
+disk during export is a DiskFullError naming the bundle file; the temporary folder is removed.
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
     """
     import torch
 
-    from ..config import dump_config, load_config
+    from ..config import dump_config, fitted_features, load_config
     from ..models import build_model
     from ..train.trainer import load_weights
     from .onnx_export import export_onnx, onnx_parity
@@ -216,6 +219,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
         with writing(PIPELINE), open(store.path / PIPELINE, "rb") as src, open(tmp / PIPELINE, "wb") as dst:
             shutil.copyfileobj(src, dst)
         with writing(CONFIG):
+            cfg.features = fitted_features(store.pipeline, cfg.features)  # pipeline.json is the truth
             dump_config(cfg, tmp / CONFIG)
         with writing(TORCH_WEIGHTS):
             torch.save(model.state_dict(), tmp / TORCH_WEIGHTS)
