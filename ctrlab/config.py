@@ -276,7 +276,7 @@ def check_setting(cls: type, key: str, value: Any, where: str) -> None:
     limit = LIMITS.get((cls, key))
     if limit is not None and value is not None:
         optional = type(None) in get_args(get_type_hints(cls)[key])
-        limit.check(value, where, " (or null: off)" if optional else "")
+        limit.check(value, where, " (or null)" if optional else "")
     rule = RULES.get((cls, key))
     if rule is not None and value is not None:
         rule(value, where)

@@ -41,7 +41,9 @@ MANIFEST = "experiment.json"
 LOCK = ".lock"
 RUNS_DIR = "runs"
 #: config keys that may differ between a finished run and the plan (they do not change results)
-RESUME_IGNORED = ("run_dir", "train.threads", "train.device", "train.tensorboard")
+# features: a run records what its store was fitted with (pipeline.json, the truth); the store
+# itself is compared as data.store
+RESUME_IGNORED = ("run_dir", "train.threads", "train.device", "train.tensorboard", "features")
 #: sections a point may not vary: every run of an experiment reads the same prepared store
 SHARED_SECTIONS = ("data", "features", "run_dir")
 

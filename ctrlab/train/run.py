@@ -37,8 +37,9 @@ def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], Non
     from ..data.prepare import format_summary, prepare
 
     log(f"preparing {store_dir} from {cfg.data.train}")
-    store = prepare(prepare_options(cfg), store_dir, progress=progress)
-    dump_config(cfg, store_dir / "config.yaml")
+    # config.yaml goes in before the swap: the store and the config that made it arrive together
+    store = prepare(prepare_options(cfg), store_dir, progress=progress,
+                    before_swap=lambda build: dump_config(cfg, build / "config.yaml"))
     log(format_summary(store.meta))
     return store
 
