@@ -50,13 +50,12 @@ class DataConfig:
 class FeaturesConfig:
     """How raw columns become model inputs.
 
-    These defaults are the one set ctrlab uses (``ctrlab prepare``, a run that prepares its own
-    store, the ready configs): log-square bucketized counts and vocabularies keeping values seen
-    at least twice in the training rows (what scored best on the real Criteo rows, README)."""
+    The defaults are the one set ctrlab uses everywhere (library, ``ctrlab prepare``, a run that
+    prepares its own store, the ready configs): they live in :class:`CategoricalOptions` and
+    :class:`NumericOptions` themselves."""
 
-    categorical: CategoricalOptions = field(default_factory=lambda: CategoricalOptions(min_count=2))
-    numeric: NumericOptions = field(default_factory=lambda: NumericOptions(transform="log_square_bucket",
-                                                                           min_count=2))
+    categorical: CategoricalOptions = field(default_factory=CategoricalOptions)
+    numeric: NumericOptions = field(default_factory=NumericOptions)
     # per-column overrides: {I1: {transform: log_square_bucket}, C3: {min_count: 10}}
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 

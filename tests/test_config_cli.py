@@ -37,8 +37,8 @@ def test_defaults():
     assert cfg.data.split == [0.8, 0.1, 0.1] and cfg.data.seed == 2024
     assert cfg.data.format == "auto" and cfg.data.bad_lines == "error"
     # the one set of feature defaults (prepare and the ready configs alike)
-    assert cfg.features.categorical == CategoricalOptions(encoder="vocab", min_count=2)
-    assert cfg.features.numeric == NumericOptions(transform="log_square_bucket", min_count=2)
+    assert cfg.features.categorical == CategoricalOptions() == CategoricalOptions(encoder="vocab", min_count=2)
+    assert cfg.features.numeric == NumericOptions() == NumericOptions(transform="log1p_standardize", min_count=2)
 
 
 def test_unknown_key_suggests_nearest(tmp_path):
@@ -173,7 +173,7 @@ def test_cli_prepare_writes_store(shared_data, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "store: 10,109 rows" in stdout
     assert "split: seeded random (train 0.8, valid 0.1, test 0.1; seed 2024)" in stdout
-    assert "features: 0 dense, 39 sparse" in stdout  # the default: counts bucketized (log-square)
+    assert "features: 13 dense, 26 sparse" in stdout  # the default: counts log1p-standardized
     assert "skipped lines: 0" in stdout
     assert f"wrote {out}" in stdout
     for name in ("meta.json", "pipeline.json", "config.yaml"):

@@ -515,7 +515,8 @@ def test_pipeline_fit_save_load_transform_bit_identical(criteo_table, tmp_path):
 
 def test_pipeline_spec_and_encodings_match_references(criteo_table):
     fit_rows = criteo_table.slice(0, 8000)
-    pipe = _criteo_pipeline(overrides={"I1": NumericOptions(transform="log_square_bucket")}).fit([fit_rows])
+    pipe = _criteo_pipeline(categorical=CategoricalOptions(min_count=1),
+                            overrides={"I1": NumericOptions(transform="log_square_bucket", min_count=1)}).fit([fit_rows])
     spec = pipe.spec
     for j, col in enumerate(spec.sparse_names):
         values = fit_rows.column(col).to_pylist()

@@ -118,7 +118,10 @@ def test_meta_rows_split_positives(criteo_store, criteo_raw):
     assert meta["skipped"]["total"] == 0
 
 
-def test_meta_vocab_sizes_rates_and_source(criteo_store, criteo_raw, shared_data):
+def test_meta_vocab_sizes_rates_and_source(criteo_raw, shared_data, tmp_path):
+    # min_count 1 (the default is 2): every training value is in the vocabulary
+    criteo_store = run_prepare(tmp_path / "store", shared_data["criteo_train"],
+                               categorical=CategoricalOptions(min_count=1))
     meta = criteo_store.meta
     spec = criteo_store.spec
     assert list(meta["vocab_sizes"]) == list(spec.sparse_names) == list(CRITEO_SPARSE)

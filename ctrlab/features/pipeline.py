@@ -45,7 +45,9 @@ class CategoricalOptions:
     """How categorical columns are encoded (the ``features.categorical`` config section)."""
 
     encoder: str = "vocab"  # vocab | hash
-    min_count: int = 1
+    # values seen once in the training rows share the OOV id: it gets trained, and unseen values at
+    # serving time land on a trained embedding rather than an untrained one
+    min_count: int = 2
     max_size: int | None = None
     hash_buckets: int = 1_000_000
 
@@ -54,10 +56,13 @@ class CategoricalOptions:
 class NumericOptions:
     """How numeric columns are encoded (the ``features.numeric`` config section)."""
 
-    transform: str = "log1p_standardize"  # log1p_standardize | log1p | minmax | passthrough | log_square_bucket
+    # log1p_standardize | log1p | minmax | passthrough | log_square_bucket. The default suits any
+    # numeric column (fractions, counts, negatives) and ties with log-square buckets on the real
+    # Criteo rows (README, feature study); the buckets are a Criteo-count choice, not a general one.
+    transform: str = "log1p_standardize"
     fill_value: float = 0.0
     # options for transform: log_square_bucket (its vocabulary over bucket keys)
-    min_count: int = 1
+    min_count: int = 2
 
 
 def _categorical_encoder(opts: CategoricalOptions):
