@@ -44,17 +44,6 @@ def legit_body(bundle: Path, rows: int, size: int) -> bytes:
     return json.dumps({"rows": [row] * min(rows, size // one)}).encode()
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak) of a process, in MB (Linux /proc)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
 def post(port: int, path: str, body: bytes, timeout: float = 120.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(serve_process.HOST, port, timeout=timeout)
     try:
@@ -153,9 +142,9 @@ def main() -> int:
         proc, _ = serve_process.start_server(bundle, port=port, args=[
             "--max-body-bytes", str(args.max_body_bytes), "--max-rows", str(args.max_rows), "--log-level", "warning"])
         post(port, "/v1/predict", b'{"rows": [{}]}')  # warm
-        before = memory_mb(proc.pid)
+        before = serve_process.memory_mb(proc.pid)
         r = run_flood(port, body, args.clients, args.rounds)
-        after = memory_mb(proc.pid)
+        after = serve_process.memory_mb(proc.pid)
         kind = "real rows" if args.legit else "empty rows"
         print(f"{args.clients} clients x {args.rounds} bodies of {len(body) / 2**20:.1f} MiB ({kind}) in "
               f"{r['seconds']:.1f} s: statuses {r['statuses']}")

@@ -31,6 +31,7 @@ from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
 from ctrlab.predict import Predictor
 from ctrlab.train.run import run_training
+from test_train import Crash, crashing_iterator  # the same simulated crash as the resume tests
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = "no space left on device while writing"
@@ -310,21 +311,6 @@ def test_run_killed_before_its_first_checkpoint_resumes_with_each_record_once(tm
     assert_records_once(run_dir, 1)
 
 
-class Crash(Exception):
-    pass
-
-
-def crash_in_epoch(epoch_index: int, after_batches: int):
-    base = trainer_mod.BatchIterator
-
-    class CrashingBatchIterator(base):
-        def __iter__(self):
-            for i, batch in enumerate(super().__iter__()):
-                if self.shuffle and self.epoch == epoch_index and i == after_batches:
-                    raise Crash(f"simulated crash in epoch {epoch_index + 1}")
-                yield batch
-
-    return CrashingBatchIterator
 
 
 @pytest.mark.parametrize("epoch_index", [0, 1])
@@ -332,7 +318,7 @@ def test_resume_after_a_crash_keeps_each_record_once(store, tmp_path, monkeypatc
     run_dir = tmp_path / "run"
     cfg = lambda: load_config(None, settings(store, run_dir, "train.batch_size=64", "train.epochs=3"))  # noqa: E731
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod, "BatchIterator", crash_in_epoch(epoch_index, after_batches=5))
+        m.setattr(trainer_mod, "BatchIterator", crashing_iterator(epoch_index, after_batches=5))
         with pytest.raises(Crash):
             run_training(cfg(), progress=False, log=quiet)
     with open(run_dir / "steps.jsonl", "a") as fh:
@@ -352,7 +338,7 @@ def test_a_damaged_step_record_is_an_error_naming_file_and_line(store, tmp_path,
     run_dir = tmp_path / "run"
     cfg = lambda: load_config(None, settings(store, run_dir))  # noqa: E731
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod, "BatchIterator", crash_in_epoch(1, after_batches=2))
+        m.setattr(trainer_mod, "BatchIterator", crashing_iterator(1, after_batches=2))
         with pytest.raises(Crash):
             run_training(cfg(), progress=False, log=quiet)
     lines = (run_dir / "steps.jsonl").read_text().splitlines()

@@ -31,6 +31,7 @@ from ctrlab.export.bundle import export_bundle
 from ctrlab.predict import Predictor
 from ctrlab.serve import limits
 from ctrlab.serve.app import create_app
+from ctrlab.serve import process as serve_process
 from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training
 
@@ -226,16 +227,6 @@ def test_large_body_in_pieces_scores_like_direct(bundle, monkeypatch):
 # a real server under a flood of maximum-size bodies
 # --------------------------------------------------------------------------------------------
 
-def _memory_mb(pid: int) -> dict[str, float]:
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads server memory from /proc")
 def test_health_answers_during_flood(bundle):
     """Concurrent maximum-size bodies of millions of empty rows: every one is refused (413), /health
@@ -284,7 +275,7 @@ def test_health_answers_during_flood(bundle):
             conn.close()
 
     try:
-        before = _memory_mb(proc.pid)
+        before = serve_process.memory_mb(proc.pid)
         poller = threading.Thread(target=poll)
         poller.start()
         senders = [threading.Thread(target=big) for _ in range(3)]
@@ -294,7 +285,7 @@ def test_health_answers_during_flood(bundle):
             t.join()
         stop.set()
         poller.join()
-        after = _memory_mb(proc.pid)
+        after = serve_process.memory_mb(proc.pid)
         assert statuses == [413] * 6
         assert health and set(health) == {200}
         assert answered_during[0] >= 1  # /health was answered while big bodies were being handled

@@ -57,3 +57,14 @@ def stop_server(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process in MB (Linux /proc): ``VmRSS`` now and ``VmHWM``, its peak."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
