@@ -365,10 +365,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"--set: empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+        value = parse_value(raw) if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
     return parts, value
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_BASE60 = re.compile(r"[-+]?\d+(:\d+)+")  # YAML 1.1 reads 3:1 as 181; a range like eval.epochs means text
+
+
+def parse_value(raw: str) -> Any:
+    """One override value (``--set``, sweep grids) as YAML, except that numbers YAML 1.1 leaves as
+    strings (``1e-3``) become floats and ``3:1`` stays the text it looks like."""
+    if _BASE60.fullmatch(raw.strip()):
+        return raw.strip()
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse value {raw!r}: {exc}") from None
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

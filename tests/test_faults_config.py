@@ -282,3 +282,13 @@ def test_a_run_that_prepares_its_store_records_the_defaults(criteo_head, tmp_pat
     recorded = load_config(tmp_path / "r" / "config.yaml")
     assert isinstance(recorded, Config) and recorded.features == FeaturesConfig()
     assert recreated_settings(recorded.features, fitted) == pipeline_settings(fitted)
+
+
+def test_override_values_keep_their_text_and_numbers():
+    """`--set` and sweep grids share one value parser: 1e-3 is a number, 3:1 an epoch range (not
+    YAML 1.1's base-60 number 181)."""
+    from ctrlab.config import parse_value
+
+    cfg = load_config(None, ["train.lr=1e-3", "eval.epochs=3:1"])
+    assert cfg.train.lr == 0.001 and cfg.eval.epochs == "3:1"
+    assert parse_value("[400, 400]") == [400, 400] and parse_value("2:4") == "2:4" and parse_value("7") == 7

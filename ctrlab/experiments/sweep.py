@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, parse_value, to_dict
 from .core import (
     SHARED_SECTIONS,
     Plan,
@@ -36,7 +34,6 @@ from .core import (
 from .results import format_value
 
 MODES = ("grid", "one-at-a-time")
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _OPEN, _CLOSE = "[{(", "]})"
 
 
@@ -63,17 +60,6 @@ def split_top_level(text: str) -> list[str]:
         raise ConfigError(f"unclosed {quote or ''.join(reversed(depth))!r} in {text!r}")
     parts.append("".join(current))
     return [p.strip() for p in parts]
-
-
-def parse_value(raw: str) -> Any:
-    """A YAML value; numbers YAML 1.1 leaves as strings (``1e-3``) become floats."""
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {raw!r}: {exc}") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return float(value)
-    return value
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
