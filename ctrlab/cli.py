@@ -477,12 +477,12 @@ def _demo_serve(bundle: Path, rows_file: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 from .cli_deploy import add_bench, add_export, add_predict  # noqa: E402  (their imports are lazy)
-from .cli_experiments import add_compare, add_plot, add_report, add_sweep  # noqa: E402
+from .cli_experiments import add_compare, add_plot, add_report, add_sweep, add_tune  # noqa: E402
 from .cli_serve import add_serve  # noqa: E402
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_info, _add_train, _add_eval, add_export, add_predict, add_bench, add_serve, add_compare,
-    add_sweep,
+    add_sweep, add_tune,
     add_plot, add_report, _add_data, _add_models, _add_demo,
 ]
 

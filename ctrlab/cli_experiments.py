@@ -1,6 +1,7 @@
-"""Command-line layer of ``ctrlab compare``, ``ctrlab sweep``, ``ctrlab plot`` and ``ctrlab report``.
+"""Command-line layer of ``ctrlab compare``, ``ctrlab sweep``, ``ctrlab tune``, ``ctrlab plot`` and
+``ctrlab report``.
 
-``add_compare``, ``add_sweep``, ``add_plot`` and ``add_report`` each add one subcommand to an
+``add_compare``, ``add_sweep``, ``add_tune``, ``add_plot`` and ``add_report`` each add one subcommand to an
 argparse subparsers object (they belong in ``ctrlab.cli.COMMANDS``). The work is done by
 ``ctrlab.experiments``; errors are ValueError / ConfigError / FileNotFoundError / RuntimeError
 with a message meant for the user.
@@ -219,3 +220,57 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(write_report(args.experiment, args.out))
     return 0
 
+
+
+# --------------------------------------------------------------------------------------------
+# tune
+# --------------------------------------------------------------------------------------------
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune", help="hyperparameter search with Optuna (TPE, pruning, resumable)",
+        formatter_class=_RAW,
+        description="Search a base config's hyperparameters on one prepared split with Optuna: a seeded TPE "
+                    "sampler, a median pruner on the validation AUC after every epoch, the study in "
+                    "OUT/study.db (SQLite). One trial is one training run in OUT/trials/NNNN/; its value is its "
+                    "best validation AUC, so the test split plays no part in the choice. Trial 0 is the base "
+                    "config itself when its values lie in the space.\n\n"
+                    "Searched by default (params the model does not take are left out): train.lr (1e-4..1e-2, "
+                    "log), train.batch_size, train.optimizer, train.reg and train.weight_decay (L2, 0 included), "
+                    "model.params.embedding_dim (4..32), model.params.hidden_units (1-3 equal layers of "
+                    "64..512), model.params.dropout (0..0.5). The number of epochs is decided per trial by "
+                    "early stopping on validation, up to train.epochs (--epochs N sets that cap). Change the "
+                    "space with --space FILE (see README, 'Tuning').\n\n"
+                    "Writes OUT/best.yaml (the best trial's complete config: `ctrlab train -c OUT/best.yaml`, "
+                    "then export), trials.csv/.jsonl, tune.json and report.html (trials, best config, parameter "
+                    "importances). Interrupted? Run the same command again: finished trials count towards "
+                    "--trials, an interrupted one is tried again.",
+        epilog="examples:\n"
+               "  ctrlab tune -c configs/frappe_deepfm.yaml --trials 20 --epochs 15 --out runs/tune/frappe\n"
+               "  ctrlab train -c runs/tune/frappe/best.yaml\n"
+               "  ctrlab tune -c configs/deepfm.yaml --space space.yaml --trials 50 --timeout 3600 --out runs/tune/x")
+    p.add_argument("-c", "--config", required=True, help="base config (native or PaddleRec style)")
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="finished trials (complete, pruned or failed) the study should hold")
+    p.add_argument("--out", required=True, metavar="OUT", help="tune directory (study.db, trials/, best.yaml, ...)")
+    p.add_argument("--space", metavar="FILE", help="YAML search space (space:, defaults:, pruner:, sampler:)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="start no new trial after this many seconds (rerun to continue)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config value (repeatable), e.g. data.store=runs/frappe/store")
+    p.add_argument("--epochs", type=int, metavar="N", help="epoch cap of every trial (shortcut for --set train.epochs=N)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--verbose", action="store_true", help="per-epoch logs of every trial")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .experiments.tune import tune
+
+    command = _command_line(args, [("-c", "config"), ("--trials", "trials"), ("--out", "out"), ("--space", "space"),
+                                   ("--seed", "seed"), ("--timeout", "timeout"), ("--set", "set"),
+                                   ("--epochs", "epochs"), ("--device", "device")])
+    tune(args.config, args.out, trials=args.trials, space_path=args.space, seed=args.seed, timeout=args.timeout,
+         overrides=_overrides(args), verbose=args.verbose, command=command)
+    return 0

@@ -74,7 +74,7 @@ class TrainConfig:
 
     epochs: int = 1
     batch_size: int = 4096  # the GLOBAL batch: with N processes each takes batch_size / N rows per step
-    optimizer: str = "adam"  # adam | adamw | sgd | adagrad
+    optimizer: str = "adam"  # adam | adamw | sgd | adagrad | lbfgs (full batch, ctrlab.train.fullbatch)
     lr: float = 1e-3
     embedding_lr: float | None = None  # learning rate of the embedding tables (default: lr)
     momentum: float = 0.0  # sgd
@@ -84,7 +84,8 @@ class TrainConfig:
     monitor: str = "auc"  # validation metric for early stopping / LR reduction: auc | logloss
     # early stopping and LR reduction need a validation split; without one every epoch runs
     early_stopping_patience: int = 2  # stop after this many epochs without improvement (0: never stop early)
-    lr_decay_factor: float = 0.1  # multiply the learning rates by this on each epoch without improvement (1: off)
+    min_epochs: int = 1  # early stopping cannot stop a run before this many epochs
+    lr_decay_factor: float = 1.0  # multiply the learning rates by this on each epoch without improvement (1: off)
     seed: int = 2024
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int | None = None  # torch threads (default: the available cores)
@@ -94,6 +95,12 @@ class TrainConfig:
     init_from: str | None = None  # warm start: a checkpoint or model.pt to load weights from
     shuffle: bool = True
     dist_timeout_s: float = 300.0  # distributed runs: a collective waiting longer than this fails the run
+    # optimizer lbfgs: mean logloss + l2/2 * ||weights||^2 solved to lbfgs_tolerance (max |gradient|) for
+    # each l2 of the grid (strongest first, warm-started); the valid split picks the l2
+    l2_grid: list[float] = field(default_factory=lambda: [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5,
+                                                          3e-6, 1e-6, 3e-7, 1e-7])
+    lbfgs_tolerance: float = 1e-6
+    lbfgs_max_iter: int = 2000  # per l2 value; reaching it is warned about (not converged)
 
 
 @dataclass
@@ -192,7 +199,7 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (DataConfig, "bad_lines"): ("error", "skip"),
     (CategoricalOptions, "encoder"): ("vocab", "hash"),
     (NumericOptions, "transform"): NumericTransform.KINDS + ("log_square_bucket",),
-    (TrainConfig, "optimizer"): ("adam", "adamw", "sgd", "adagrad"),
+    (TrainConfig, "optimizer"): ("adam", "adamw", "sgd", "adagrad", "lbfgs"),
     (TrainConfig, "monitor"): ("auc", "logloss"),
     (EvalConfig, "split"): ("train", "valid", "test"),
 }
@@ -257,12 +264,16 @@ LIMITS: dict[tuple[type, str], Range] = {
     (TrainConfig, "weight_decay"): NON_NEGATIVE,
     (TrainConfig, "grad_clip"): POSITIVE,
     (TrainConfig, "early_stopping_patience"): NON_NEGATIVE,
+    (TrainConfig, "min_epochs"): AT_LEAST_1,
     (TrainConfig, "lr_decay_factor"): Range(0, 1, low_open=True),
     (TrainConfig, "seed"): SEED,
     (TrainConfig, "threads"): AT_LEAST_1,
     (TrainConfig, "log_every"): AT_LEAST_1,
     (TrainConfig, "eval_batch_size"): AT_LEAST_1,
     (TrainConfig, "dist_timeout_s"): POSITIVE,
+    (TrainConfig, "l2_grid"): NON_NEGATIVE,
+    (TrainConfig, "lbfgs_tolerance"): POSITIVE,
+    (TrainConfig, "lbfgs_max_iter"): AT_LEAST_1,
     (EvalConfig, "batch_size"): AT_LEAST_1,
 }
 
@@ -384,7 +395,7 @@ def parse_value(raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse value {raw!r}: {exc}") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+    if isinstance(value, str) and _NUMBER.fullmatch(raw.strip()):  # a quoted '2' stays text
         return float(value)
     return value
 

@@ -1,7 +1,7 @@
 """Tests for ctrlab.experiments and the compare / sweep / plot / report commands, on a tiny synthetic
 store (3000 rows, embedding_dim 4, hidden [16], 1-2 epochs): the results table against the runs'
-own summaries, resume after a crash or a lost summary, grid and one-at-a-time expansion, the noise
-rule, the charts and the self-contained report (rendered in headless Chromium when installed)."""
+own summaries, resume after a crash or a lost summary, grid and one-at-a-time expansion, the per-row
+scores behind the significance column (the tests themselves: test_significance.py), the charts and the self-contained report (rendered in headless Chromium when installed)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from ctrlab.cli_experiments import add_compare, add_plot, add_report, add_sweep
 from ctrlab.config import ConfigError
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
-from ctrlab.experiments.results import PointResult, pooled_std, rank_and_flag, within_noise
+from ctrlab.experiments.core import read_scores, scores_path
+from ctrlab.experiments.results import PointResult, rank_and_flag
+from ctrlab.train.significance import paired_test
 from ctrlab.experiments.sweep import (
     expand_grid,
     expand_one_at_a_time,
@@ -109,7 +111,16 @@ def test_compare_layout_and_runs(compared, store):
     assert configs["dnn_seed0"]["model"] == {"name": "dnn", "params": configs["dnn_seed0"]["model"]["params"]}
     assert configs["dnn_seed0"]["model"]["params"]["hidden_units"] == [16]
     assert "hidden_units" not in configs["fm_seed0"]["model"]["params"]  # fm does not take it: left out
-    assert any("fm does not take hidden_units" in n for n in manifest["notes"])
+    # per model, what --set applied and what it did not (printed, and recorded in experiment.json)
+    assert manifest["overrides"]["fm"]["not_taken"] == ["model.params.hidden_units=[16]"]
+    assert "model.params.embedding_dim=4" in manifest["overrides"]["fm"]["applied"]
+    assert manifest["overrides"]["dnn"]["not_taken"] == []
+    assert {"model.params.hidden_units=[16]", "model.params.embedding_dim=4", "train.epochs=2"} <= set(
+        manifest["overrides"]["dnn"]["applied"])
+    assert any(n.startswith("--set for fm: applied ") and n.endswith("not taken (no such hyperparameter): "
+                                                                    "model.params.hidden_units=[16]")
+               for n in manifest["notes"])
+    assert any(n.startswith("--set for dnn: applied ") and "hidden_units=[16]" in n for n in manifest["notes"])
     s = summaries(compared)
     assert s["fm_seed0"]["test_auc"] != s["fm_seed1"]["test_auc"]  # the seeds really differ
 
@@ -135,14 +146,22 @@ def test_compare_table_matches_run_summaries(compared):
         md_row = next(line for line in md.splitlines() if line.startswith(f"| {model} |"))
         assert f"{auc.mean():.4f} ± {auc.std(ddof=1):.4f}" in md_row
         assert f"| {runs[0]['parameters']:,} |" in md_row
-    # sorted by mean test AUC, the first row is "best", the other is judged by the 2-sigma rule
+    # sorted by mean test AUC, the first row is "best", the other is judged by the paired test on the
+    # runs' own per-row test scores
     order = sorted(rows, key=lambda m: -float(rows[m]["test_auc_mean"]))
     assert [r["model"] for r in read_csv(compared / "results.csv")] == order
-    assert rows[order[0]]["vs_best"] == "best"
-    a = [s[f"{order[1]}_seed{k}"]["test_auc"] for k in (0, 1)]
-    b = [s[f"{order[0]}_seed{k}"]["test_auc"] for k in (0, 1)]
-    assert rows[order[1]]["vs_best"] == ("within noise" if within_noise(a, b) else "worse")
-    assert "2 x pooled standard deviation" in md
+    assert rows[order[0]]["vs_best"] == "best" and rows[order[0]]["diff_vs_best"] == ""
+    scored = {name: read_scores(compared / "runs" / name, "test", summary) for name, summary in s.items()}
+    labels = scored["fm_seed0"][0]
+    test = paired_test("auc", labels, [scored[f"{order[1]}_seed{k}"][1] for k in (0, 1)],
+                       [scored[f"{order[0]}_seed{k}"][1] for k in (0, 1)])
+    assert float(rows[order[1]]["diff_vs_best"]) == pytest.approx(float(rows[order[1]]["test_auc_mean"])
+                                                                  - float(rows[order[0]]["test_auc_mean"]))
+    assert float(rows[order[1]]["diff_vs_best"]) == pytest.approx(test.diff)
+    assert float(rows[order[1]]["p_vs_best"]) == pytest.approx(test.p)
+    assert rows[order[1]]["vs_best"] == ("worse" if test.p < 0.05 else "tie")
+    assert "DeLong paired test over the rows, seeds pooled (test split, the same 320 rows" in md
+    assert f"{test.diff:+.4f} ± {test.se:.4f}" in md
     runs_csv = read_csv(compared / "runs.csv")
     assert [r["run"] for r in runs_csv] == ["fm_seed0", "fm_seed1", "dnn_seed0", "dnn_seed1"]
     assert float(runs_csv[0]["test_auc"]) == s["fm_seed0"]["test_auc"]
@@ -360,7 +379,8 @@ def test_sweep_one_at_a_time_trains_table_and_axis_chart(store, tmp_path):
                *TINY) == 0
     rows = read_csv(out / "results.csv")
     assert sorted(r["setting"] for r in rows) == ["base", "hidden_units=[8,8]"]  # [16] is the base
-    assert rows[0]["vs_best"] == "best" and rows[1]["vs_best"] in ("within noise", "worse")
+    assert rows[0]["vs_best"] == "best" and rows[1]["vs_best"] in ("tie", "worse")
+    assert float(rows[1]["p_vs_best"]) >= 0 and float(rows[1]["se_seeds_vs_best"]) > 0
     assert float(rows[0]["valid_auc_mean"]) >= float(rows[1]["valid_auc_mean"])
     md = (out / "results.md").read_text()
     assert "| setting |" in md and "chosen on the validation split" in md and "base config (model.params" in md
@@ -378,7 +398,10 @@ def test_sweep_grid_table_has_a_column_per_axis(store, tmp_path):
     rows = read_csv(out / "results.csv")
     assert {(r["train.lr"], r["train.batch_size"]) for r in rows} == {("0.01", "256"), ("0.01", "512"),
                                                                      ("0.001", "256"), ("0.001", "512")}
-    assert [r["vs_best"] for r in rows] == ["best", "-", "-", "-"]  # one seed: no noise estimate
+    # one seed: the rows' sampling error only; a tie or an unclear difference, never "worse"
+    assert rows[0]["vs_best"] == "best"
+    assert all(r["vs_best"] in ("tie (1 seed)", "unclear (1 seed)") and r["se_seeds_vs_best"] == "" for r in rows[1:])
+    assert "DeLong paired test" in (out / "results.md").read_text()  # valid_auc ranks: the valid split's rows
     assert "| train.lr | train.batch_size |" in (out / "results.md").read_text()
     assert (out / "plots" / "sweep_train.lr.png").is_file() and (out / "plots" / "sweep_train.batch_size.png").is_file()
 
@@ -401,33 +424,50 @@ def test_compare_from_config_prepares_one_store(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# the noise rule
+# per-row scores of the runs (what the paired tests read)
 # --------------------------------------------------------------------------------------------
 
-def test_noise_rule_on_crafted_numbers():
-    assert pooled_std([1.0, 3.0], [2.0, 4.0]) == pytest.approx(np.sqrt(2.0))
-    # unequal sizes: sqrt(((3-1)*1 + (2-1)*0.5) / 3)
-    assert pooled_std([1.0, 2.0, 3.0], [0.0, 1.0]) == pytest.approx(np.sqrt((2 * 1.0 + 1 * 0.5) / 3))
-    assert within_noise([0.800, 0.802], [0.801, 0.803]) is True
-    assert within_noise([0.800, 0.802], [0.810, 0.812]) is False  # 0.01 apart, pooled std 0.0014
-    # |diff| = 0.004 vs 2 x pooled std 0.0056569 (std 0.0028284 each): within; 0.006 is beyond
-    assert within_noise([0.798, 0.802], [0.802, 0.806]) is True
-    assert within_noise([0.798, 0.802], [0.804, 0.808]) is False
-    assert within_noise([0.8], [0.81, 0.82]) is None  # one seed: no noise estimate
+def test_runs_save_their_per_row_scores_and_reading_verifies_them(compared, tmp_path):
+    """Each run's scores_<split>.npz reproduces its summary's AUC; a file from another run, a
+    truncated one or a missing one is refused or reported by name, never used silently."""
+    from ctrlab.experiments.core import read_manifest
+    from ctrlab.experiments.results import experiment_results
 
-    def point(name, values, key="test_auc"):
-        return PointResult(name, [name], {}, 3, [{key: v} for v in values])
+    s = summaries(compared)
+    for name, summary in s.items():
+        for split in ("valid", "test"):  # read_scores checks the AUC against the summary's
+            labels, scores = read_scores(compared / "runs" / name, split, summary)
+            assert scores.dtype == np.float32 and labels.shape == scores.shape
+        assert labels.size == summary["test_rows"]
+    exp = tmp_path / "copy"
+    shutil.copytree(compared, exp)
+    fm0, fm1 = exp / "runs" / "fm_seed0", exp / "runs" / "fm_seed1"
+    shutil.copy(scores_path(fm1, "test"), scores_path(fm0, "test"))  # another run's scores
+    with pytest.raises(ValueError, match=r"fm_seed0/scores_test.npz: AUC .* summary.json says"):
+        read_scores(fm0, "test", s["fm_seed0"])
+    table = experiment_results(exp, read_manifest(exp))
+    assert any("fm: " in line and "fm_seed0/scores_test.npz" in line for line in table.footer)
+    fm_row = next(r for r in table.rows if r.name == "fm")
+    dnn_row = next(r for r in table.rows if r.name == "dnn")
+    assert fm_row.scores is None and "-" in (fm_row.vs_best, dnn_row.vs_best)  # no test without fm's scores
+    scores_path(fm0, "test").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(ValueError, match="unreadable scores file"):
+        read_scores(fm0, "test", s["fm_seed0"])
+    scores_path(fm0, "test").unlink()
+    assert read_scores(fm0, "test", s["fm_seed0"]) is None
 
-    rows = rank_and_flag([point("a", [0.80, 0.81, 0.79]), point("b", [0.812, 0.822, 0.802]),
-                          point("c", [0.90, 0.91, 0.92]), point("d", [0.85]), point("e", [])], "test_auc")
-    assert [(r.name, r.vs_best) for r in rows] == [("c", "best"), ("d", "-"), ("b", "worse"), ("a", "worse"),
-                                                   ("e", "")]
-    rows = rank_and_flag([point("a", [0.80, 0.81, 0.79]), point("b", [0.812, 0.822, 0.802])], "test_auc")
-    assert [(r.name, r.vs_best) for r in rows] == [("b", "best"), ("a", "within noise")]
-    # logloss: lower is better
-    rows = rank_and_flag([point("x", [0.45, 0.46], "test_logloss"), point("y", [0.40, 0.41], "test_logloss")],
-                         "test_logloss")
-    assert [(r.name, r.vs_best) for r in rows] == [("y", "best"), ("x", "worse")]
+
+def test_rerun_scores_runs_finished_without_scores(compared, store, tmp_path, training_spy):
+    """Runs finished by an older ctrlab (no scores files) are scored on the next run of the
+    command, without training again."""
+    exp = tmp_path / "copy"
+    shutil.copytree(compared, exp)
+    for path in (exp / "runs").glob("*/scores_*.npz"):
+        path.unlink()
+    assert cli(*compare_argv(store, exp)) == 0
+    assert training_spy == []
+    assert len(list((exp / "runs").glob("*/scores_*.npz"))) == 8
+    assert all(r["vs_best"] != "-" for r in read_csv(exp / "results.csv"))
 
 
 # --------------------------------------------------------------------------------------------

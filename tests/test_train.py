@@ -591,3 +591,57 @@ def test_cli_cuda_without_cuda_exit_2(synth_store, tmp_path, capsys):
     rc = main(["train", "--data", str(synth_store), "--model", "fm", "--out", str(tmp_path / "run"),
                "--quiet", "--device", "cuda", "--set", "model.params.embedding_dim=4", "--set", "train.threads=1"])
     assert rc == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# defaults that hold: the epoch-cap warning and train.min_epochs (issue 12)
+# --------------------------------------------------------------------------------------------
+
+
+def test_hitting_the_cap_while_improving_warns(synth_store, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.60, 0.65, 0.70])
+    logs: list[str] = []
+    summary = run_training(make_cfg(synth_store, tmp_path / "run", "train.epochs=3"), progress=False, log=logs.append)
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 3
+    assert summary["hit_epoch_cap_while_improving"] is True
+    assert any("epoch cap (train.epochs=3)" in w and "still improving" in w for w in summary["warnings"])
+    assert any(ln.startswith("WARNING: training hit its epoch cap") for ln in logs)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["hit_epoch_cap_while_improving"] is True and saved["warnings"] == summary["warnings"]
+
+
+@pytest.mark.parametrize("values", [[0.60, 0.70, 0.65], [0.60, 0.70, 0.70]])
+def test_cap_reached_after_the_best_epoch_does_not_warn(synth_store, tmp_path, monkeypatch, values):
+    _scripted_validation(monkeypatch, values)
+    logs: list[str] = []
+    summary = run_training(make_cfg(synth_store, tmp_path / "run", "train.epochs=3"), progress=False, log=logs.append)
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 2
+    assert summary["hit_epoch_cap_while_improving"] is False and summary["warnings"] == []
+    assert not any("WARNING" in ln for ln in logs)
+
+
+def test_early_stop_is_no_cap_warning(synth_store, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.60, 0.55, 0.50])
+    summary = run_training(make_cfg(synth_store, tmp_path / "run", "train.epochs=3", "train.early_stopping_patience=2"),
+                           progress=False, log=quiet)
+    assert summary["stopped_early"] and summary["hit_epoch_cap_while_improving"] is False
+
+
+def test_min_epochs_holds_early_stopping_back(synth_store, tmp_path, monkeypatch):
+    values = [0.90, 0.50, 0.50, 0.50, 0.50, 0.95, 0.96]
+    _scripted_validation(monkeypatch, values)
+    stopped = run_training(make_cfg(synth_store, tmp_path / "a", "train.epochs=7", "train.early_stopping_patience=2"),
+                           progress=False, log=quiet)
+    assert stopped["epochs_run"] == 3  # without a minimum: 2 bad epochs after epoch 1
+    _scripted_validation(monkeypatch, values)
+    held = run_training(make_cfg(synth_store, tmp_path / "b", "train.epochs=7", "train.early_stopping_patience=2",
+                                 "train.min_epochs=5"), progress=False, log=quiet)
+    # epochs 2-5 are bad, but it may not stop before epoch 5; it stops after epoch 5, not before
+    assert held["epochs_run"] == 5 and held["stopped_early"] and held["best_epoch"] == 1
+
+
+def test_min_epochs_checked(synth_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.min_epochs: 0 is out of range"):
+        make_cfg(synth_store, tmp_path / "run", "train.min_epochs=0")
+    with pytest.raises(ConfigError, match=r"train\.min_epochs \(5\) is more than train\.epochs \(2\)"):
+        run_training(make_cfg(synth_store, tmp_path / "run", "train.min_epochs=5"), progress=False, log=quiet)

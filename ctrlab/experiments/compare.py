@@ -5,7 +5,8 @@ sections; the model section is the base model's params for that model, and for a
 its ready params (configs/<model>.yaml) with the base params it takes laid over them (shared
 settings such as embedding_dim stay equal). With ``--data STORE`` alone every model starts from
 its own ready config. ``--set`` overrides apply to every model (a model parameter only to the
-models that take it).
+models that take it: the plan's notes and experiment.json's "overrides" say per model what was
+applied; a model parameter that no listed model takes is an error).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .core import (
     config_for_model,
     finish_plan,
     get_path,
+    override_record,
     parse_sets,
     pin_store,
     read_base_config,
@@ -88,8 +90,10 @@ def plan_compare(exp_dir: str | Path, models: str | list[str], *, config_path: s
         if len({repr(v) for v in per_model.values()}) > 1:
             notes.append(f"{key} differs between the models' ready configs "
                          f"({', '.join(f'{m}: {v}' for m, v in per_model.items())}); --set {key}=... makes it equal")
+    overrides = override_record(sets, names, notes)
     plan = Plan(kind="compare", points=points, seeds=seeds, metric=metric, store=pinned,
-                title=f"compare {', '.join(names)} on {store_label(pinned)}", notes=notes, command=command or [])
+                title=f"compare {', '.join(names)} on {store_label(pinned)}", notes=notes, command=command or [],
+                overrides=overrides)
     return finish_plan(plan)
 
 

@@ -6,7 +6,9 @@ seed. ``compare`` and ``sweep`` only differ in how they make the points; everyth
 
     EXP_DIR/experiment.json        the plan and the status of every run (rewritten after each run)
     EXP_DIR/runs/<point>_seed<k>/  ordinary run directories (config.yaml, epochs.jsonl, steps.jsonl,
-                                   checkpoints/, summary.json when finished)
+                                   checkpoints/, summary.json when finished), plus scores_<split>.npz:
+                                   the chosen epoch's per-row probabilities on valid and test, for the
+                                   paired significance tests of the results table
     EXP_DIR/results.md, .csv       mean and std over seeds per point (see ``results.py``)
     EXP_DIR/runs.csv               one row per finished run
     EXP_DIR/plots/                 charts (see ``plots.py``)
@@ -36,9 +38,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..config import ConfigError, Config, load_config, load_yaml, parse_override, to_dict
+from ..fileio import write_bytes_atomic
 
 MANIFEST = "experiment.json"
 LOCK = ".lock"
+#: a scores file must reproduce its run's AUC to this precision (same weights, same function)
+SCORES_AUC_TOLERANCE = 1e-6
 RUNS_DIR = "runs"
 #: config keys that may differ between a finished run and the plan (they do not change results)
 # features: a run records what its store was fitted with (pipeline.json, the truth); the store
@@ -79,6 +84,8 @@ class Plan:
     base_config: dict[str, Any] | None = None  # sweep: the config the points vary
     notes: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
+    #: per model, the --set overrides applied to it and those it does not take (see override_record)
+    overrides: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,13 +269,37 @@ def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any
     for key, value in sets:
         if key == "model.name":
             continue  # chosen per point
-        if key.startswith("model.params."):
-            name = key.split(".", 2)[2]
-            if name.split(".")[0] not in accepted:
-                notes.append(f"{model} does not take {name} ({key}): left out for it")
-                continue
-        set_path(data, key, value)
+        if model_takes(model, key):
+            set_path(data, key, value)
     return data
+
+
+def model_takes(model: str, key: str) -> bool:
+    """Whether an override applies to a model: ``model.params.X`` only if the model has X."""
+    from ..models import hyperparameter_defaults
+
+    if not key.startswith("model.params."):
+        return True
+    return key.split(".", 2)[2].split(".")[0] in hyperparameter_defaults(model)
+
+
+def override_record(sets: list[tuple[str, Any]], models: list[str],
+                    notes: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Per model, which ``--set`` overrides it takes and which it does not (``KEY=VALUE`` texts).
+    When some override is not taken by every model, one note per model says both."""
+    from .results import format_value
+
+    record = {}
+    for model in models:
+        texts = [(f"{key}={format_value(value)}", model_takes(model, key)) for key, value in sets
+                 if key != "model.name"]
+        record[model] = {"applied": [t for t, taken in texts if taken], "not_taken": [t for t, taken in texts
+                                                                                      if not taken]}
+    if any(r["not_taken"] for r in record.values()):
+        for model, r in record.items():
+            notes.append(f"--set for {model}: applied {', '.join(r['applied']) or 'none'}; "
+                         f"not taken (no such hyperparameter): {', '.join(r['not_taken']) or 'none'}")
+    return record
 
 
 def check_params_used(sets: list[tuple[str, Any]], models: list[str], what: str = "--set") -> None:
@@ -278,7 +309,7 @@ def check_params_used(sets: list[tuple[str, Any]], models: list[str], what: str 
     for key, _ in sets:
         if key.startswith("model.params."):
             name = key.split(".", 2)[2].split(".")[0]
-            if not any(name in hyperparameter_defaults(m) for m in models):
+            if not any(model_takes(m, key) for m in models):
                 import difflib
                 valid = sorted({p for m in models for p in hyperparameter_defaults(m)})
                 close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
@@ -308,10 +339,7 @@ def _now() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, default=str)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
 def manifest_for(plan: Plan, runs: list[RunSpec], status: dict[str, dict[str, Any]],
@@ -321,7 +349,7 @@ def manifest_for(plan: Plan, runs: list[RunSpec], status: dict[str, dict[str, An
         "created": created, "updated": _now(), "command": plan.command,
         "store": plan.store, "seeds": plan.seeds, "metric": plan.metric, "mode": plan.mode,
         "axes": plan.axes, "base_settings": plan.base_settings, "base_config": plan.base_config,
-        "notes": plan.notes,
+        "notes": plan.notes, "overrides": plan.overrides,
         "points": [{"name": p.name, "slug": p.slug, "settings": p.settings, "config": p.config} for p in plan.points],
         "runs": [{"name": r.name, "point": r.point, "seed_index": r.seed_index, "seed": r.seed,
                   "dir": f"{RUNS_DIR}/{r.name}", **status.get(r.name, {"status": "pending"})} for r in runs],
@@ -343,6 +371,72 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def scores_path(run_dir: Path, split: str) -> Path:
+    return run_dir / f"scores_{split}.npz"
+
+
+def score_run(cfg: Config, summary: dict[str, Any]) -> list[Path]:
+    """Write RUN/scores_<split>.npz (``labels`` uint8[n], ``scores`` f32[n] in stored row order) for
+    the valid and test splits: the probabilities of the run's chosen epoch, the weights and function
+    its summary's metrics came from. The paired tests of the results table need them per row."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from ..data.store import Store
+    from ..train.run import build_model_for
+    from ..train.trainer import load_weights, predict_split
+
+    run_dir = Path(cfg.run_dir)
+    store = Store(cfg.data.store)
+    epoch = summary.get("best_epoch") or summary["epochs_run"]
+    device = torch.device(cfg.train.device)
+    model = build_model_for(cfg, store)
+    model.load_state_dict(load_weights(run_dir / "checkpoints" / f"epoch_{epoch}.pt"))
+    model.to(device)
+    paths = []
+    for split in ("valid", "test"):
+        if summary.get(f"{split}_auc") is None or not store.has_split(split):
+            continue
+        rows = store.split(split)
+        buf = io.BytesIO()
+        np.savez(buf, labels=np.asarray(rows.label, dtype=np.uint8),
+                 scores=predict_split(model, rows, cfg.train.eval_batch_size, device))
+        write_bytes_atomic(scores_path(run_dir, split), buf.getvalue())
+        paths.append(scores_path(run_dir, split))
+    return paths
+
+
+def read_scores(run_dir: Path, split: str, summary: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(labels, scores) of a finished run on a split, verified against its summary.json; None when
+    the run has no scores file. Raises ValueError naming the file when it does not belong to the run."""
+    import zipfile
+
+    import numpy as np
+
+    from ..train.metrics import roc_auc
+
+    path = scores_path(run_dir, split)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            labels, scores = data["labels"], data["scores"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: unreadable scores file ({type(exc).__name__}: {exc})") from None
+    if labels.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"{path}: labels {labels.shape} and scores {scores.shape} differ in shape")
+    rows = summary.get(f"{split}_rows")
+    if rows is not None and rows != labels.size:
+        raise ValueError(f"{path}: {labels.size} rows, but the run's summary.json says {rows}")
+    expected, got = summary.get(f"{split}_auc"), roc_auc(labels, scores)
+    if expected is None or not abs(got - expected) <= SCORES_AUC_TOLERANCE:
+        raise ValueError(f"{path}: AUC {got:.6f}, but the run's summary.json says {expected}: the file is not "
+                         "this run's; delete it and run the command again to rescore")
+    return labels, scores
 
 
 def check_resumable(runs: list[RunSpec], configs: dict[str, Config], restart: bool) -> None:
@@ -437,6 +531,8 @@ def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dic
         if summary is not None:
             status[run.name] = {"status": "done", "kept": True}
             log(f"[{i}/{len(runs)}] {run.name}: finished earlier (kept)")
+            if unscored(run_dir, summary):  # finished by an older ctrlab, or killed before scoring
+                _score(configs[run.name], summary, status[run.name], log)
             continue
         resuming = (run_dir / "checkpoints" / "last.pt").is_file()
         log(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resuming else 'training'}")
@@ -453,6 +549,7 @@ def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dic
         else:
             status[run.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 1)}
             log(f"[{i}/{len(runs)}] {run.name}: {results_mod.one_line(summary)}")
+            _score(configs[run.name], summary, status[run.name], log)
         save_manifest()
 
     manifest = save_manifest()
@@ -462,6 +559,22 @@ def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dic
                            f"{exp_dir / MANIFEST} for the errors. Rerun the same command to retry them "
                            "(finished runs are kept)")
     return manifest
+
+
+def unscored(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """The splits a finished run has metrics for but no scores file."""
+    return [split for split in ("valid", "test")
+            if summary.get(f"{split}_auc") is not None and not scores_path(run_dir, split).is_file()]
+
+
+def _score(cfg: Config, summary: dict[str, Any], run_status: dict[str, Any], log: Log) -> None:
+    """score_run; a failure is recorded and reported, not fatal: the run's own results stand, only
+    the paired tests that need its scores are left out (the results table says so)."""
+    try:
+        score_run(cfg, summary)
+    except Exception as exc:  # noqa: BLE001 - reported in the manifest and the table
+        run_status["scores_error"] = f"{type(exc).__name__}: {exc}"
+        log(f"note: {Path(cfg.run_dir).name}: could not save its per-row scores ({run_status['scores_error']})")
 
 
 def write_outputs(exp_dir: Path, manifest: dict[str, Any], log: Log = print) -> None:

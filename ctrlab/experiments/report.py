@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..fileio import write_bytes_atomic
 from .results import cells, experiment_results, format_value, headers, run_metrics
 
 CHART_CAPTIONS = {
@@ -50,7 +51,7 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-_NUMERIC_CELL = re.compile(r"[-+]?[\d,]*\.?\d+( ± [\d,]*\.?\d+)?|[\d]+(/\d+)?|-")
+_NUMERIC_CELL = re.compile(r"[-+<]?[\d,]*\.?\d+( ± [\d,]*\.?\d+)?|[\d]+(/\d+)?|-")
 
 
 def _table(head: list[str], rows: list[list[str]], n_labels: int, classes: list[str] | None = None) -> str:
@@ -110,8 +111,9 @@ def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -
         parts.append("<ul class=meta>" + "".join(f"<li>note: {_e(n)}</li>" for n in manifest["notes"]) + "</ul>")
 
     parts.append("<h2>Results</h2>")
-    classes = ["best" if r.vs_best == "best" else "noise" if r.vs_best == "within noise" else "" for r in table.rows]
-    parts.append(_table(headers(table), [cells(r) for r in table.rows], len(table.label_headers), classes))
+    classes = ["best" if r.vs_best == "best" else "noise" if r.vs_best.startswith("tie") else "" for r in table.rows]
+    parts.append(_table(headers(table), [cells(r, table.metric) for r in table.rows], len(table.label_headers),
+                        classes))
     parts.append('<div class="footer">' + "".join(f"<p>{_e(line)}</p>" for line in table.footer) + "</div>")
 
     if charts:
@@ -161,6 +163,8 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, charts: lis
     from .core import read_manifest
 
     exp_dir = Path(exp_dir)
+    if (exp_dir / "tune.json").is_file() and not (exp_dir / "experiment.json").is_file():
+        return write_tune_report(exp_dir, out)
     manifest = read_manifest(exp_dir)
     if charts is None:
         try:
@@ -171,5 +175,82 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, charts: lis
             charts = []  # no matplotlib, or nothing finished yet: a page with the tables only
     charts = [p for p in charts if p.suffix == ".png"]
     out = Path(out) if out else exp_dir / "report.html"
-    out.write_text(render_report(exp_dir, manifest, charts), encoding="utf-8")
+    write_bytes_atomic(out, render_report(exp_dir, manifest, charts).encode("utf-8"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ctrlab tune
+# --------------------------------------------------------------------------------------------
+
+def render_tune_report(manifest: dict[str, Any]) -> str:
+    """The page of a ``ctrlab tune`` directory: trials, best config, parameter importances."""
+    from .tune import OBJECTIVE
+
+    title = f"ctrlab tune: {manifest['base_config'].get('model', {}).get('name', '')} on {manifest.get('store', '')}"
+    counts = manifest.get("counts", {})
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">ctrlab {_e(manifest.get("ctrlab_version", ""))}; {len(manifest["trials"])} trial(s) of '
+        f"{_e(manifest.get('trials_requested'))} requested: {counts.get('complete', 0)} complete, "
+        f"{counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed; started {_e(manifest.get('created', ''))}, "
+        f"updated {_e(manifest.get('updated', ''))}.<br>objective: {_e(manifest.get('objective', ''))}; sampler "
+        f"TPE (seed {_e(manifest.get('seed'))}); pruner {_e(manifest.get('pruner', {}).get('name', ''))}"
+        + (f"<br>command: <code>{_e(shlex.join(manifest['command']))}</code>" if manifest.get("command") else "")
+        + "</p>",
+    ]
+    if manifest.get("notes"):
+        parts.append("<ul class=meta>" + "".join(f"<li>note: {_e(n)}</li>" for n in manifest["notes"]) + "</ul>")
+
+    best = manifest.get("best")
+    parts.append("<h2>Best trial</h2>")
+    if best:
+        parts.append(f"<p>trial {best['number']}: valid AUC {best[OBJECTIVE]:.5f} (chosen on the validation split; "
+                     "its config is best.yaml, ready for <code>ctrlab train -c best.yaml</code>)</p>")
+        parts.append(f"<details open><summary>best.yaml</summary><pre>"
+                     f"{_e(yaml.safe_dump(best['config'], sort_keys=False))}</pre></details>")
+    else:
+        parts.append('<p class="meta">No complete trial yet.</p>')
+
+    parts.append("<h2>Parameter importances</h2>")
+    if manifest.get("importances"):
+        parts.append(_table(["parameter", "importance"],
+                            [[k, f"{v:.3f}"] for k, v in manifest["importances"].items()], 1))
+    else:
+        parts.append(f'<p class="meta">{_e(manifest.get("importances_note") or "not computed yet")}</p>')
+
+    parts.append("<h2>Trials</h2>")
+    keys = list(manifest.get("space", {}))
+    head = ["trial", "state", "valid AUC", "best epoch", "epochs", "pruned after", "seconds"] + keys
+    rows, classes = [], []
+    for t in manifest["trials"]:
+        value = t.get(OBJECTIVE)
+        state = "interrupted" if t.get("interrupted") else t["state"]
+        rows.append([str(t["number"]), state, "-" if value is None or state != "complete" else f"{value:.5f}"]
+                    + ["-" if t.get(k) is None else str(t[k]) for k in ("best_epoch", "epochs_run",
+                                                                      "pruned_at_epoch", "seconds")]
+                    + [format_value(t["values"][k]) if k in t.get("values", {}) else "-" for k in keys])
+        classes.append("best" if best and t["number"] == best["number"] else
+                       "failed" if t["state"] == "fail" else "")
+    parts.append(_table(head, rows, 2, classes))
+    for t in manifest["trials"]:
+        if t.get("error"):
+            parts.append(f'<p class="failed">trial {t["number"]}: {_e(t["error"])}</p>')
+
+    parts.append("<h2>Search space and base config</h2>")
+    parts.append(f"<pre>{_e(yaml.safe_dump(manifest.get('space', {}), sort_keys=False))}</pre>")
+    parts.append(f"<details><summary>the base config</summary><pre>"
+                 f"{_e(yaml.safe_dump(manifest['base_config'], sort_keys=False))}</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_tune_report(tune_dir: Path, out: str | Path | None = None) -> Path:
+    from ..fileio import write_bytes_atomic
+    from .tune import read_tune_manifest
+
+    out = Path(out) if out else tune_dir / "report.html"
+    write_bytes_atomic(out, render_tune_report(read_tune_manifest(tune_dir)).encode("utf-8"))
     return out

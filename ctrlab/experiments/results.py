@@ -3,9 +3,12 @@
 One table object, three renderings (markdown, CSV, HTML) built from the same cells, so the
 numbers in results.md, results.csv and report.html cannot disagree.
 
-Noise rule: a point is "within noise" of the best one when the difference of their means is at
-most ``NOISE_K`` pooled standard deviations (two-sample pooled std over seeds, n-1 each). With
-fewer than two finished seeds on either side there is no noise estimate and nothing is flagged.
+Significance: every row is tested against the best one with a paired test over the rows of the
+ranking metric's split (DeLong for AUC, a paired z-test of per-row logloss), the seeds of each row
+pooled and their spread added to the variance (see :mod:`ctrlab.train.significance`). "worse" only
+when the two-sided p-value is below ``ALPHA``; otherwise "tie". The tests read each run's
+per-row scores (``scores_<split>.npz``); without them a row gets no verdict ("-") and the footer
+says why.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NOISE_K = 2.0
+from ..fileio import write_bytes_atomic
+
+ALPHA = 0.05  # two-sided significance level of "worse"
 
 #: metric key -> (header, higher is better, decimals)
 METRICS: dict[str, tuple[str, bool, int]] = {
@@ -62,23 +67,6 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var)
 
 
-def pooled_std(a: list[float], b: list[float]) -> float | None:
-    """Two-sample pooled standard deviation, sqrt(((na-1) sa^2 + (nb-1) sb^2) / (na + nb - 2))."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    _, sa = mean_std(a)
-    _, sb = mean_std(b)
-    return math.sqrt(((len(a) - 1) * sa ** 2 + (len(b) - 1) * sb ** 2) / (len(a) + len(b) - 2))
-
-
-def within_noise(a: list[float], b: list[float], k: float = NOISE_K) -> bool | None:
-    """True when |mean(a) - mean(b)| <= k * pooled std; None without two values on each side."""
-    sp = pooled_std(a, b)
-    if sp is None:
-        return None
-    return abs(mean_std(a)[0] - mean_std(b)[0]) <= k * sp
-
-
 @dataclass
 class PointResult:
     name: str
@@ -86,7 +74,9 @@ class PointResult:
     settings: dict[str, Any]
     seeds_planned: int
     runs: list[dict[str, float | None]] = field(default_factory=list)  # run_metrics of finished runs
-    vs_best: str = ""  # best | within noise | worse | - (no noise estimate) | "" (no result)
+    scores: list[Any] | None = None  # per finished run: per-row scores on the metric's split (None: some missing)
+    vs_best: str = ""  # best | tie | worse | tie (1 seed) | unclear (1 seed) | - (no paired test) | "" (no result)
+    test: Any = None  # PairedTest of this row against the best one
 
     def values(self, key: str) -> list[float]:
         return [r[key] for r in self.runs if r.get(key) is not None]
@@ -108,18 +98,39 @@ class ResultsTable:
     footer: list[str]
 
 
-def rank_and_flag(rows: list[PointResult], metric: str, k: float = NOISE_K) -> list[PointResult]:
-    """Sort best first by ``metric`` (points without a result last) and set ``vs_best``."""
+def metric_split_kind(metric: str) -> tuple[str, str]:
+    """``"test_auc"`` -> ("test", "auc")."""
+    split, kind = metric.split("_", 1)
+    return split, kind
+
+
+def rank_and_flag(rows: list[PointResult], metric: str, labels: Any = None,
+                  alpha: float = ALPHA) -> list[PointResult]:
+    """Sort best first by ``metric`` (points without a result last) and judge every other row
+    against the best one with the paired test over the rows (``labels`` of the metric's split, and
+    each row's ``scores``); "-" where a side has no per-row scores."""
+    from ..train.significance import paired_test
+
     higher = METRICS[metric][1]
+    _, kind = metric_split_kind(metric)
     done = [r for r in rows if r.mean(metric) is not None]
     rest = [r for r in rows if r.mean(metric) is None]
     done.sort(key=lambda r: -r.mean(metric) if higher else r.mean(metric))
     for i, row in enumerate(done):
+        row.test = None
         if i == 0:
             row.vs_best = "best"
             continue
-        verdict = within_noise(row.values(metric), done[0].values(metric), k)
-        row.vs_best = "-" if verdict is None else ("within noise" if verdict else "worse")
+        best = done[0]
+        if labels is None or not row.scores or not best.scores:
+            row.vs_best = "-"
+            continue
+        row.test = paired_test(kind, labels, row.scores, best.scores)
+        differs = row.test.p < alpha and (row.test.diff < 0 if higher else row.test.diff > 0)
+        if row.test.se_seeds is None:  # one seed: the rows can show a tie, but not that the settings differ
+            row.vs_best = "unclear (1 seed)" if differs else "tie (1 seed)"
+        else:
+            row.vs_best = "worse" if differs else "tie"
     for row in rest:
         row.vs_best = ""
     return done + rest
@@ -157,12 +168,25 @@ def metric_cell(row: PointResult, key: str) -> str:
 
 
 def headers(table: ResultsTable) -> list[str]:
-    return table.label_headers + [METRICS[k][0] for k in TABLE_METRICS] + ["seeds", "vs best"]
+    return (table.label_headers + [METRICS[k][0] for k in TABLE_METRICS]
+            + ["seeds", f"{METRICS[table.metric][0]} - best ± SE", "p", "vs best"])
 
 
-def cells(row: PointResult) -> list[str]:
+def p_cell(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paired_cells(row: PointResult, decimals: int) -> list[str]:
+    """The difference from the best row ± its standard error, and the p-value."""
+    if row.test is None:
+        return ["-", "-"]
+    return [f"{row.test.diff:+.{decimals}f} ± {row.test.se:.{decimals}f}", p_cell(row.test.p)]
+
+
+def cells(row: PointResult, metric: str) -> list[str]:
     seeds = f"{len(row.runs)}" if len(row.runs) == row.seeds_planned else f"{len(row.runs)}/{row.seeds_planned}"
-    return row.labels + [metric_cell(row, k) for k in TABLE_METRICS] + [seeds, row.vs_best]
+    return (row.labels + [metric_cell(row, k) for k in TABLE_METRICS] + [seeds]
+            + paired_cells(row, METRICS[metric][2]) + [row.vs_best])
 
 
 def _md_escape(text: str) -> str:
@@ -176,7 +200,7 @@ def markdown(table: ResultsTable) -> str:
              "| " + " | ".join(head) + " |",
              "| " + " | ".join(["---"] * n_labels + ["---:"] * (len(head) - n_labels - 1) + ["---"]) + " |"]
     for row in table.rows:
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells(row)) + " |")
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells(row, table.metric)) + " |")
     lines.append("")
     lines += [f"{line}  " for line in table.footer]
     return "\n".join(lines).rstrip() + "\n"
@@ -189,28 +213,42 @@ def csv_text(table: ResultsTable) -> str:
     metric_cols = []
     for key in TABLE_METRICS:
         metric_cols += [f"{key}_mean", f"{key}_std"]
+    test_cols = ("diff", "se", "se_rows", "se_seeds", "p")
     writer.writerow(table.label_headers + ["seeds_done", "seeds_planned"] + metric_cols
-                    + ["epochs_run_min", "epochs_run_max", "vs_best"])
+                    + ["epochs_run_min", "epochs_run_max"] + [f"{c}_vs_best" for c in test_cols] + ["vs_best"])
     for row in table.rows:
         values = []
         for key in TABLE_METRICS:
             mean, std = mean_std(row.values(key))
             values += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
         epochs = row.values("epochs_run")
+        test = [getattr(row.test, c) if row.test else None for c in test_cols]
         writer.writerow(row.labels + [len(row.runs), row.seeds_planned] + values
-                        + [min(epochs) if epochs else "", max(epochs) if epochs else "", row.vs_best])
+                        + [min(epochs) if epochs else "", max(epochs) if epochs else ""]
+                        + ["" if v is None else repr(v) for v in test] + [row.vs_best])
     return buf.getvalue()
 
 
-def footer_lines(manifest: dict[str, Any], metric: str, unfinished: list[str]) -> list[str]:
+def footer_lines(manifest: dict[str, Any], metric: str, unfinished: list[str], n_rows: int | None = None,
+                 untested: list[str] | None = None) -> list[str]:
+    from ..train.significance import TEST_NAMES
+
     header, higher, _ = METRICS[metric]
+    split, kind = metric_split_kind(metric)
     seeds = manifest["seeds"]
+    rows = f"{n_rows:,} " if n_rows else ""
     lines = [
         f"Mean ± sample standard deviation (n-1) over seeds ({seeds} per point; training seed = the config's "
         "train.seed + k). Every run reads the same prepared store, so the split is the same for all.",
-        f"Sorted by {header} ({'higher' if higher else 'lower'} is better). \"vs best\": within noise = "
-        f"|difference of the mean {header} from the best row| <= {NOISE_K:g} x pooled standard deviation over "
-        "seeds; worse = beyond that; - = fewer than 2 seeds on one side (no noise estimate).",
+        f"Sorted by {header} ({'higher' if higher else 'lower'} is better). \"{header} - best ± SE\" and \"p\": "
+        f"{TEST_NAMES[kind]} ({split} split, the same {rows}rows for every run), each row against the best one. "
+        "The standard error counts the rows' sampling error and, with 2 or more seeds on both sides, the spread "
+        "over seeds: SE^2 = SE_rows^2 + var_seeds(row)/seeds(row) + var_seeds(best)/seeds(best); p is two-sided, "
+        "from Student's t with Welch-Satterthwaite degrees of freedom. \"vs best\": worse = p < "
+        f"{ALPHA:g}; tie = a difference that another sample of rows or other seeds could give. With 1 seed on a "
+        "side the seed spread is not measured, p counts the rows only: tie (1 seed) = not even the rows tell "
+        "them apart; unclear (1 seed) = the two trained models differ, but another seed might reverse it "
+        "(use --seeds 2 or more); - = no per-row scores to test.",
         "train loss and valid AUC are those of each run's best epoch (by the validation metric); test AUC and "
         "logloss are that epoch's weights scored on the whole test split; train time = sum of the epochs' wall "
         "time (training + validation); samples/s = training throughput, mean over epochs.",
@@ -222,6 +260,8 @@ def footer_lines(manifest: dict[str, Any], metric: str, unfinished: list[str]) -
         lines.append(f"One axis at a time around the base config ({base}).")
     if unfinished:
         lines.append(f"Unfinished or failed runs (left out of the means): {', '.join(unfinished)}.")
+    if untested:
+        lines.append("No paired test for these rows: " + "; ".join(untested) + ".")
     return lines
 
 
@@ -240,19 +280,45 @@ def point_labels(manifest: dict[str, Any], point: dict[str, Any]) -> list[str]:
 
 
 def experiment_results(exp_dir: Path, manifest: dict[str, Any]) -> ResultsTable:
-    from .core import load_experiment_runs
+    import numpy as np
+
+    from .core import load_experiment_runs, read_scores
 
     runs = load_experiment_runs(exp_dir, manifest)
+    metric = manifest["metric"]
+    split, _ = metric_split_kind(metric)
+    labels, untested = None, []
     rows = []
     for point in manifest["points"]:
         row = PointResult(point["name"], point_labels(manifest, point), point["settings"], manifest["seeds"])
-        row.runs = [run_metrics(r["summary"]) for r in runs if r["point"] == point["name"] and r["summary"]]
+        finished = [r for r in runs if r["point"] == point["name"] and r["summary"]]
+        row.runs = [run_metrics(r["summary"]) for r in finished]
+        row.scores = []
+        for run in finished:
+            problem = None
+            try:
+                scored = read_scores(run["path"], split, run["summary"])
+            except ValueError as exc:
+                scored, problem = None, str(exc)
+            if scored is None:
+                problem = problem or (f"{run['dir']} has no per-row {split} scores"
+                                      + (f" ({run['scores_error']})" if run.get("scores_error") else
+                                         " (rerun the command to score it)"))
+            elif labels is None:
+                labels = scored[0]
+            elif not np.array_equal(labels, scored[0]):
+                problem = f"{run['dir']} was scored on other {split} rows than the other runs"
+            if problem:
+                untested.append(f"{point['name']}: {problem}")
+                row.scores = None
+                break
+            row.scores.append(scored[1])
         rows.append(row)
-    metric = manifest["metric"]
-    rows = rank_and_flag(rows, metric)
+    rows = rank_and_flag(rows, metric, labels)
     unfinished = [r["name"] for r in runs if r["summary"] is None]
+    footer = footer_lines(manifest, metric, unfinished, None if labels is None else int(labels.size), untested)
     return ResultsTable(manifest.get("title") or manifest["kind"], manifest["kind"], metric,
-                        label_columns(manifest), rows, footer_lines(manifest, metric, unfinished))
+                        label_columns(manifest), rows, footer)
 
 
 def runs_csv_text(exp_dir: Path, manifest: dict[str, Any]) -> str:
@@ -274,9 +340,8 @@ def runs_csv_text(exp_dir: Path, manifest: dict[str, Any]) -> str:
 
 def write_results(exp_dir: Path, table: ResultsTable, manifest: dict[str, Any]) -> list[Path]:
     paths = [exp_dir / "results.md", exp_dir / "results.csv", exp_dir / "runs.csv"]
-    paths[0].write_text(markdown(table), encoding="utf-8")
-    paths[1].write_text(csv_text(table), encoding="utf-8")
-    paths[2].write_text(runs_csv_text(exp_dir, manifest), encoding="utf-8")
+    for path, text in zip(paths, (markdown(table), csv_text(table), runs_csv_text(exp_dir, manifest))):
+        write_bytes_atomic(path, text.encode("utf-8"))
     return paths
 
 

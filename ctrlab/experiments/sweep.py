@@ -22,6 +22,8 @@ from .core import (
     config_for_model,
     finish_plan,
     get_path,
+    model_takes,
+    override_record,
     parse_sets,
     pin_store,
     read_base_config,
@@ -184,8 +186,13 @@ def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None 
     check_params_used(sets + [(k, v) for k, values in axes.items() for v in values], models, "--set/--grid")
     shorts = short_keys(list(axes))
     points = []
+    overrides = override_record(sets, models, notes)
     for settings in settings_list:
         point_model = settings.get("model.name", model)
+        left_out = [f"{k}={format_value(v)}" for k, v in settings.items() if not model_takes(point_model, k)]
+        if left_out:
+            notes.append(f"{point_model} does not take {', '.join(left_out)}: left out for it (those points "
+                         f"train {point_model} without it)")
         data = config_for_model(base, point_model, sets + list(settings.items()), notes)
         pinned = pin_store(data, exp_dir)
         name = point_name(settings, shorts)
@@ -198,7 +205,7 @@ def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None 
     title = f"sweep ({mode}) of {model} on {store_label(pinned)}: {', '.join(axes)}"
     plan = Plan(kind="sweep", points=points, seeds=seeds, metric=metric, store=pinned, title=title, axes=axes,
                 mode=mode, base_settings=base_values if mode == "one-at-a-time" else {}, base_config=base_cfg,
-                notes=notes, command=command or [])
+                notes=notes, command=command or [], overrides=overrides)
     return finish_plan(plan)
 
 

@@ -50,6 +50,10 @@ def check_run_config(cfg: Config) -> None:
     from ..models import check_params
 
     check_params(cfg.model.name, cfg.model.params)
+    if cfg.train.optimizer == "lbfgs":
+        from .fullbatch import check_full_batch_config
+
+        check_full_batch_config(cfg.train)
 
 
 def record_fitted_features(cfg: Config, store: Store, log: Callable[[str], None]) -> None:
@@ -66,6 +70,10 @@ def schedule(cfg: Config, store: Store) -> dict[str, Any]:
     """What the run will do beyond its epochs: validation, early stopping, learning-rate decay."""
     rows = len(store.split("valid")) if store.has_split("valid") else 0
     t = cfg.train
+    if t.optimizer == "lbfgs":
+        from . import fullbatch
+
+        return fullbatch.schedule(t, rows)
     return {
         "epochs": t.epochs,
         "validation": f"{rows:,} rows (valid split)" if rows else "none",
@@ -103,8 +111,12 @@ def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
 
 
 def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print,
+                 on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train per the config; returns the summary (also written to RUN/summary.json).
+
+    ``on_epoch_end(epoch, record)`` is called after every epoch (see :class:`Trainer`); an
+    exception it raises ends the run there, without a summary.
 
     Started by torchrun (``WORLD_SIZE`` > 1 in the environment), every process joins the process
     group and trains its share (:mod:`ctrlab.train.distributed`); only rank 0 writes."""
@@ -113,10 +125,10 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
     check_run_config(cfg)
     ctx = distrib.init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
     if ctx is None:
-        return _run_training(cfg, None, resume=resume, progress=progress, log=log)
+        return _run_training(cfg, None, resume=resume, progress=progress, log=log, on_epoch_end=on_epoch_end)
     try:
         summary = _run_training(cfg, ctx, resume=resume, progress=progress and ctx.is_main,
-                                log=log if ctx.is_main else (lambda _msg: None))
+                                log=log if ctx.is_main else (lambda _msg: None), on_epoch_end=on_epoch_end)
     except Exception as exc:  # every rank says which one it is and why it stopped
         distrib.shutdown(clean=False)
         raise RuntimeError(f"distributed training failed on rank {ctx.rank}/{ctx.world_size}: {exc}") from exc
@@ -125,7 +137,8 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
 
 
 def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool, progress: bool,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  log: Callable[[str], None],
+                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     if ctx is not None:
         # preparing a store in every process would race; `ctrlab train --nproc` prepares it first
@@ -142,7 +155,11 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
     distrib.barrier(ctx)  # nobody looks for last.pt before rank 0 has cleared an old run
     set_seed(cfg.train.seed)
     model = build_model_for(cfg, store)
-    trainer = Trainer(model, store, cfg.train, run_dir, progress=progress, log=log, dist=ctx)
+    from .fullbatch import FullBatchTrainer
+
+    trainer_class = FullBatchTrainer if cfg.train.optimizer == "lbfgs" else Trainer
+    trainer = trainer_class(model, store, cfg.train, run_dir, progress=progress, log=log, dist=ctx,
+                            on_epoch_end=on_epoch_end)
     resumed = resume and trainer.try_resume()
     if not resumed and cfg.train.init_from:
         model.load_state_dict(load_weights(cfg.train.init_from))
@@ -177,6 +194,7 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
     summary: dict[str, Any] = {
         "model": cfg.model.name, "parameters": n_params, "epochs_run": trainer.epoch,
         "best_epoch": trainer.best["epoch"], "stopped_early": trainer.stopped_early,
+        "hit_epoch_cap_while_improving": trainer.capped_while_improving, "warnings": trainer.warnings,
         "train_seconds": round(time.perf_counter() - started, 3), "schedule": plan, "history": history,
     }
     best_epoch = trainer.best["epoch"] or trainer.epoch
@@ -184,6 +202,7 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
     if best:
         summary["valid_auc"], summary["valid_logloss"] = best["valid_auc"], best["valid_logloss"]
         summary["train_loss"] = best["train_loss"]
+        summary.update({k: best[k] for k in ("l2", "iterations", "converged") if k in best})  # lbfgs: the chosen L2
         summary["samples_per_s"] = float(np.mean([h["samples_per_s"] for h in history]))
     if store.has_split("test"):
         model.load_state_dict(load_weights(trainer.best_checkpoint()))
@@ -203,13 +222,16 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
 
 
 def format_history(history: list[dict[str, Any]], best_epoch: int | None = None) -> str:
-    lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13} {'lr':>9} {'samples/s':>10} {'s':>7}"]
+    full_batch = bool(history) and "l2" in history[0]  # lbfgs: each epoch is one L2 value, solved
+    step, work = ("l2", "iterations") if full_batch else ("lr", "samples_per_s")
+    lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13} {step:>9} "
+             f"{'iterations' if full_batch else 'samples/s':>10} {'s':>7}"]
     for h in history:
         va = f"{h['valid_auc']:.5f}" if h["valid_auc"] is not None else "-"
         vl = f"{h['valid_logloss']:.5f}" if h["valid_logloss"] is not None else "-"
         mark = " <- best" if best_epoch == h["epoch"] else ""
-        lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13} {h['lr']:>9.2e} "
-                     f"{h['samples_per_s']:>10,.0f} {h['seconds']:>7.1f}{mark}")
+        lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13} {h[step]:>9.2e} "
+                     f"{h[work]:>10,.0f} {h['seconds']:>7.1f}{mark}")
     return "\n".join(lines)
 
 
