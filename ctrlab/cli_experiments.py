@@ -85,11 +85,14 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         description="Train every model on the same prepared split with the same training budget, once per seed, "
                     "into one experiment directory: EXP_DIR/runs/<model>_seed<k>/ (ordinary run directories), "
                     "results.md and results.csv (mean ± std over seeds), runs.csv, experiment.json, plots/ "
-                    "and report.html.\n\n"
+                    "and report.html. Every model is tested against the best one with a paired test over the test "
+                    "rows (DeLong for AUC), the seeds pooled and their spread counted: worse only when p < 0.05, "
+                    "otherwise tie (with one seed the training noise is unmeasured: use --seeds 2 or more).\n\n"
                     "With -c, every model gets the config's data, features and train sections; a model other than "
                     "the config's own takes its ready params (configs/<model>.yaml) with the config's shared "
                     "params (embedding_dim, dropout, ...) over them. With --data alone, every model starts from its "
-                    "own ready config. --set applies to every model.\n\n"
+                    "own ready config. --set applies to every model; a model parameter only to the models that "
+                    "take it (the notes say per model what was applied).\n\n"
                     "Interrupted? Run the same command again: finished runs are kept, unfinished ones resume "
                     "from their last complete epoch.",
         epilog="examples:\n"
@@ -102,7 +105,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="STORE", help="a prepared store (instead of, or overriding, the config's data)")
     p.add_argument("--models", required=True,
                    help="comma-separated model names (see `ctrlab models`), or all")
-    _common_run_options(p, "test_auc", "column that ranks the models and decides 'within noise' (default test_auc)")
+    _common_run_options(p, "test_auc", "column that ranks the models and whose split the paired test reads (default test_auc)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -128,7 +131,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
                     "--mode grid trains every combination; --mode one-at-a-time trains the base config and each "
                     "axis value alone around it. Every point runs --seeds times. The table marks the best point "
                     "(by --metric, validation AUC by default, so the test split plays no part in the choice) and "
-                    "the points within noise of it.\n\n"
+                    "tests every other point against it (DeLong paired test over the split's rows, seeds pooled: "
+                    "worse or tie).\n\n"
                     "Writes the same experiment directory as `ctrlab compare`, plus one chart per axis; an "
                     "interrupted sweep resumes when run again.",
         epilog="examples:\n"
@@ -147,7 +151,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
                         "model.params.hidden_units=[400,400],[256,128]")
     p.add_argument("--mode", choices=["grid", "one-at-a-time"], default="grid",
                    help="grid: every combination (default); one-at-a-time: each axis varied alone around the base")
-    _common_run_options(p, "valid_auc", "column that ranks the points and decides 'within noise' (default valid_auc)")
+    _common_run_options(p, "valid_auc", "column that ranks the points and whose split the paired test reads (default valid_auc)")
     p.set_defaults(func=cmd_sweep)
 
 

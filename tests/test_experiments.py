@@ -372,6 +372,34 @@ def test_plan_sweep_points(store, tmp_path):
         plan_sweep(tmp_path / "e", ["train.lr=1,2"], store=str(store))
 
 
+def test_set_and_axes_say_per_model_what_was_applied(store, tmp_path):
+    """A model parameter some models of a sweep or comparison do not take: applied to the others,
+    and a note per model says what was applied and what not (also in experiment.json)."""
+    from ctrlab.experiments.compare import plan_compare
+    from ctrlab.experiments.core import describe_plan
+
+    plan = plan_sweep(tmp_path / "e", ["model.name=fm,dnn"], store=str(store), model="dnn",
+                      overrides=["model.params.hidden_units=[8]", "model.params.embedding_dim=4"])
+    params = {p.name: p.config["model"]["params"] for p in plan.points}
+    assert params["name=fm"]["embedding_dim"] == 4 and "hidden_units" not in params["name=fm"]
+    assert params["name=dnn"]["hidden_units"] == [8] and params["name=dnn"]["embedding_dim"] == 4
+    assert plan.overrides == {
+        "dnn": {"applied": ["model.params.hidden_units=[8]", "model.params.embedding_dim=4"], "not_taken": []},
+        "fm": {"applied": ["model.params.embedding_dim=4"], "not_taken": ["model.params.hidden_units=[8]"]}}
+    dry_run = describe_plan(plan, tmp_path / "e")
+    assert ("note: --set for fm: applied model.params.embedding_dim=4; not taken (no such hyperparameter): "
+            "model.params.hidden_units=[8]") in dry_run
+    assert "note: --set for dnn: applied model.params.hidden_units=[8], model.params.embedding_dim=4" in dry_run
+    # a grid axis on a parameter one of the models lacks: said, not silently dropped
+    grid = plan_sweep(tmp_path / "g", ["model.name=fm,dnn", "model.params.hidden_units=[8],[16]"], store=str(store),
+                      model="dnn")
+    assert any(n.startswith("fm does not take model.params.hidden_units=[8]: left out") for n in grid.notes)
+    # every override taken by every model: no per-model notes, still recorded
+    same = plan_compare(tmp_path / "c", "fm,dnn", store=str(store), overrides=["model.params.embedding_dim=4"])
+    assert not any(n.startswith("--set for") for n in same.notes)
+    assert same.overrides["fm"] == {"applied": ["model.params.embedding_dim=4"], "not_taken": []}
+
+
 def test_sweep_one_at_a_time_trains_table_and_axis_chart(store, tmp_path):
     out = tmp_path / "sweep"
     assert cli("sweep", "--data", store, "--model", "dnn", "--mode", "one-at-a-time", "--grid",

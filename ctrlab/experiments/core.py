@@ -42,8 +42,10 @@ from ..fileio import write_bytes_atomic
 
 MANIFEST = "experiment.json"
 LOCK = ".lock"
-#: a scores file must reproduce its run's AUC to this precision (same weights, same function)
-SCORES_AUC_TOLERANCE = 1e-6
+#: a scores file must reproduce its run's AUC to this precision: the same weights and function as
+#: the run's test AUC, but a full-batch (L-BFGS) run's validation AUC is computed in float64, and a
+#: float32 rescoring can reorder near-ties (3e-5 seen on 290 rows); another run's file is off by more
+SCORES_AUC_TOLERANCE = 1e-3
 RUNS_DIR = "runs"
 #: config keys that may differ between a finished run and the plan (they do not change results)
 # features: a run records what its store was fitted with (pipeline.json, the truth); the store
@@ -75,7 +77,7 @@ class Plan:
     kind: str  # compare | sweep
     points: list[Point]
     seeds: int
-    metric: str  # the column that ranks the points and decides "within noise"
+    metric: str  # the column that ranks the points; its split is the one the paired test reads
     store: str
     title: str
     axes: dict[str, list[Any]] = field(default_factory=dict)  # sweep axes (key -> values)

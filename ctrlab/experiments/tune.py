@@ -363,7 +363,9 @@ def tune(config_path: str | Path, out: str | Path, *, trials: int, space_path: s
                                            else [spec["low"], spec["high"]])
         for value in examples:
             validate_config(plan_trial_config(base, {key: value}, out), f"space {key}={value!r}")
-    record = {"base_config": to_dict(base_cfg), **setup}
+    # the base config as given (not with every default filled in): a later ctrlab with new config
+    # keys can still resume the study
+    record = {"base_config": copy.deepcopy(base), **setup}
     with experiment_lock(out):
         store_cfg = copy.deepcopy(base_cfg)
         store_cfg.run_dir = str(out)

@@ -96,7 +96,7 @@ def minimize(model: torch.nn.Module, chunks: Chunks, l2: float, *, tolerance: fl
         if penalty is not None:
             penalty.backward()
         last["loss"] = float(loss_sum)
-        objective = loss_sum + (float(penalty) if penalty is not None else 0.0)
+        objective = loss_sum + (float(penalty.detach()) if penalty is not None else 0.0)
         if not torch.isfinite(objective):
             raise RuntimeError(f"full-batch training diverged at L2 {l2:g} (objective {float(objective)})")
         return objective
