@@ -26,8 +26,6 @@ from ctrlab.config import ConfigError
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.experiments.core import read_scores, scores_path
-from ctrlab.experiments.results import PointResult, rank_and_flag
-from ctrlab.train.significance import paired_test
 from ctrlab.experiments.sweep import (
     expand_grid,
     expand_one_at_a_time,
@@ -36,6 +34,7 @@ from ctrlab.experiments.sweep import (
     plan_sweep,
     split_top_level,
 )
+from ctrlab.train.significance import paired_test
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

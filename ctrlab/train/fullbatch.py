@@ -59,6 +59,22 @@ def l2_to_sklearn_c(l2: float, train_rows: int) -> float | None:
     return None if l2 == 0 else 1.0 / (l2 * train_rows)
 
 
+def one_hot_matrix(store, split: str):
+    """(scipy CSR ``[rows, sum(vocab_sizes) + n_dense]``, labels) of a store split: the inputs of
+    ``lr`` as one matrix (one-hot of the fused sparse ids, then the dense columns), for comparing
+    with other linear solvers (scikit-learn). Needs scipy."""
+    import scipy.sparse as sp
+
+    arrays = store.split(split)
+    sizes = np.asarray(store.spec.vocab_sizes, dtype=np.int64)
+    ids = np.asarray(arrays.sparse, dtype=np.int64) + np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rows, fields = ids.shape
+    one_hot = sp.csr_matrix((np.ones(ids.size), ids.ravel(), np.arange(0, ids.size + 1, fields)),
+                            shape=(rows, int(sizes.sum())))
+    dense = sp.csr_matrix(np.asarray(arrays.dense, dtype=np.float64))
+    return sp.hstack([one_hot, dense]).tocsr(), np.asarray(arrays.label)
+
+
 @torch.no_grad()
 def chunk_scores(model: torch.nn.Module, chunks: Chunks) -> np.ndarray:
     """Probabilities for the rows of ``chunks``, in order."""
