@@ -97,7 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("| dataset | ctrlab lr test AUC (L2) | sklearn LR test AUC (C; as L2) | ctrlab - sklearn | ctrlab s | sklearn s |")
+    print("| dataset | ctrlab lr test AUC (L2) | sklearn LR test AUC (C; as L2) | ctrlab - sklearn | ctrlab s "
+          "| sklearn s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for dataset in args.datasets.split(","):
         if dataset not in PREPARE:

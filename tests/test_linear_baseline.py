@@ -231,7 +231,7 @@ def test_an_interrupted_path_resumes_to_the_same_result(synth, tmp_path):
 
 def test_resume_refuses_another_grid(synth, tmp_path):
     run_training(lr_config(synth[1], tmp_path / "run", "train.l2_grid=[0.1, 0.01]"), progress=False, log=quiet)
-    with pytest.raises(ConfigError, match="another train.l2_grid"):
+    with pytest.raises(ConfigError, match=r"another train.optimizer or train.l2_grid \(train.l2_grid \[0.1, 0.01\]"):
         run_training(lr_config(synth[1], tmp_path / "run", "train.l2_grid=[0.1, 0.001]"), progress=False, log=quiet)
 
 
@@ -279,3 +279,9 @@ def test_bad_full_batch_values_are_refused_at_load(override, match):
 def test_the_ready_lr_config_is_full_batch():
     cfg = load_config(None, [], base=base_config_for("lr"))
     assert cfg.train.optimizer == "lbfgs" and len(cfg.train.l2_grid) > 1
+
+
+def test_data_too_large_for_memory_is_refused_by_size(synth, tmp_path, monkeypatch):
+    monkeypatch.setattr(fullbatch, "available_memory_bytes", lambda: 1_000_000)  # 1 MB free
+    with pytest.raises(MemoryError, match=r"holds the train and valid splits in memory: about .* GiB"):
+        run_training(lr_config(synth[1], tmp_path / "run"), progress=False, log=quiet)

@@ -49,6 +49,29 @@ def load_chunks(split: SplitArrays, rows: int, device: torch.device, dtype: torc
             for dense, sparse, label in BatchIterator(split, rows, shuffle=False, device=device)]
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits_in_memory(splits: list[SplitArrays]) -> None:
+    """Refuse, by size, splits whose tensors (float64 dense and labels, int64 ids) would take more
+    than half the available memory, instead of swapping or being killed halfway."""
+    need = sum(len(s) * 8 * (s.dense.shape[1] + s.sparse.shape[1] + 1) for s in splits)
+    available = available_memory_bytes()
+    if available is not None and need > available // 2:
+        raise MemoryError(f"train.optimizer lbfgs holds the train and valid splits in memory: about "
+                          f"{need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB is available; use a minibatch "
+                          f"optimizer (train.optimizer adam) for data this large")
+
+
 def penalized_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters L2 applies to: every weight of 2+ dimensions (biases and norms are not)."""
     return [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -186,8 +209,9 @@ class FullBatchTrainer(Trainer):
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("l2_path") != self.path:
-            raise ConfigError(f"{self.ckpt_dir / 'last.pt'}: the run was started with another train.l2_grid "
-                              f"({state.get('l2_path')}); rerun with --no-resume")
+            started = f"train.l2_grid {state['l2_path']}" if "l2_path" in state else "a minibatch optimizer"
+            raise ConfigError(f"{self.ckpt_dir / 'last.pt'}: the run was started with another train.optimizer or "
+                              f"train.l2_grid ({started}); rerun with --no-resume")
         self.model.load_state_dict(state["model"])
         self.epoch, self.best, self.bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         self.history, self.stopped_early = state["history"], state["stopped_early"]
@@ -212,6 +236,7 @@ class FullBatchTrainer(Trainer):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._align_records()
         chunk_rows = cfg.eval_batch_size
+        check_fits_in_memory([self.store.split(name) for name in ("train", "valid") if self.store.has_split(name)])
         train = load_chunks(self.store.split("train"), chunk_rows, self.device)
         valid = load_chunks(self.store.split("valid"), chunk_rows, self.device) \
             if self.store.has_split("valid") else None
