@@ -295,6 +295,24 @@ def test_compare_with_config_file_shares_params(store, tmp_path):
     assert all("run_dir" not in p.config for p in plan.points)
 
 
+def test_compare_keeps_the_linear_baselines_solver(store, tmp_path):
+    """-c with a minibatch budget: lr still trains to convergence with its ready solver (it would
+    otherwise be ranked undertrained), said in a note; --set train.optimizer makes it equal again."""
+    from ctrlab.experiments.compare import plan_compare
+
+    base = {"data": {"store": str(store)}, "model": {"name": "deepfm", "params": {"embedding_dim": 6}},
+            "train": {"epochs": 3, "batch_size": 512, "optimizer": "adam"}}
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(base))
+    plan = plan_compare(tmp_path / "exp", "deepfm,lr", config_path=str(path))
+    train = {p.name: p.config["train"] for p in plan.points}
+    assert train["deepfm"] == base["train"]
+    assert train["lr"]["optimizer"] == "lbfgs" and len(train["lr"]["l2_grid"]) > 1
+    assert any("lr trains with its ready config's solver" in note for note in plan.notes)
+    same = plan_compare(tmp_path / "exp2", "deepfm,lr", config_path=str(path), overrides=["train.optimizer=adam"])
+    assert all(p.config["train"]["optimizer"] == "adam" for p in same.points)
+
+
 # --------------------------------------------------------------------------------------------
 # sweep expansion
 # --------------------------------------------------------------------------------------------

@@ -268,6 +268,13 @@ def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any
             notes.append(f"{model} does not take {', '.join(skipped)} (from the base config's {base_model} params): "
                          "left out for it")
     data["model"] = {**section, "name": model, "params": params}
+    ready_train = (base_config_for(model).get("train") or {}) if base_model != model else {}
+    if ready_train.get("optimizer") == "lbfgs" and not any(key == "train.optimizer" for key, _ in sets):
+        # a model whose ready config solves it to convergence (full-batch L-BFGS, L2 chosen on valid)
+        # keeps that solver: the base's minibatch budget would leave it undertrained and rank it wrongly
+        data["train"] = {**(data.get("train") or {}), **ready_train}
+        notes.append(f"{model} trains with its ready config's solver (train.optimizer lbfgs, L2 path "
+                     f"{ready_train.get('l2_grid')}), to convergence, not the base config's minibatch budget")
     for key, value in sets:
         if key == "model.name":
             continue  # chosen per point
