@@ -5,6 +5,8 @@ scores behind the significance column (the tests themselves: test_significance.p
 
 from __future__ import annotations
 
+import copy
+
 import argparse
 import base64
 import csv
@@ -245,6 +247,20 @@ def test_changed_config_is_refused_and_dry_run_reports_state(compared, store, tm
     text = capsys.readouterr().out
     assert "2 point(s) x 2 seed(s) = 4 run(s)" in text
     assert re.search(r"fm_seed0 .*finished \(kept\)", text) and re.search(r"dnn_seed0 .*to train", text)
+
+
+def test_a_setting_newer_than_a_run_at_its_default_is_no_difference():
+    """Runs recorded by an older ctrlab lack newer keys: planned at their defaults they resume; set
+    to something else they are a difference."""
+    from ctrlab.config import load_config, to_dict
+    from ctrlab.experiments.core import config_differences
+
+    planned = to_dict(load_config(None, []))
+    saved = copy.deepcopy(planned)
+    del saved["train"]["min_epochs"]
+    assert config_differences(planned, saved) == []
+    planned["train"]["min_epochs"] = 3
+    assert config_differences(planned, saved) == ["train.min_epochs: None in the run, 3 planned"]
 
 
 def test_a_second_process_on_the_same_experiment_is_refused(compared, store, tmp_path, training_spy):

@@ -147,11 +147,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+
     a, b = flatten(planned), flatten(saved)
+    defaults = flatten(to_dict(load_config(None, [])))
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUME_IGNORED or any(key.startswith(k + ".") for k in RESUME_IGNORED):
             continue
+        if key not in b and key in defaults and _normalize(a.get(key)) == _normalize(defaults[key]):
+            continue  # a setting newer than the run, planned at its default: the run trained with that behaviour
         if _normalize(a.get(key)) != _normalize(b.get(key)):
             diffs.append(f"{key}: {b.get(key)!r} in the run, {a.get(key)!r} planned")
     return diffs
