@@ -5,10 +5,9 @@ scores behind the significance column (the tests themselves: test_significance.p
 
 from __future__ import annotations
 
-import copy
-
 import argparse
 import base64
+import copy
 import csv
 import json
 import re

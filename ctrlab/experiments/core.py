@@ -147,7 +147,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]:
-
     a, b = flatten(planned), flatten(saved)
     defaults = flatten(to_dict(load_config(None, [])))
     diffs = []
