@@ -6,7 +6,6 @@ Run ``ctrlab --help`` or ``ctrlab COMMAND --help``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -389,9 +388,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .configs import base_config_for
-    from .data.created import LEDGER_NAME, record_created
+    from .data.created import record_created
     from .data.prepare import format_summary, prepare
-    from .fileio import disk_errors
     from .data.synth import write_synthetic
     from .export.bundle import export_bundle
     from .predict import predict_file

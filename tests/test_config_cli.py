@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ctrlab.cli import main
 from ctrlab.config import (

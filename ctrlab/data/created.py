@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable, Iterator
+
+from ..fileio import write_bytes_atomic
 
 LEDGER_NAME = ".ctrlab-created.json"
 KINDS = ("archive", "extracted", "store", "synthetic")
@@ -137,19 +138,8 @@ def _read(directory: Path) -> dict[str, Any]:
 
 
 def _write(directory: Path, data: dict[str, Any]) -> None:
-    """Atomically replace the ledger (temp file in the same directory + os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=LEDGER_NAME + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, _ledger_path(directory))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace the ledger whole (fileio: temp file beside it, fsync, rename)."""
+    write_bytes_atomic(_ledger_path(directory), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 @contextlib.contextmanager

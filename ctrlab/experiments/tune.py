@@ -451,7 +451,7 @@ def _optimize(optuna: Any, study: Any, context: dict[str, Any], *, timeout: floa
 
     while sum(_finished(t, optuna) for t in study.get_trials(deepcopy=False)) < trials:
         if deadline is not None and time.monotonic() >= deadline:
-            log(f"--timeout reached; rerun the command to continue the search")
+            log("--timeout reached; rerun the command to continue the search")
             break
         study.optimize(objective, n_trials=1, catch=(RuntimeError,), callbacks=[progress])
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from ..fields import FeatureSpec
+from ..fileio import write_bytes_atomic
 from .encoders import (BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, encoder_from_dict)
 
 FORMAT_VERSION = 1
@@ -194,11 +194,8 @@ class FeaturePipeline:
         return pipe
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.to_dict(), separators=(",", ":")))  # one C-encoder call: fast
-        os.replace(tmp, path)
+        # one C-encoder call: fast; written whole or not at all, a full disk named by path
+        write_bytes_atomic(path, json.dumps(self.to_dict(), separators=(",", ":")).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeaturePipeline":
