@@ -60,3 +60,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def synthetic_store(root: Path, rows: int, seed: int) -> tuple[Path, Path]:
+    """A synthetic Criteo-shaped file ``root/synth.tsv`` of ``rows`` rows and its store ``root/store``
+    prepared with the defaults (8:1:1 split): the small data most module fixtures start from."""
+    from ctrlab.data.prepare import PrepareOptions, prepare
+    from ctrlab.data.synth import write_synthetic
+
+    raw = root / "synth.tsv"
+    write_synthetic(raw, rows, seed=seed, progress=False)
+    prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=lambda _msg: None)
+    return raw, root / "store"

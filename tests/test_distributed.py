@@ -29,13 +29,12 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlab.config import load_config
 from ctrlab.data.batches import BatchIterator
-from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.store import Store
-from ctrlab.data.synth import write_synthetic
 from ctrlab.models import build_model
 from ctrlab.train import distributed as distrib
 from ctrlab.train.run import run_training
 from ctrlab.train.trainer import load_weights
+from conftest import synthetic_store
 
 ROWS = 4000  # train split 3186 rows: even, so 2 ranks drop no remainder and match 1 process exactly
 BATCH = 256  # global; 13 steps per epoch, the last one partial
@@ -45,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dist_store")
-    write_synthetic(root / "synth.tsv", ROWS, seed=1, progress=False)
-    prepare(PrepareOptions(train=[str(root / "synth.tsv")]), root / "store", progress=False, log=lambda _: None)
+    synthetic_store(root, ROWS, seed=1)
     assert len(Store(root / "store").split("train")) % 2 == 0
     return root / "store"
 

@@ -24,7 +24,6 @@ import ctrlab.train.run as run_mod
 import ctrlab.train.trainer as trainer_mod
 from ctrlab.cli_experiments import add_compare, add_plot, add_report, add_sweep
 from ctrlab.config import ConfigError
-from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.experiments.core import read_scores, scores_path
 from ctrlab.experiments.sweep import (
@@ -36,6 +35,7 @@ from ctrlab.experiments.sweep import (
     split_top_level,
 )
 from ctrlab.train.significance import paired_test
+from conftest import synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,8 +64,7 @@ def compare_argv(store: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("exp_store")
-    write_synthetic(root / "synth.tsv", 3000, seed=3, progress=False)
-    prepare(PrepareOptions(train=[str(root / "synth.tsv")]), root / "store", progress=False, log=lambda _: None)
+    synthetic_store(root, 3000, seed=3)
     return root / "store"
 
 

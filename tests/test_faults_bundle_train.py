@@ -31,6 +31,7 @@ from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
 from ctrlab.predict import Predictor
 from ctrlab.train.run import run_training
+from conftest import synthetic_store
 from test_train import Crash, crashing_iterator  # the same simulated crash as the resume tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +70,7 @@ def temporaries(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults_store")
-    write_synthetic(root / "synth.tsv", 3000, seed=4, progress=False)
-    prepare(PrepareOptions(train=[str(root / "synth.tsv")]), root / "store", progress=False, log=quiet)
+    synthetic_store(root, 3000, seed=4)
     return root / "store"
 
 

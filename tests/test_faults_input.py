@@ -24,12 +24,12 @@ from ctrlab.config import dump_config, load_config
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.readers import DataError, RowReader
 from ctrlab.data.store import Store
-from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import export_bundle
 from ctrlab.features.encoders import NumericTransform
 from ctrlab.models import build_model
 from ctrlab.predict import InputError, Predictor, predict_file
 from ctrlab.schema import PRESETS
+from conftest import synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,9 +41,7 @@ def quiet(_msg: str) -> None:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    raw = root / "synth.tsv"
-    write_synthetic(raw, 800, seed=5, progress=False)
-    prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=quiet)
+    raw, _store = synthetic_store(root, 800, seed=5)
     run = root / "run"
     cfg = load_config(None, [f"data.store={json.dumps(str(root / 'store'))}", f"run_dir={json.dumps(str(run))}",
                              "model.name=deepfm"])

@@ -25,8 +25,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ctrlab.config import load_config
-from ctrlab.data.prepare import PrepareOptions, prepare
-from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import export_bundle
 from ctrlab.predict import Predictor
 from ctrlab.serve import limits
@@ -34,6 +32,7 @@ from ctrlab.serve.app import create_app
 from ctrlab.serve import process as serve_process
 from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training
+from conftest import synthetic_store
 
 TOKEN_ENV = "CTRLAB_TEST_FAULTS_RELOAD_TOKEN"
 MAX_ROWS = 100
@@ -44,9 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults_serve")
-    raw = root / "synth.tsv"
-    write_synthetic(raw, 1000, seed=3, progress=False)
-    prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=lambda _m: None)
+    synthetic_store(root, 1000, seed=3)
     cfg = load_config(None, [f"data.store={json.dumps(str(root / 'store'))}", f"run_dir={json.dumps(str(root / 'run'))}",
                              "model.name=deepfm", "model.params.embedding_dim=4", "model.params.hidden_units=[8]",
                              "train.threads=1", "train.epochs=1", "train.batch_size=256", "train.log_every=1000",

@@ -29,7 +29,6 @@ from ctrlab.configs import base_config_for
 from ctrlab.data.prepare import PrepareOptions, assign_random_split, prepare
 from ctrlab.data.readers import RowReader, detect_format, schema_for_file
 from ctrlab.data.store import SPLITS, Store
-from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import export_bundle
 from ctrlab.models import build_model
 from ctrlab.predict import Predictor
@@ -37,6 +36,7 @@ from ctrlab.train.fullbatch import load_chunks, minimize, one_hot_matrix
 from ctrlab.train.metrics import roc_auc
 from ctrlab.train.run import run_eval, run_training
 from ctrlab.train.trainer import load_weights, predict_split
+from conftest import synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,9 +51,7 @@ def quiet(_msg: str) -> None:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("linear")
-    raw = root / "synth.tsv"
-    write_synthetic(raw, ROWS, seed=5, progress=False)
-    prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=quiet)
+    raw, _store = synthetic_store(root, ROWS, seed=5)
     return raw, root / "store"
 
 

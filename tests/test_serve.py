@@ -24,13 +24,12 @@ from fastapi.testclient import TestClient
 
 import ctrlab.cli as cli
 from ctrlab.config import load_config
-from ctrlab.data.prepare import PrepareOptions, prepare
-from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import export_bundle
 from ctrlab.predict import Predictor
 from ctrlab.serve.app import create_app
 from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training
+from conftest import synthetic_store
 
 ROWS = 2000
 TOKEN_ENV = "CTRLAB_TEST_RELOAD_TOKEN"
@@ -46,9 +45,7 @@ def quiet(_msg: str) -> None:
 def bundles(tmp_path_factory):
     """Two bundles of one tiny DeepFM run (epochs 1 and 2: same columns, different weights)."""
     root = tmp_path_factory.mktemp("serve")
-    raw = root / "synth.tsv"
-    write_synthetic(raw, ROWS, seed=5, progress=False)
-    prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=quiet)
+    raw, _store = synthetic_store(root, ROWS, seed=5)
     run_dir = root / "run"
     cfg = load_config(None, [f"data.store={json.dumps(str(root / 'store'))}", f"run_dir={json.dumps(str(run_dir))}",
                              "model.name=deepfm", "model.params.embedding_dim=4", "model.params.hidden_units=[8]",

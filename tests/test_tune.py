@@ -18,9 +18,8 @@ import ctrlab.train.run as run_mod  # noqa: E402
 import ctrlab.train.trainer as trainer_mod  # noqa: E402
 from ctrlab.cli import main  # noqa: E402
 from ctrlab.config import ConfigError, load_config  # noqa: E402
-from ctrlab.data.prepare import PrepareOptions, prepare  # noqa: E402
-from ctrlab.data.synth import write_synthetic  # noqa: E402
 from ctrlab.experiments.tune import load_space, tune  # noqa: E402
+from conftest import synthetic_store  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,8 +37,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tune_store")
-    write_synthetic(root / "synth.tsv", 3000, seed=3, progress=False)
-    prepare(PrepareOptions(train=[str(root / "synth.tsv")]), root / "store", progress=False, log=lambda _: None)
+    synthetic_store(root, 3000, seed=3)
     return root / "store"
 
 
