@@ -34,6 +34,11 @@ from pathlib import Path
 import numpy as np
 
 
+def given_or_built_bundle(bundle: str | None, work: Path, train_rows: int) -> Path:
+    """The bundle named on the command line, or a DeepFM bundle built in ``work`` from synthetic rows."""
+    return Path(bundle) if bundle else build_bundle(work, train_rows)
+
+
 def build_bundle(work: Path, train_rows: int) -> Path:
     from ctrlab.cli import _yaml_str, prepare_options
     from ctrlab.config import load_config
@@ -121,7 +126,7 @@ def main() -> None:
     figures: dict = {"cores": available_cores(), "load_average_before": load_average()}
     print(f"{available_cores()} cores; load average {figures['load_average_before']}")
     try:
-        bundle = Path(args.bundle) if args.bundle else build_bundle(work, args.train_rows)
+        bundle = given_or_built_bundle(args.bundle, work, args.train_rows)
         if args.data:
             data = Path(args.data)
         else:

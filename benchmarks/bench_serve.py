@@ -283,13 +283,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     proc = None
     try:
-        if args.bundle:
-            bundle = Path(args.bundle)
-        else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_inference import build_bundle
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_inference import given_or_built_bundle
 
-            bundle = build_bundle(work, args.train_rows)
+        bundle = given_or_built_bundle(args.bundle, work, args.train_rows)
         raw = work / "requests.tsv"
         write_synthetic(raw, 10_000, seed=11, progress=False)
         predictor = Predictor(bundle, threads=1)

@@ -130,13 +130,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_flood_"))
     proc = None
     try:
-        if args.bundle:
-            bundle = Path(args.bundle)
-        else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_inference import build_bundle
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_inference import given_or_built_bundle
 
-            bundle = build_bundle(work, 20_000)
+        bundle = given_or_built_bundle(args.bundle, work, 20_000)
         body = legit_body(bundle, args.max_rows, args.max_body_bytes) if args.legit else flood_body(args.max_body_bytes)
         port = serve_process.free_port()
         proc, _ = serve_process.start_server(bundle, port=port, args=[
