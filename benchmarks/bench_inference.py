@@ -42,7 +42,7 @@ def given_or_built_bundle(bundle: str | None, work: Path, train_rows: int) -> Pa
 def build_bundle(work: Path, train_rows: int) -> Path:
     from ctrlab.cli import _yaml_str, prepare_options
     from ctrlab.config import load_config
-    from ctrlab.configs import base_config_for
+    from ctrlab.config import base_config_for
     from ctrlab.data.prepare import prepare
     from ctrlab.data.synth import write_synthetic
     from ctrlab.export.bundle import export_bundle

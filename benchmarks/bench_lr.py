@@ -5,7 +5,7 @@ same encoded features.
     python benchmarks/bench_lr.py --datasets frappe --seed 7
 
 Per dataset: the store is prepared once with ``ctrlab prepare``; ``ctrlab train --model lr`` runs
-on it with its defaults (configs/lr.yaml); in the same invocation scikit-learn's
+on it with its defaults (ctrlab/config/presets/lr.yaml); in the same invocation scikit-learn's
 ``LogisticRegression`` (lbfgs, L2, intercept unpenalized) is fitted on exactly the store's features
 (one-hot of the sparse ids as a CSR matrix, plus the dense columns), with ``C`` chosen by validation
 AUC from a half-decade grid (smallest C first, warm-started, stopping after 3 values without

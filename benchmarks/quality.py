@@ -7,7 +7,7 @@
 
 Protocols (``--protocol``, comma-separated; every protocol runs on the same stores, splits and seeds):
 
-* ``ready``: the model's ready config (configs/<model>.yaml) exactly as shipped, its model and
+* ``ready``: the model's ready config (the ready config, ctrlab/config/presets/<model>.yaml) exactly as shipped, its model and
   train sections; only the data and features come from the dataset below.
 * ``manual``: the careful manual protocol of issue 12: embedding 10, MLP 400-400-400, dropout
   0.2 (batch norm per dataset below), Adam 1e-3, batch 1024, patience 2, up to 30 epochs, no
@@ -92,7 +92,7 @@ def bars_lookup(table: dict[str, tuple[float, float]], model: str) -> tuple[floa
 
 def protocol_sections(model: str, dataset: str, protocol: str) -> tuple[dict, dict]:
     """(model params, train settings) of ``model`` under ``protocol`` on ``dataset``."""
-    from ctrlab.configs import base_config_for
+    from ctrlab.config import base_config_for
     from ctrlab.models import get_model_class
 
     ready = base_config_for(model)

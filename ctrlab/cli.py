@@ -15,7 +15,7 @@ from . import __version__
 EPILOG = """examples:
   ctrlab data synth --rows 1000000 --out data/synth.tsv      # Criteo-shaped demo data
   ctrlab prepare data/synth.tsv --out runs/synth/store         # parse, fit, encode, split 8:1:1
-  ctrlab prepare -c configs/frappe.yaml                        # everything from a config file
+  ctrlab prepare -c configs/frappe_deepfm.yaml                        # everything from a config file
   ctrlab info runs/synth/store                                 # the store's summary again
   ctrlab train --data runs/synth/store --model deepfm --out runs/deepfm
   ctrlab export runs/deepfm --out bundles/deepfm               # manifest + pipeline + weights + ONNX
@@ -37,7 +37,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                     "and write the encoded store (memory-mapped arrays per split) with its metadata.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  ctrlab prepare train.txt --format criteo --out runs/criteo\n"
-               "  ctrlab prepare -c configs/frappe.yaml --set features.categorical.min_count=2\n"
+               "  ctrlab prepare -c configs/frappe_deepfm.yaml --set features.categorical.min_count=2\n"
                "  ctrlab prepare 'logs/part-*.gz' --bad-lines skip --out runs/logs")
     p.add_argument("inputs", nargs="*", help="training data: files, globs or directories (or data.train in the config)")
     p.add_argument("-c", "--config", help="YAML config with data/features sections")
@@ -122,7 +122,7 @@ def prepare_options(cfg) -> Any:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .config import ConfigError, dump_config
-    from .data.created import LEDGER_NAME, record_created
+    from .data.ledger import LEDGER_NAME, record_created
     from .data.prepare import format_summary, prepare
     from .fileio import disk_errors
 
@@ -199,7 +199,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.created import record_created
+    from .data.ledger import record_created
     from .data.synth import write_synthetic
 
     if args.rows < 0:
@@ -223,7 +223,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .data.created import clean
+    from .data.ledger import clean
 
     clean(args.directory, yes=args.yes)
     return 0
@@ -265,7 +265,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_config(args: argparse.Namespace):
     """Config for train/eval: file (native or PaddleRec), model base config, flags, --set."""
     from .config import load_config, load_yaml
-    from .configs import base_config_for, is_paddlerec_config, paddlerec_to_native
+    from .config import base_config_for, is_paddlerec_config, paddlerec_to_native
 
     overrides = list(getattr(args, "set", []) or [])
     data: dict[str, Any] = {}
@@ -387,8 +387,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from .config import load_config
-    from .configs import base_config_for
-    from .data.created import record_created
+    from .config import base_config_for
+    from .data.ledger import record_created
     from .data.prepare import format_summary, prepare
     from .data.synth import write_synthetic
     from .export.bundle import export_bundle

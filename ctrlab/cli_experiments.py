@@ -89,7 +89,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
                     "rows (DeLong for AUC), the seeds pooled and their spread counted: worse only when p < 0.05, "
                     "otherwise tie (with one seed the training noise is unmeasured: use --seeds 2 or more).\n\n"
                     "With -c, every model gets the config's data, features and train sections; a model other than "
-                    "the config's own takes its ready params (configs/<model>.yaml) with the config's shared "
+                    "the config's own takes its ready params (the ready config, ctrlab/config/presets/<model>.yaml) with the config's shared "
                     "params (embedding_dim, dropout, ...) over them. With --data alone, every model starts from its "
                     "own ready config. --set applies to every model; a model parameter only to the models that "
                     "take it (the notes say per model what was applied).\n\n"
@@ -252,7 +252,7 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
                "  ctrlab tune -c configs/frappe_deepfm.yaml --trials 20 --epochs 15 --out runs/tune/frappe\n"
                "  ctrlab train -c runs/tune/frappe/best.yaml\n"
-               "  ctrlab tune -c configs/deepfm.yaml --space space.yaml --trials 50 --timeout 3600 --out runs/tune/x")
+               "  ctrlab tune -c configs/frappe_deepfm.yaml --space space.yaml --trials 50 --timeout 3600 --out runs/tune/x")
     p.add_argument("-c", "--config", required=True, help="base config (native or PaddleRec style)")
     p.add_argument("--trials", type=int, required=True, metavar="N",
                    help="finished trials (complete, pruned or failed) the study should hold")

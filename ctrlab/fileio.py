@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -222,3 +223,11 @@ def sync_tree(root: str | os.PathLike) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(directory))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(4 << 20), b""):
+            sha.update(block)  # releases the GIL
+    return sha.hexdigest()

@@ -598,7 +598,7 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     """
     import pyarrow.csv as pa_csv
 
-    from .train.metrics import evaluate_scores
+    from .metrics import evaluate_scores
 
     started = time.perf_counter()
     if predictor is None:

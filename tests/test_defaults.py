@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ctrlab.config import load_config
-from ctrlab.configs import CONFIG_DIR, base_config_for
+from ctrlab.config import PRESET_DIR, base_config_for
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.features.pipeline import FeaturePipeline, NumericOptions
@@ -66,13 +66,13 @@ def test_a_run_on_unscaled_counts_says_why_in_its_summary(tmp_path):
 
 def ready_config_names() -> list[str]:
     """Every model's ready config but lr's (the linear baseline trains to convergence its own way)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem in list_models() and p.stem != "lr")
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem in list_models() and p.stem != "lr")
 
 
 @pytest.mark.parametrize("name", ready_config_names())
 def test_ready_configs_let_early_stopping_decide(name):
     """No ready config may end at a cap a careful manual run (30 epochs) would pass."""
-    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    cfg = load_config(PRESET_DIR / f"{name}.yaml")
     train = cfg.train
     assert cfg.model.name == name
     build_model(name, SPEC, cfg.model.params)  # the params are valid for the model

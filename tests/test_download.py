@@ -1,4 +1,4 @@
-"""Tests for ctrlab.data.download and ctrlab.data.created.
+"""Tests for ctrlab.data.download and ctrlab.data.ledger.
 
 Everything is served by a local HTTP server on 127.0.0.1 started by the tests; the registry
 URLs of the test datasets point at a closed local port, so a broken mirror override can
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from ctrlab.data import created as created_mod
+from ctrlab.data import ledger as created_mod
 from ctrlab.data import download as dl
-from ctrlab.data.created import LEDGER_NAME, clean, list_created, record_created
+from ctrlab.data.ledger import LEDGER_NAME, clean, list_created, record_created
 from ctrlab.data.download import DATASETS, Dataset, DownloadError, RemoteFile, download
 
 

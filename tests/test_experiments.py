@@ -304,7 +304,7 @@ def test_compare_with_config_file_shares_params(store, tmp_path):
     assert params["deepfm"] == base["model"]["params"]
     assert params["fm"] == {"embedding_dim": 6}
     assert params["dcn"]["embedding_dim"] == 6 and params["dcn"]["hidden_units"] == [32]
-    assert params["dcn"]["cross_layers"] == 3  # from configs/dcn.yaml
+    assert params["dcn"]["cross_layers"] == 3  # from the dcn ready config
     assert all(p.config["train"] == {"epochs": 3, "batch_size": 512} for p in plan.points)
     assert all("run_dir" not in p.config for p in plan.points)
 

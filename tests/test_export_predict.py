@@ -41,7 +41,7 @@ from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
 from ctrlab.models import build_model, hyperparameter_defaults, list_models
 from ctrlab.predict import InputError, Predictor, predict_file
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
-from ctrlab.train.metrics import LOGLOSS_EPS
+from ctrlab.metrics import LOGLOSS_EPS
 from ctrlab.train.run import run_training
 from ctrlab.train.trainer import load_weights, predict_split
 

@@ -20,7 +20,7 @@ from ctrlab.config import (
     fitted_features,
     load_config,
 )
-from ctrlab.configs import CONFIG_DIR, base_config_for, paddlerec_to_native
+from ctrlab.config import PRESET_DIR, base_config_for, paddlerec_to_native
 from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions
 from ctrlab.models import list_models
 from ctrlab.train.run import overlap_warning, run_eval, run_training, train_test_overlap
@@ -140,7 +140,7 @@ def test_cli_train_rejects_bad_settings_before_reading_data(argv_tail, fragment,
 
 
 def test_cli_eval_rejects_a_bad_epoch_range(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "run"), "--epochs", "one:two", "-c", str(CONFIG_DIR / "fm.yaml")]) == 2
+    assert main(["eval", str(tmp_path / "run"), "--epochs", "one:two", "-c", str(PRESET_DIR / "fm.yaml")]) == 2
     assert "eval.epochs expects START:END or N" in capsys.readouterr().err
 
 
@@ -228,7 +228,7 @@ def recreated_settings(features: FeaturesConfig, fitted: FeaturePipeline) -> dic
 
 
 def test_ready_configs_use_the_one_set_of_feature_defaults():
-    ready = [p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem in list_models()]
+    ready = [p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem in list_models()]
     assert len(ready) >= 10
     for name in ready:
         assert load_config(None, [], base=base_config_for(name)).features == FeaturesConfig(), name

@@ -21,7 +21,7 @@ from ctrlab import fileio
 from ctrlab.cli import main as cli_main
 from ctrlab.data import prepare as prepare_mod
 from ctrlab.data.batches import BatchIterator
-from ctrlab.data.created import LEDGER_NAME, list_created, record_created
+from ctrlab.data.ledger import LEDGER_NAME, list_created, record_created
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.readers import DataError
 from ctrlab.data.store import SplitArrays, Store, StoreError

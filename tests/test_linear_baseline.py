@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 import ctrlab.train.fullbatch as fullbatch
 from ctrlab.config import ConfigError, load_config
-from ctrlab.configs import base_config_for
+from ctrlab.config import base_config_for
 from ctrlab.data.prepare import PrepareOptions, assign_random_split, prepare
 from ctrlab.data.readers import RowReader, detect_format, schema_for_file
 from ctrlab.data.store import SPLITS, Store
@@ -33,7 +33,7 @@ from ctrlab.export.bundle import export_bundle
 from ctrlab.models import build_model
 from ctrlab.predict import Predictor
 from ctrlab.train.fullbatch import load_chunks, minimize, one_hot_matrix
-from ctrlab.train.metrics import roc_auc
+from ctrlab.metrics import roc_auc
 from ctrlab.train.run import run_eval, run_training
 from ctrlab.train.trainer import load_weights, predict_split
 from conftest import synthetic_store

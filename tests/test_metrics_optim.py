@@ -1,4 +1,4 @@
-"""Tests for ctrlab.train.metrics (exact AUC / logloss against scikit-learn), the row-sparse
+"""Tests for ctrlab.metrics (exact AUC / logloss against scikit-learn), the row-sparse
 embedding optimizer (against torch's optimizers and hand-written lazy references) and
 FieldEmbedding's sparse gradient."""
 
@@ -15,7 +15,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
 from ctrlab.nn.embedding import FieldEmbedding
-from ctrlab.train.metrics import LOGLOSS_EPS, evaluate_scores, log_loss, roc_auc
+from ctrlab.metrics import LOGLOSS_EPS, evaluate_scores, log_loss, roc_auc
 from ctrlab.train.optim import OPTIMIZERS, RowSparseOptimizer, dense_optimizer
 
 

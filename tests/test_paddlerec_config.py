@@ -1,4 +1,4 @@
-"""Tests for ctrlab.configs.paddlerec_to_native: PaddleRec ``runner:`` / ``hyper_parameters:`` configs
+"""Tests for ctrlab.config.paddlerec_to_native: PaddleRec ``runner:`` / ``hyper_parameters:`` configs
 mapped onto native sections, a note for every key that is not mapped (checked exhaustively), the
 model name from the config's folder, and ``ctrlab train -m config.yaml`` / ``ctrlab eval -m`` end to
 end on PaddleRec's own slot sample."""
@@ -16,7 +16,7 @@ import yaml
 
 from ctrlab.cli import main, prepare_options
 from ctrlab.config import Config, load_config
-from ctrlab.configs import PADDLE_MODEL_NAMES, PADDLE_MODEL_PARAMS, is_paddlerec_config, paddlerec_to_native
+from ctrlab.config import PADDLE_MODEL_NAMES, PADDLE_MODEL_PARAMS, is_paddlerec_config, paddlerec_to_native
 from ctrlab.data.prepare import prepare
 from ctrlab.data.store import Store
 from ctrlab.models import list_models

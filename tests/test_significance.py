@@ -19,7 +19,7 @@ import pytest
 from ctrlab.cli_experiments import add_compare, add_sweep
 from ctrlab.experiments.core import read_scores
 from ctrlab.experiments.results import PointResult, rank_and_flag
-from ctrlab.train.metrics import auc_placements, log_loss, midranks, roc_auc, row_log_losses
+from ctrlab.metrics import auc_placements, log_loss, midranks, roc_auc, row_log_losses
 from ctrlab.train.significance import TEST_NAMES, paired_test, regularized_beta, t_two_sided_p
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

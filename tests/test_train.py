@@ -24,7 +24,7 @@ from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.store import Store
 from ctrlab.data.synth import write_synthetic
 from ctrlab.models import build_model, list_models
-from ctrlab.train.metrics import LOGLOSS_EPS
+from ctrlab.metrics import LOGLOSS_EPS
 from ctrlab.train.run import parse_epoch_range, run_eval, run_training
 from ctrlab.train.trainer import Trainer, load_weights
 

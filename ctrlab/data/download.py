@@ -8,7 +8,7 @@ Usage from Python::
 
 A mirror (``base_url`` or the ``CTRLAB_DATA_MIRROR`` environment variable) replaces everything
 in a file's URL up to the file name. Every file ctrlab writes is recorded in the directory's
-ledger (see :mod:`ctrlab.data.created`), so ``ctrlab data clean DIR`` removes exactly those.
+ledger (see :mod:`ctrlab.data.ledger`), so ``ctrlab data clean DIR`` removes exactly those.
 
 Checksums: the upstream hosts publish none, so the registry holds ``sha256=None`` (unknown)
 unless a value is filled in. The computed sha256 is always printed and written beside the
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Mapping
 
-from ctrlab.data.created import (
+from ctrlab.data.ledger import (
     clean,
     completed_extraction,
     is_created,

@@ -26,11 +26,9 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import hashlib
 import io
 import math
 import os
-import queue
 import re
 import threading
 import zlib
@@ -43,6 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from ..fileio import sha256_file
+from ..runtime import prefetch
 from ..schema import FORMAT_NAMES, LABEL, PRESETS, Schema
 
 BLOCK_BYTES = 1 << 20  # Arrow's streaming parser is fastest with small (cache-sized) blocks...
@@ -266,14 +266,6 @@ def schema_for_file(path: str | os.PathLike, fmt: str) -> Schema:
 # Source hashes, computed beside the parse
 # --------------------------------------------------------------------------------------------
 
-def sha256_file(path: str | os.PathLike) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(4 << 20), b""):
-            sha.update(block)  # releases the GIL
-    return sha.hexdigest()
-
-
 class _BackgroundHash:
     """sha256 of a file in a thread (file reads and hashlib release the GIL)."""
 
@@ -413,50 +405,6 @@ def _joined_batches(reader, schema: Schema, rows: int) -> Iterator[pa.Table]:
             batches, pending = [], 0
     if batches:
         yield _canonical(pa.Table.from_batches(batches), schema)
-
-
-def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run an iterator in a background thread, ``depth`` items ahead of the consumer.
-
-    Arrow's parser releases the GIL, so parsing the next chunk overlaps the consumer's numpy
-    work on this one. Exceptions reach the consumer; closing the consumer stops the producer.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as exc:  # handed to the consumer
-            q.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="ctrlab-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = q.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
 
 
 def _open_arrow_csv(stream, schema: Schema, header_lines: int, block_bytes: int, types):

@@ -2,7 +2,7 @@
 
 With a config file (``-c base.yaml``) every model gets the file's data, features and train
 sections; the model section is the base model's params for that model, and for any other model
-its ready params (configs/<model>.yaml) with the base params it takes laid over them (shared
+its ready params (the ready config, ctrlab/config/presets/<model>.yaml) with the base params it takes laid over them (shared
 settings such as embedding_dim stay equal). With ``--data STORE`` alone every model starts from
 its own ready config. ``--set`` overrides apply to every model (a model parameter only to the
 models that take it: the plan's notes and experiment.json's "overrides" say per model what was
@@ -78,7 +78,7 @@ def plan_compare(exp_dir: str | Path, models: str | list[str], *, config_path: s
         if file_base is not None:
             base = copy.deepcopy(file_base)
         else:
-            from ..configs import base_config_for
+            from ..config import base_config_for
             base = base_config_for(name)
         if store is not None:
             set_path(base, "data.store", store)

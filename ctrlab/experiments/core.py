@@ -217,7 +217,7 @@ def unique_slugs(points: list[Point]) -> None:
 
 def read_base_config(path: str | Path) -> dict[str, Any]:
     """A config file as data (native, or PaddleRec-style mapped to native with notes on stderr)."""
-    from ..configs import is_paddlerec_config, paddlerec_to_native
+    from ..config import is_paddlerec_config, paddlerec_to_native
 
     raw = load_yaml(path)
     if is_paddlerec_config(raw):
@@ -249,11 +249,11 @@ def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any
     """The base config with ``model.name = model`` and the overrides applied.
 
     For the base config's own model, its params are used as they are. For another model, the
-    model's ready params (configs/<model>.yaml) come first and the base's params that the model
+    model's ready params (the ready config, ctrlab/config/presets/<model>.yaml) come first and the base's params that the model
     takes go over them (so shared settings such as embedding_dim, dropout or batch_norm stay the
     same across a comparison). Params a model does not take (from the base or from ``sets``)
     are left out for that model, with a note."""
-    from ..configs import base_config_for
+    from ..config import base_config_for
     from ..models import hyperparameter_defaults
 
     data = copy.deepcopy(base)
@@ -429,7 +429,7 @@ def read_scores(run_dir: Path, split: str, summary: dict[str, Any]) -> tuple[Any
 
     import numpy as np
 
-    from ..train.metrics import roc_auc
+    from ..metrics import roc_auc
 
     path = scores_path(run_dir, split)
     if not path.is_file():

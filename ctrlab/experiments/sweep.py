@@ -151,7 +151,7 @@ def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None 
                model: str | None = None, mode: str = "grid", seeds: int = 1, overrides: list[str] | None = None,
                metric: str = "valid_auc", command: list[str] | None = None) -> Plan:
     """The points of a sweep, checked, nothing trained yet."""
-    from ..configs import base_config_for
+    from ..config import base_config_for
 
     if mode not in MODES:
         raise ConfigError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import __version__
-from ..data.readers import sha256_file
+from ..fileio import sha256_file
 from ..fileio import DiskFullError, disk_errors, replace_dir, short_of_space, stale_siblings
 
 FORMAT_VERSION = 1
@@ -332,7 +332,7 @@ def quantize_bundle_model(folder: Path, model: Any, store: Any, *, log: Callable
     quantized on the fly) and measure both graphs' AUC on the store's valid split (else test)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..train.metrics import evaluate_scores
+    from ..metrics import evaluate_scores
     from .onnx_export import onnx_runtime_inputs
 
     import logging

@@ -32,7 +32,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.batches import BatchIterator
 from ..data.store import SplitArrays
 from ..nn.embedding import FieldEmbedding
-from .metrics import evaluate_scores
+from ..metrics import evaluate_scores
 from .trainer import Trainer
 
 Chunks = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -14,7 +14,7 @@ from ..config import Config, ConfigError, dump_config, fitted_features, parse_ep
 from ..data.store import Store
 from ..fileio import write_json_atomic
 from ..runtime import configure_torch_threads
-from .metrics import evaluate_scores
+from ..metrics import evaluate_scores
 from . import distributed as distrib
 from .trainer import Trainer, evaluate, load_weights, predict_split, set_seed
 

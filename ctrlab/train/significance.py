@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import auc_placements, row_log_losses
+from ..metrics import auc_placements, row_log_losses
 
 #: metric kind -> name of the test, as printed next to the results
 TEST_NAMES = {"auc": "DeLong paired test over the rows, seeds pooled",

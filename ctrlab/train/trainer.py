@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from ..data.batches import BatchIterator
-from ..data.readers import prefetch
+from ..runtime import prefetch
 from ..config import ConfigError, TrainConfig
 from ..data.store import SplitArrays, Store
 from ..fileio import atomic_write, disk_errors, remove_stale_temporaries, write_bytes_atomic
 from ..runtime import configure_torch_threads
-from .metrics import evaluate_scores
+from ..metrics import evaluate_scores
 from .optim import RowSparseOptimizer, dense_optimizer
 from . import distributed as distrib
 

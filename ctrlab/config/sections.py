@@ -1,14 +1,10 @@
-"""Typed configuration: YAML in, dataclasses out, unknown keys are errors.
-
-Sections: ``data`` and ``features`` (this module) plus the sections later stages register
-(``model``, ``train``, ``eval``, ``export``, ``serve``). ``--set a.b=c`` overrides any value
-(the value is parsed as YAML, so ``--set train.lr=1e-4`` gives a float and
-``--set model.hidden_units=[400,400]`` a list).
+"""The typed config sections of every stage (data, features, model, train, eval) and the one
+check of a value: its type, its choices and its range. Unknown keys are errors with the nearest
+valid key. Loading lives in :mod:`ctrlab.config.loading`, ``--set`` in :mod:`ctrlab.config.overrides`.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import difflib
 import math
@@ -16,15 +12,12 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-import yaml
 
-from .features.encoders import BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary
-from .features.pipeline import CategoricalOptions, NumericOptions
-from .fileio import write_bytes_atomic
-from .schema import FORMAT_NAMES, GenericSchemaConfig
+from ..features.encoders import NumericTransform
+from ..features.pipeline import CategoricalOptions, NumericOptions
+from ..schema import FORMAT_NAMES, GenericSchemaConfig
 
 
 class ConfigError(ValueError):
@@ -205,10 +198,6 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
 }
 
 
-def register_choices(cls: type, name: str, values: tuple[str, ...]) -> None:
-    CHOICES[(cls, name)] = tuple(values)
-
-
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a numeric setting (of each item, for a list): finite, within the bounds."""
@@ -365,133 +354,3 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (['a', 'b'], yaml-parsed c)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. data.seed=7), got {text!r}")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"--set: empty key in {text!r}")
-    try:
-        value = parse_value(raw) if raw.strip() else ""
-    except ConfigError as exc:
-        raise ConfigError(f"--set {key}: {exc}") from None
-    return parts, value
-
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_BASE60 = re.compile(r"[-+]?\d+(:\d+)+")  # YAML 1.1 reads 3:1 as 181; a range like eval.epochs means text
-
-
-def parse_value(raw: str) -> Any:
-    """One override value (``--set``, sweep grids) as YAML, except that numbers YAML 1.1 leaves as
-    strings (``1e-3``) become floats and ``3:1`` stays the text it looks like."""
-    if _BASE60.fullmatch(raw.strip()):
-        return raw.strip()
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {raw!r}: {exc}") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(raw.strip()):  # a quoted '2' stays text
-        return float(value)
-    return value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = data
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = value
-    return data
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None, cls: type = Config) -> Any:
-    """Load a YAML config (or start from ``base``), apply ``--set`` overrides, validate."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        data.update(load_yaml(path))
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
-
-
-def dump_config(cfg: Any, path: str | Path) -> None:
-    """Write a config as YAML, whole or not at all."""
-    write_bytes_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode("utf-8"))
-
-
-def column_overrides(features: FeaturesConfig, dense: list[str], sparse: list[str]) -> dict[str, Any]:
-    """``features.columns`` as typed options: numeric columns take NumericOptions keys merged
-    over ``features.numeric``, categorical ones CategoricalOptions keys over ``features.categorical``."""
-    out: dict[str, Any] = {}
-    for col, values in features.columns.items():
-        if col in dense:
-            base, cls, section = features.numeric, NumericOptions, "numeric"
-        elif col in sparse:
-            base, cls, section = features.categorical, CategoricalOptions, "categorical"
-        else:
-            raise ConfigError(f"features.columns.{col}: no such column; columns are {dense + sparse}")
-        merged = {**to_dict(base), **(values or {})}
-        try:
-            out[col] = from_dict(cls, merged, f"features.columns.{col}")
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (a {section} column)") from None
-    return out
-
-
-def encoder_options(encoder: Any, base: CategoricalOptions | NumericOptions) -> CategoricalOptions | NumericOptions:
-    """The options that build ``encoder`` (settings it does not use are taken from ``base``)."""
-    if isinstance(encoder, Vocabulary):
-        return dataclasses.replace(base, encoder="vocab", min_count=encoder.min_count, max_size=encoder.max_size)
-    if isinstance(encoder, HashBuckets):
-        return dataclasses.replace(base, encoder="hash", hash_buckets=encoder.buckets)
-    if isinstance(encoder, BucketizedNumeric):
-        return dataclasses.replace(base, transform="log_square_bucket", min_count=encoder.vocab.min_count)
-    if isinstance(encoder, NumericTransform):
-        return dataclasses.replace(base, transform=encoder.kind, fill_value=encoder.fill_value)
-    raise TypeError(f"no options describe encoder {type(encoder).__name__}")
-
-
-def fitted_features(pipeline: Any, declared: FeaturesConfig | None = None) -> FeaturesConfig:
-    """The ``features`` section that re-creates a fitted pipeline's encoders (pipeline.json is
-    the truth; a config only records it). The declared section is kept where it matches; the
-    most common options of each kind become the section default, the rest per-column overrides."""
-    declared = declared or FeaturesConfig()
-    sections = {}
-    columns: dict[str, dict[str, Any]] = {}
-    for name, inputs in (("numeric", pipeline.dense_inputs), ("categorical", pipeline.sparse_inputs)):
-        base = getattr(declared, name)
-        options = {col: encoder_options(pipeline.encoders[col], base) for col in inputs}
-        if options and base not in options.values():  # (options are unhashable: count them by value)
-            counts = collections.Counter(repr(o) for o in options.values())
-            base = max(options.values(), key=lambda o: counts[repr(o)])
-        sections[name] = base
-        base_values = to_dict(base)
-        for col, opts in options.items():
-            changed = {k: v for k, v in to_dict(opts).items() if v != base_values[k]}
-            if changed:
-                columns[col] = changed
-    return FeaturesConfig(categorical=sections["categorical"], numeric=sections["numeric"], columns=columns)

@@ -1,8 +1,4 @@
-"""Ready configs per model, and PaddleRec-style configs mapped to native ones.
-
-Ready configs live in the repository's ``configs/`` folder: ``configs/<model>.yaml`` holds the
-model and training settings that worked best here (see the README's quality tables), used as
-the base of ``ctrlab train --data STORE --model NAME``.
+"""PaddleRec-style configs mapped to native ones (applied once, by :mod:`ctrlab.config.loading`).
 
 PaddleRec users keep their ``config.yaml`` (``runner:`` and ``hyper_parameters:`` sections):
 :func:`paddlerec_to_native` maps every key ctrlab understands and returns a note for each key
@@ -15,9 +11,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .sections import ConfigError, DataConfig, EvalConfig, TrainConfig, convert_setting
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NATIVE_SECTIONS = ("data", "features", "model", "train", "eval", "run_dir")
 
 # PaddleRec model folder names -> ctrlab model names
@@ -76,17 +71,6 @@ PADDLE_DEFAULTS = {
 }
 
 
-def base_config_for(model: str) -> dict[str, Any]:
-    """The ready config of a model (``configs/<model>.yaml``), or just its name."""
-    path = CONFIG_DIR / f"{model}.yaml"
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        data.setdefault("model", {})["name"] = model
-        return data
-    return {"model": {"name": model}}
-
-
 def is_paddlerec_config(data: dict[str, Any]) -> bool:
     return "runner" in data or "hyper_parameters" in data
 
@@ -98,10 +82,8 @@ def _resolve(path: str, base: Path) -> str:
 
 def _checked(section: str, key: str, value: Any, origin: str) -> Any:
     """A PaddleRec value converted and range-checked as native ``section.key``; errors name both keys."""
-    from . import config
-
-    cls = {"train": config.TrainConfig, "eval": config.EvalConfig, "data": config.DataConfig}[section]
-    return config.convert_setting(cls, key, value, f"{origin} (ctrlab {section}.{key})")
+    cls = {"train": TrainConfig, "eval": EvalConfig, "data": DataConfig}[section]
+    return convert_setting(cls, key, value, f"{origin} (ctrlab {section}.{key})")
 
 
 def _merge_defaults(out: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -117,8 +99,7 @@ def _merge_defaults(out: dict[str, Any], defaults: dict[str, Any]) -> None:
 def _model_param(name: str, key: str, value: Any, params: dict[str, Any], notes: list[str],
                  hyper: dict[str, Any]) -> None:
     """Map one hyper_parameters key onto the model's parameters (checked by the registry)."""
-    from .config import ConfigError
-    from .models import check_params, list_models
+    from ..models import check_params, list_models  # (torch: imported only when a PaddleRec config is mapped)
 
     target = PADDLE_MODEL_PARAMS[key]
     if target is None:
@@ -145,8 +126,6 @@ def _model_param(name: str, key: str, value: Any, params: dict[str, Any], notes:
 
 def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Map a PaddleRec config to native sections; returns (config data, notes on unmapped keys)."""
-    from .config import ConfigError
-
     data = copy.deepcopy(data)
     runner = data.pop("runner", {}) or {}
     hyper = data.pop("hyper_parameters", {}) or {}
@@ -259,8 +238,6 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
 
 
 def _epoch_number(value: Any, origin: str, low: int) -> int:
-    from .config import ConfigError
-
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{origin}: expected an epoch number >= {low}, got {value!r}")
     return value
