@@ -69,7 +69,7 @@ def parse_only_rate(path: Path) -> float:
 
 
 def offline_predict(bundle: Path, data: Path, out: Path, backend: str) -> dict:
-    from ctrlab.predict import predict_file
+    from ctrlab.inference import predict_file
 
     result = predict_file(bundle, [data], out, backend=backend, log=lambda _: None)
     return {"backend": backend, "rows": result.rows, "seconds": round(result.seconds, 3),
@@ -77,8 +77,8 @@ def offline_predict(bundle: Path, data: Path, out: Path, backend: str) -> dict:
 
 
 def single_row_latency(bundle: Path, data: Path, backend: str, rows: int) -> dict:
-    from ctrlab.bench.inference import load_rows
-    from ctrlab.predict import Predictor
+    from ctrlab.inference.bench import load_rows
+    from ctrlab.inference import Predictor
 
     predictor = Predictor(bundle, backend=backend, threads=1)
     dicts = load_rows(predictor, data, rows).to_pylist()
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    from ctrlab.bench.inference import BenchOptions, format_report, run_bench
+    from ctrlab.inference.bench import BenchOptions, format_report, run_bench
     from ctrlab.runtime import available_cores
 
     work = Path(tempfile.mkdtemp(prefix="ctrlab-bench-inference-"))

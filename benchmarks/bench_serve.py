@@ -278,7 +278,7 @@ def main() -> int:
         parser.error("--seconds and --rate must be > 0, --upload-repeats >= 1")
 
     from ctrlab.data.synth import write_synthetic
-    from ctrlab.predict import Predictor
+    from ctrlab.inference import Predictor
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     proc = None

@@ -36,7 +36,7 @@ def flood_body(size: int) -> bytes:
 
 def legit_body(bundle: Path, rows: int, size: int) -> bytes:
     """Real-looking rows (every column a value), as many as fit ``rows`` and ``size``."""
-    from ctrlab.predict import Predictor
+    from ctrlab.inference import Predictor
 
     predictor = Predictor(bundle, threads=1)
     row = {c: (1.5 if c in predictor.dense_columns else "05db9164") for c in predictor.columns}

@@ -392,7 +392,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .data.prepare import format_summary, prepare
     from .data.synth import write_synthetic
     from .export.bundle import export_bundle
-    from .predict import predict_file
+    from .inference import predict_file
     from .train.run import run_training
 
     work = Path(args.dir)

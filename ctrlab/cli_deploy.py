@@ -130,7 +130,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import DEFAULT_BATCH_ROWS, predict_file
+    from .inference import DEFAULT_BATCH_ROWS, predict_file
 
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH_ROWS
     if batch < 1:
@@ -191,7 +191,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.inference import BenchOptions, format_report, run_bench
+    from .inference.bench import BenchOptions, format_report, run_bench
 
     if args.seconds <= 0 or args.repeats < 1 or args.rows < 1:
         raise ValueError("--seconds must be > 0, --repeats and --rows >= 1")

@@ -1,4 +1,4 @@
-"""Tests for the inference benchmark (ctrlab.bench.inference, ``ctrlab bench``) and the int8
+"""Tests for the inference benchmark (ctrlab.inference.bench, ``ctrlab bench``) and the int8
 bundle variant: tiny time budgets, every report field present, errors for bad options."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 import ctrlab.cli as cli
 from ctrlab import cli_deploy
-from ctrlab.bench.inference import BenchOptions, format_report, peak_rss_mb, reset_peak_rss, run_bench
+from ctrlab.inference.bench import BenchOptions, format_report, peak_rss_mb, reset_peak_rss, run_bench
 from ctrlab.config import load_config
 from ctrlab.export.bundle import export_bundle
-from ctrlab.predict import Predictor, predict_file
+from ctrlab.inference import Predictor, predict_file
 from ctrlab.train.run import run_training
 from conftest import synthetic_store
 

@@ -1,5 +1,5 @@
 """Tests for the deployable bundle (ctrlab.export.bundle), the Predictor and offline predict
-(ctrlab.predict), and the ``export``/``predict`` commands (ctrlab.cli_deploy):
+(ctrlab.inference), and the ``export``/``predict`` commands (ctrlab.cli_deploy):
 
 * every registered model exports (tiny params) and passes the ONNX parity check;
 * the manifest's contents, weights_only loading, refusal on a parity failure, tamper and version
@@ -39,7 +39,7 @@ from ctrlab.features import encoders as enc_mod
 from ctrlab.features.encoders import BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary
 from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
 from ctrlab.models import build_model, hyperparameter_defaults, list_models
-from ctrlab.predict import InputError, Predictor, predict_file
+from ctrlab.inference import InputError, Predictor, predict_file
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
 from ctrlab.metrics import LOGLOSS_EPS
 from ctrlab.train.run import run_training

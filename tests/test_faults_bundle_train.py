@@ -29,7 +29,7 @@ from ctrlab.config import load_config
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
-from ctrlab.predict import Predictor
+from ctrlab.inference import Predictor
 from ctrlab.train.run import run_training
 from conftest import synthetic_store
 from test_train import Crash, crashing_iterator  # the same simulated crash as the resume tests

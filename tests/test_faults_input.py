@@ -27,7 +27,7 @@ from ctrlab.data.store import Store
 from ctrlab.export.bundle import export_bundle
 from ctrlab.features.encoders import NumericTransform
 from ctrlab.models import build_model
-from ctrlab.predict import InputError, Predictor, predict_file
+from ctrlab.inference import InputError, Predictor, predict_file
 from ctrlab.schema import PRESETS
 from conftest import synthetic_store
 

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from ctrlab.config import load_config
 from ctrlab.export.bundle import export_bundle
-from ctrlab.predict import Predictor
+from ctrlab.inference import Predictor
 from ctrlab.serve import limits
 from ctrlab.serve.app import create_app
 from ctrlab.serve import process as serve_process

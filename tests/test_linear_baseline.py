@@ -31,7 +31,7 @@ from ctrlab.data.readers import RowReader, detect_format, schema_for_file
 from ctrlab.data.store import SPLITS, Store
 from ctrlab.export.bundle import export_bundle
 from ctrlab.models import build_model
-from ctrlab.predict import Predictor
+from ctrlab.inference import Predictor
 from ctrlab.train.fullbatch import load_chunks, minimize, one_hot_matrix
 from ctrlab.metrics import roc_auc
 from ctrlab.train.run import run_eval, run_training

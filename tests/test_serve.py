@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 import ctrlab.cli as cli
 from ctrlab.config import load_config
 from ctrlab.export.bundle import export_bundle
-from ctrlab.predict import Predictor
+from ctrlab.inference import Predictor
 from ctrlab.serve.app import create_app
 from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training

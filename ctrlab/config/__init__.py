@@ -11,8 +11,8 @@ from .loading import dump_config, load_config, load_run_config, load_yaml, read_
 from .overrides import Overrides, apply_overrides, get_dotted, parse_override, parse_value, set_dotted
 from .paddlerec import PADDLE_MODEL_NAMES, PADDLE_MODEL_PARAMS, is_paddlerec_config, paddlerec_to_native
 from .presets import PRESET_DIR, base_config_for, preset_names, preset_path
-from .sections import (Config, ConfigError, DataConfig, EvalConfig, FeaturesConfig, ModelConfig, TrainConfig,
-                       convert_setting, from_dict, parse_epoch_range_text, to_dict)
+from .sections import (Config, ConfigError, DataConfig, EvalConfig, ExportConfig, FeaturesConfig, ModelConfig,
+                       ServeConfig, TrainConfig, convert_setting, from_dict, parse_epoch_range_text, to_dict)
 
 __all__ = [
     "column_overrides", "encoder_options", "fitted_features",
@@ -20,6 +20,7 @@ __all__ = [
     "Overrides", "apply_overrides", "get_dotted", "parse_override", "parse_value", "set_dotted",
     "PADDLE_MODEL_NAMES", "PADDLE_MODEL_PARAMS", "is_paddlerec_config", "paddlerec_to_native",
     "PRESET_DIR", "base_config_for", "preset_names", "preset_path",
-    "Config", "ConfigError", "DataConfig", "EvalConfig", "FeaturesConfig", "ModelConfig", "TrainConfig",
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "FeaturesConfig", "ModelConfig",
+    "ServeConfig", "TrainConfig",
     "convert_setting", "from_dict", "parse_epoch_range_text", "to_dict",
 ]

@@ -106,6 +106,32 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``ctrlab export``: which epoch of a run becomes a bundle, and what goes into it."""
+
+    epoch: int | None = None  # default: the run's best epoch
+    force: bool = False  # replace an existing bundle
+    quantize: bool = False  # also write model.int8.onnx
+    golden_rows: int = 256  # rows of the store's valid (else test) split for the ONNX parity check
+
+
+@dataclass
+class ServeConfig:
+    """``ctrlab serve``: how a bundle is served over HTTP (typed; reaches worker processes whole)."""
+
+    bundle: str = ""
+    host: str = "127.0.0.1"  # this machine only unless asked
+    port: int = 8867
+    workers: int = 1
+    backend: str = "onnx"
+    threads: int | None = None  # intra-op threads per worker (default: available cores / workers)
+    max_rows: int = 50_000  # rows per request
+    max_body_bytes: int = 32 << 20  # 32 MiB: a 50k-row JSON request of Criteo dicts is ~30 MB
+    access_log: bool = False
+    log_level: str = "info"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -195,6 +221,8 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (TrainConfig, "optimizer"): ("adam", "adamw", "sgd", "adagrad", "lbfgs"),
     (TrainConfig, "monitor"): ("auc", "logloss"),
     (EvalConfig, "split"): ("train", "valid", "test"),
+    (ServeConfig, "backend"): ("onnx", "torch"),
+    (ServeConfig, "log_level"): ("critical", "error", "warning", "info", "debug", "trace"),
 }
 
 
@@ -264,6 +292,13 @@ LIMITS: dict[tuple[type, str], Range] = {
     (TrainConfig, "lbfgs_tolerance"): POSITIVE,
     (TrainConfig, "lbfgs_max_iter"): AT_LEAST_1,
     (EvalConfig, "batch_size"): AT_LEAST_1,
+    (ExportConfig, "epoch"): AT_LEAST_1,
+    (ExportConfig, "golden_rows"): AT_LEAST_1,
+    (ServeConfig, "port"): Range(0, 65535),
+    (ServeConfig, "workers"): AT_LEAST_1,
+    (ServeConfig, "threads"): AT_LEAST_1,
+    (ServeConfig, "max_rows"): AT_LEAST_1,
+    (ServeConfig, "max_body_bytes"): AT_LEAST_1,
 }
 
 

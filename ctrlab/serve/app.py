@@ -1,4 +1,4 @@
-"""The HTTP server over :class:`~ctrlab.predict.Predictor`: ``create_app(bundle_dir) -> FastAPI``.
+"""The HTTP server over :class:`~ctrlab.inference.Predictor`: ``create_app(bundle_dir) -> FastAPI``.
 
 Endpoints::
 
@@ -47,7 +47,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..fileio import is_disk_full
-from ..predict import IGNORED_KEYS, InputError, Predictor
+from ..inference import IGNORED_KEYS, InputError, Predictor
 from .limits import ClientError, decode_json, has_surrogate, may_hold_surrogates, too_many
 
 _log = logging.getLogger("ctrlab.serve")
@@ -354,7 +354,7 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
     """Score an uploaded file's raw lines: written to a private temporary file (the name is ours,
     never the client's) and read by the same readers as ``ctrlab predict`` (format detected)."""
     from ..data.readers import DataError
-    from ..predict import FileScoring, score_files
+    from ..inference import FileScoring, score_files
 
     fd, name = tempfile.mkstemp(prefix="ctrlab-upload-", suffix=".txt")
     try:

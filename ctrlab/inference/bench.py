@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .offline import input_schema
+
 import numpy as np
 import pyarrow as pa
 
@@ -102,7 +104,7 @@ def load_rows(predictor: Any, data: str | os.PathLike, rows: int, fmt: str = "au
     from ..data.readers import RowReader
 
     path = Path(data)
-    _, schema = predictor.file_schema(path, fmt)
+    _, schema = input_schema(path, fmt, predictor.schema, predictor.pipeline)
     tables, n = [], 0
     for chunk in RowReader([path], schema):
         tables.append(chunk.table)
@@ -211,7 +213,7 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
     import torch
 
     from ..export.bundle import library_versions, load_manifest, variants
-    from ..predict import BACKENDS, Predictor
+    from .predictor import BACKENDS, Predictor
     from ..runtime import available_cores
 
     if opts.input_form not in INPUT_FORMS:
@@ -221,7 +223,7 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if any(b < 1 for b in opts.batch_sizes) or any(t < 1 for t in opts.threads):
         raise ValueError("batch sizes and thread counts must be >= 1")
-    from ..predict import VARIANTS
+    from .predictor import VARIANTS
 
     bad_variants = [v for v in opts.variants if v not in VARIANTS]
     if bad_variants:

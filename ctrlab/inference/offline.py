@@ -1,0 +1,312 @@
+"""Files in, scores out: :func:`score_files` streams any input format that ``prepare`` reads
+(labelled or not), overlapping parsing, encoding and inference, and yields the scores chunk by
+chunk in input order; :func:`predict_file` writes them to a TSV file (``ctrlab predict``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ..data.readers import ID, DataError, RowReader, SkipReport, describe, first_line, prefetch, resolve_inputs
+from ..features.pipeline import FeaturePipeline, InputError
+from ..fileio import atomic_write
+from ..schema import LABEL, PRESETS, GenericSchemaConfig, Schema, generic_schema
+from .predictor import InputCounts, Predictor, input_drift
+from .rows import column_list
+
+
+# rows per inference call when scoring files: cache-sized activations (measured faster than 16k or 64k)
+DEFAULT_BATCH_ROWS = 4096
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+
+def input_schema(path: Path, fmt: str, bundle_schema: Schema, pipeline: FeaturePipeline) -> tuple[str, Schema]:
+    """How to read one prediction input: the format (detected from the first line when ``auto``)
+    and its schema, labelled or not. The file's feature columns must equal the bundle's inputs."""
+    from ..data.readers import detect_format, schema_for_file
+
+    generic = bundle_schema.name in ("csv", "tsv")
+    if fmt == "auto":
+        try:
+            fmt = detect_format(path)
+        except ValueError:
+            if not generic:
+                raise
+            fmt = bundle_schema.name
+    if fmt in ("csv", "tsv"):
+        schema = _generic_input_schema(path, fmt, bundle_schema)
+    elif fmt in PRESETS:
+        schema = schema_for_file(path, fmt)
+        if fmt == "slot" and not any(tok.startswith("click:") for tok in first_line(path).split()):
+            schema = schema.without_label()
+    else:
+        raise ValueError(f"unknown format {fmt!r}; valid: auto, {', '.join(list(PRESETS) + ['csv', 'tsv'])}")
+    if list(schema.dense) != pipeline.dense_inputs or list(schema.sparse) != pipeline.sparse_inputs:
+        file_cols = list(schema.dense) + list(schema.sparse)
+        need = pipeline.input_columns
+        lacking = [c for c in need if c not in file_cols]
+        extra = [c for c in file_cols if c not in need]
+        detail = f"lacking {lacking}, extra {extra}" if lacking or extra else "same names, other order or kinds"
+        raise ValueError(f"{path}: its feature columns ({fmt} layout: dense {list(schema.dense)}, sparse "
+                         f"{list(schema.sparse)}) differ from the bundle's inputs (dense {pipeline.dense_inputs}, "
+                         f"sparse {pipeline.sparse_inputs}): {detail}")
+    return fmt, schema
+
+
+def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema:
+    """A generic CSV/TSV input read with the bundle's column roles; the label and id columns
+    are optional (a label-less file is scored, not evaluated).
+
+    Columns come from the file's header (a bundle trained on a preset layout, or on generic data
+    with a header), or, for a bundle trained on header-less generic data, from its schema."""
+    generic_bundle = bundle_schema.name in ("csv", "tsv")
+    delimiter = bundle_schema.delimiter if bundle_schema.name == fmt else ("\t" if fmt == "tsv" else ",")
+    has_header = bundle_schema.header or not generic_bundle
+    if has_header:
+        header = [h.strip().strip('"') for h in first_line(path).split(delimiter)]
+    else:
+        fields = first_line(path).split(delimiter)
+        header = list(bundle_schema.columns)
+        if bundle_schema.label and len(fields) == len(header) - 1:
+            header = [c for c in header if c != bundle_schema.label]
+    label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
+    id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
+    features = [c for c in header if c not in (label, id_column)]
+    need = list(bundle_schema.dense) + list(bundle_schema.sparse)
+    if sorted(features) != sorted(need):
+        lacking = [c for c in need if c not in features]
+        extra = [c for c in features if c not in need]
+        raise ValueError(f"{path}: its feature columns ({fmt} header: {column_list(features)}) differ from the "
+                         f"bundle's inputs ({column_list(need)}): lacking {lacking}, extra {extra}")
+    cfg = GenericSchemaConfig(columns=header, label=label, dense=list(bundle_schema.dense),
+                              sparse=list(bundle_schema.sparse), id_column=id_column, header=has_header,
+                              delimiter=delimiter)
+    return generic_schema(cfg, fmt, header)
+
+
+@dataclass
+class ScoredChunk:
+    """Scores of consecutive input rows, in input order."""
+
+    probabilities: np.ndarray  # float32[N]
+    labels: np.ndarray | None  # float32[N] when the input has labels
+    ids: pa.Array | None  # the input's id column (e.g. Kaggle CSV Id), when it has one
+    path: str
+    rows_before: int  # scored rows before this chunk (all files)
+    timings: dict[str, float] = field(default_factory=dict)
+    lines: np.ndarray | None = None  # int64[N]: the input line of every scored row
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why) of skipped lines, in order
+
+
+@dataclass
+class FileScoring:
+    """What :func:`score_files` read: per-file formats, row counts and the skip report."""
+
+    formats: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    skipped: SkipReport = field(default_factory=SkipReport)
+    has_labels: bool = True
+    has_ids: bool = True
+    inputs: InputCounts | None = None  # per-field rows / missing / OOV of the scored rows
+
+
+def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
+                fmt: str = "auto", bad_lines: str = "error", batch_size: int = DEFAULT_BATCH_ROWS,
+                report: FileScoring | None = None) -> Iterator[ScoredChunk]:
+    """Stream the rows of input files through the predictor, chunk by chunk, in input order.
+
+    Parsing (Arrow's reader, in its own thread), encoding (a second thread) and inference (this
+    thread; onnxruntime and torch release the GIL) overlap. Bad lines follow ``bad_lines``
+    (``error`` stops at the first one with file, line and field; ``skip`` counts them in
+    ``report.skipped``). Every file's format is detected (or ``fmt``) and its feature columns
+    checked against the bundle's before any row is scored.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    report = report if report is not None else FileScoring()
+    paths = resolve_inputs(inputs)
+    plans = [(path, *input_schema(path, fmt, predictor.schema, predictor.pipeline)) for path in paths]  # all checked up front
+    for path, file_fmt, schema in plans:
+        report.formats[str(path)] = file_fmt
+        report.has_labels &= schema.label is not None
+        report.has_ids &= schema.id_column is not None
+    if report.inputs is None:
+        report.inputs = InputCounts(predictor.pipeline)
+
+    def encoded() -> Iterator[tuple[Any, ...]]:
+        for path, _, schema in plans:
+            reader = RowReader([path], schema, bad_lines=bad_lines)
+            try:
+                for chunk in reader:
+                    t0 = time.perf_counter()
+                    table, dense, sparse = _transform_chunk(predictor, chunk, bad_lines, reader.skipped)
+                    elapsed = time.perf_counter() - t0
+                    report.inputs.add(table, sparse)  # type: ignore[union-attr]
+                    labels = table.column(LABEL).to_numpy().astype(np.float32) if schema.label else None
+                    ids = table.column(ID).combine_chunks() if schema.id_column else None
+                    yield chunk, dense, sparse, labels, ids, elapsed
+            finally:
+                report.skipped.merge_from(reader.skipped)
+
+    done = 0
+    for chunk, dense, sparse, labels, ids, transform_s in prefetch(encoded(), depth=2):
+        n = len(dense)
+        t0 = time.perf_counter()
+        probs = np.empty(n, dtype=np.float32)
+        for lo in range(0, n, batch_size):
+            hi = lo + batch_size
+            probs[lo:hi] = predictor.predict_encoded(dense[lo:hi], sparse[lo:hi])
+        timings = {"transform": transform_s, "inference": time.perf_counter() - t0}
+        yield ScoredChunk(probs, labels, ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
+        done += n
+        report.rows = done
+
+
+def _transform_chunk(predictor: Predictor, chunk: Any, bad_lines: str,
+                     skipped: SkipReport) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Encode a reader's chunk. A row whose feature is not finite is a bad line: an error naming
+    the file, line and field, or (``skip``) a skipped line, counted and listed in the chunk."""
+    while True:
+        try:
+            dense, sparse = predictor.transform(chunk.table)
+            return chunk.table, dense, sparse
+        except InputError as exc:
+            if exc.row is None:
+                raise
+            line = int(chunk.lines[exc.row])
+            if bad_lines == "error":
+                raise DataError(chunk.path, line, exc.reason, field=exc.field) from None
+            skipped.add("non-finite feature", f"{chunk.path}:{line}")
+            chunk.skipped = sorted(chunk.skipped + [(line, describe(exc.reason, exc.field))])
+            keep = np.ones(chunk.table.num_rows, dtype=bool)
+            keep[exc.row] = False
+            chunk.table, chunk.lines = chunk.table.filter(pa.array(keep)), chunk.lines[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# predict_file: the `ctrlab predict` body
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class PredictResult:
+    rows: int
+    seconds: float
+    skipped: SkipReport
+    formats: dict[str, str]
+    metrics: dict[str, float] | None  # exact AUC / logloss over all rows, when the input has labels
+    out: str
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iterable[str | os.PathLike],
+                 out: str | os.PathLike, *, fmt: str = "auto", bad_lines: str = "error", backend: str = "onnx",
+                 id_column: bool = False, header: bool = False, batch_size: int = DEFAULT_BATCH_ROWS,
+                 threads: int | None = None, variant: str = "fp32", predictor: Predictor | None = None,
+                 log: Callable[[str], None] = print) -> PredictResult:
+    """Score input files and write ``out``, a TSV file with one line per input line (after a
+    header line of the input), in input order, so that line k of the output belongs to data
+    line k of the input.
+
+    Columns: [``id``] ``probability`` [``skipped``]. ``id_column``: the input's id column (Kaggle
+    CSV ``Id``) when every input has one, else the 1-based line number in the input file
+    (``file:line`` when there are several input files). With ``bad_lines="skip"`` a bad line
+    keeps its place with an empty probability (and an empty id when the ids come from the
+    input), and the ``skipped`` column says what was wrong with it (empty on scored lines).
+    ``header``: a first line naming the columns. ``variant``: ``int8`` scores with the bundle's
+    quantized graph (onnx). ``predictor``: an already loaded Predictor to use (then
+    ``bundle_dir``, ``backend``, ``threads`` and ``variant`` are not used).
+
+    Labelled input: exact AUC and logloss over the scored rows in the result (and logged). A
+    warning is logged when a field's missing or OOV rate is far above the bundle's training
+    rates (the wrong bundle for the data, or a changed upstream).
+    """
+    import pyarrow.csv as pa_csv
+
+    from ..metrics import evaluate_scores
+
+    started = time.perf_counter()
+    if predictor is None:
+        if threads is None and backend == "torch":
+            # parsing and encoding run in two threads beside inference: torch's OpenMP threads
+            # stall when they outnumber the free cores (measured on 2 shared cores: 1 thread
+            # 42-51k rows/s, 2 threads 9-23k); onnxruntime (spinning off) does not mind
+            from ..runtime import available_cores
+
+            threads = max(1, available_cores() - 1)
+        predictor = Predictor(bundle_dir, backend=backend, threads=threads, variant=variant)
+    for note in predictor.version_notes:
+        log(f"note: library versions differ from the bundle's export: {note}")
+    report = FileScoring()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels_parts: list[np.ndarray] = []
+    prob_parts: list[np.ndarray] = []
+    options = pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    names = (["id"] if id_column else []) + ["probability"] + (["skipped"] if bad_lines == "skip" else [])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            chunks = score_files(predictor, inputs, fmt=fmt, bad_lines=bad_lines, batch_size=batch_size,
+                                 report=report)
+            if header:
+                fh.write(("\t".join(names) + "\n").encode())
+            for chunk in chunks:
+                columns = _output_columns(chunk, id_column and report.has_ids, len(report.formats) > 1)
+                pa_csv.write_csv(pa.table({n: columns[n] for n in names}), fh, write_options=options)
+                prob_parts.append(chunk.probabilities)
+                if chunk.labels is not None and report.has_labels:
+                    labels_parts.append(chunk.labels)
+
+    atomic_write(out, write)  # the whole output or nothing (a bad line under "error" leaves no file)
+    seconds = time.perf_counter() - started
+    metrics = None
+    if report.has_labels and prob_parts:
+        metrics = evaluate_scores(np.concatenate(labels_parts), np.concatenate(prob_parts))
+    result = PredictResult(report.rows, seconds, report.skipped, report.formats, metrics, str(out))
+    log(f"scored {result.rows:,} rows in {seconds:.2f} s ({result.rows_per_second:,.0f} rows/s) -> {out}")
+    if report.skipped.total:
+        log(f"skipped {report.skipped.total:,} bad lines:")
+        for reason, count in report.skipped.counts.items():
+            log(f"  {count:>10,}  {reason}")
+        for example in report.skipped.examples[:5]:
+            log(f"  e.g. {example}")
+    if metrics is not None:
+        log(f"AUC {metrics['auc']:.6f}")
+        log(f"logloss {metrics['logloss']:.6f}")
+    drift = input_drift(report.inputs.snapshot(), predictor.input_rates) if report.inputs else []
+    if drift:
+        log(f"warning: these inputs differ from the bundle's training data (rate seen here vs at training): "
+            f"{', '.join(drift)}; is this the right bundle for these files?")
+    return result
+
+
+def _output_columns(chunk: ScoredChunk, input_ids: bool, several_files: bool) -> dict[str, pa.Array]:
+    """A scored chunk's output lines: its scored rows and skipped lines merged in line order."""
+    n = len(chunk.probabilities)
+    skip_lines = np.array([line for line, _ in chunk.skipped], dtype=np.int64)
+    lines = np.concatenate([chunk.lines if chunk.lines is not None else np.zeros(n, np.int64), skip_lines])
+    order = pa.array(np.argsort(lines, kind="stable"))
+    is_skipped = np.arange(len(lines)) >= n
+    probs = np.concatenate([chunk.probabilities.astype(np.float32), np.zeros(len(skip_lines), np.float32)])
+    columns = {"probability": pa.array(probs, mask=is_skipped).take(order),
+               "skipped": pa.array([None] * n + [" ".join(why.split()) for _, why in chunk.skipped],
+                                   type=pa.string()).take(order)}
+    if input_ids:
+        ids = pa.concat_arrays([chunk.ids.cast(pa.string()), pa.nulls(len(skip_lines), pa.string())])  # type: ignore[union-attr]
+        columns["id"] = ids.take(order)
+    elif several_files:
+        columns["id"] = pa.array([f"{chunk.path}:{line}" for line in np.sort(lines).tolist()], type=pa.string())
+    else:
+        columns["id"] = pa.array(np.sort(lines))
+    return columns

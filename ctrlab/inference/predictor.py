@@ -1,0 +1,228 @@
+"""Score raw rows with a bundle: ``Predictor(bundle).predict(rows) -> float32[N]`` probabilities.
+
+Rows go through the bundle's fitted :class:`~ctrlab.features.pipeline.FeaturePipeline` (the one
+implementation of feature encoding, the same object that encoded the training data) and then
+through the ONNX graph (onnxruntime) or the torch model::
+
+    from ctrlab.inference import Predictor
+    predictor = Predictor("bundles/deepfm", backend="onnx")
+    predictor.predict([{"I1": 3, "I2": None, "C1": "05db9164", ...}])       # list of dicts
+    predictor.predict([[3, None, ..., "05db9164", ...]])                      # lists in predictor.columns order
+    predictor.predict(arrow_table)                                             # canonical columns, as readers give
+
+Raw values: finite numbers, numeric strings, "" or None (missing) for numeric columns (NaN, inf and
+values that overflow, such as "1e400", are errors naming the row and field, as in files); strings, integer
+ids, "" or None (missing) for categorical ones. A dict may leave a column out (missing) and may
+carry ``label``/``id`` (ignored); any other key is an error naming the row and the key.
+
+Files: :func:`ctrlab.inference.offline.score_files` streams any input format that ``prepare`` reads (labelled or not),
+overlapping parsing, encoding and inference, and yields the scores chunk by chunk in input order;
+``ctrlab predict`` writes them to a TSV file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..export.bundle import PIPELINE, graph_file, load_manifest, onnx_session, torch_model, version_notes
+from ..features.pipeline import FeaturePipeline, InputError
+from ..fields import MISSING_ID, OOV_ID
+from ..schema import Schema
+from .rows import check_table, rows_to_table
+
+BACKENDS = ("onnx", "torch")
+VARIANTS = ("fp32", "int8")
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------
+
+class InputCounts:
+    """Per input field, counted over the rows a predictor encoded: rows, missing values and
+    out-of-vocabulary values (OOV for fields encoded to ids only). Thread-safe (a server shares
+    one predictor). The rates use prepare's definitions: missing / rows, OOV / present values."""
+
+    def __init__(self, pipeline: FeaturePipeline):
+        self._sparse = list(pipeline.sparse_outputs)
+        self._dense = list(pipeline.dense_outputs)
+        self.fields = self._sparse + self._dense
+        self.rows = 0
+        self.missing = np.zeros(len(self.fields), dtype=np.int64)
+        self.oov = np.zeros(len(self._sparse), dtype=np.int64)
+        self._lock = threading.Lock()
+
+    def add(self, table: pa.Table, sparse: np.ndarray) -> None:
+        missing = np.concatenate([np.count_nonzero(sparse == MISSING_ID, axis=0),
+                                  [table.column(c).null_count for c in self._dense]])
+        oov = np.count_nonzero(sparse == OOV_ID, axis=0)
+        with self._lock:
+            self.rows += table.num_rows
+            self.missing += missing.astype(np.int64)
+            self.oov += oov
+
+    def snapshot(self) -> dict[str, dict[str, int | None]]:
+        """{field: {"rows", "missing", "oov" (None for numeric features)}}."""
+        with self._lock:
+            oov = list(self.oov.tolist()) + [None] * len(self._dense)
+            return {f: {"rows": self.rows, "missing": int(m), "oov": o}
+                    for f, m, o in zip(self.fields, self.missing.tolist(), oov)}
+
+
+#: an input's rate is "far above" the training rate when it exceeds it by this much and twice over
+DRIFT_MARGIN = 0.2
+DRIFT_MIN_ROWS = 20
+
+
+def input_drift(seen: dict[str, dict[str, int | None]], trained: dict[str, dict[str, float | None]]) -> list[str]:
+    """The fields whose missing or OOV rate in ``seen`` (:meth:`InputCounts.snapshot`) is far above
+    the bundle's training rates (``Predictor.input_rates``), as "C1 OOV 98% (trained 2%)"."""
+    found = []
+    for name, counts in seen.items():
+        rows, missing = counts["rows"], counts["missing"]
+        present = rows - missing  # type: ignore[operator]
+        observed = {"missing": missing / rows if rows >= DRIFT_MIN_ROWS else None,  # type: ignore[operator]
+                    "oov": counts["oov"] / present if counts["oov"] is not None and present >= DRIFT_MIN_ROWS
+                    else None}
+        for kind, rate in observed.items():
+            base = trained.get(name, {}).get(kind)
+            if rate is not None and base is not None and rate > base + DRIFT_MARGIN and rate > 2 * base:
+                found.append(f"{name} {'OOV' if kind == 'oov' else kind} {rate:.0%} (trained {base:.0%})")
+    return found
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage by the last :meth:`Predictor.predict` call."""
+
+    parse: float = 0.0  # rows -> Arrow table
+    transform: float = 0.0  # pipeline.transform
+    inference: float = 0.0  # model / graph
+    postprocess: float = 0.0  # output array
+
+
+class Predictor:
+    """Scores raw rows with a bundle.
+
+    backend: ``onnx`` (onnxruntime, default) or ``torch``. threads: intra-op threads (default:
+    the available cores; for torch this sets torch's process-wide thread count). providers:
+    onnxruntime execution providers (default CPU). graph_optimization: onnxruntime graph
+    optimizations on (default) or off. spinning: onnxruntime's idle threads busy-wait (see
+    :func:`~ctrlab.export.bundle.onnx_session`; off by default). variant: ``fp32`` or ``int8`` (the quantized
+    graph, when the bundle has one; onnx only). device: torch device (``cpu``, ``cuda``). verify: check the
+    files' sha256 against the manifest (default on).
+    """
+
+    def __init__(self, bundle_dir: str | os.PathLike, backend: str = "onnx", threads: int | None = None, *,
+                 providers: list[str] | None = None, graph_optimization: bool = True, variant: str = "fp32",
+                 device: str = "cpu", spinning: bool = False, verify: bool = True):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = load_manifest(self.bundle_dir, verify=verify)
+        self.version_notes = version_notes(self.manifest)
+        self.pipeline = FeaturePipeline.load(self.bundle_dir / PIPELINE)
+        # per field: the training data's missing rate and the held-out OOV rate (absent in
+        # bundles exported before ctrlab wrote them), and what this predictor has seen since
+        self.input_rates: dict[str, dict[str, float | None]] = self.manifest.get("input_rates") or {}
+        self.input_counts = InputCounts(self.pipeline)
+        self.schema = Schema.from_dict(self.manifest["schema"])
+        self.backend = backend
+        self.variant = variant
+        self.timings = Timings()
+        self._session = None
+        self._model = None
+        if backend == "onnx":
+            graph = graph_file(self.bundle_dir, self.manifest, variant)  # only a listed (checked) graph
+            self._session = onnx_session(graph, threads=threads, providers=providers,
+                                         graph_optimization=graph_optimization, spinning=spinning)
+            self._feeds = {i.name for i in self._session.get_inputs()}
+        else:
+            if variant != "fp32":
+                raise ValueError("the int8 variant is an ONNX graph: use backend='onnx'")
+            import torch
+
+            from ..runtime import configure_torch_threads
+
+            if threads is not None:
+                configure_torch_threads(threads)
+            self._torch = torch
+            self._device = torch.device(device)
+            self._model = torch_model(self.bundle_dir, self.manifest).to(self._device)
+
+    # layout ----------------------------------------------------------------------------------
+    @property
+    def dense_columns(self) -> list[str]:
+        return list(self.pipeline.dense_inputs)
+
+    @property
+    def sparse_columns(self) -> list[str]:
+        return list(self.pipeline.sparse_inputs)
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw input columns, in the order a row given as a list must follow."""
+        return self.pipeline.input_columns
+
+    # scoring ---------------------------------------------------------------------------------
+    def to_table(self, rows: Any) -> pa.Table:
+        """Rows in any accepted form -> a checked Arrow table of raw columns."""
+        if isinstance(rows, pa.RecordBatch):
+            rows = pa.Table.from_batches([rows])
+        if isinstance(rows, pa.Table):
+            return check_table(rows, self.dense_columns, self.sparse_columns)
+        if isinstance(rows, dict):
+            raise InputError("rows must be a list of dicts (one per row), not a single dict; wrap it: [row]")
+        if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+            raise InputError(f"rows must be an Arrow table, a list of dicts or a list of lists, "
+                             f"got {type(rows).__name__}")
+        return rows_to_table(rows, self.dense_columns, self.sparse_columns)
+
+    def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """A checked table -> (dense float32[N, n_dense], sparse int32[N, n_sparse]) via the bundle's
+        pipeline, counted in ``input_counts``; a value whose feature is not finite raises InputError."""
+        dense, sparse = self.pipeline.transform(table)
+        self.input_counts.add(table, sparse)
+        return dense, sparse
+
+    def encode(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rows -> (dense float32[N, n_dense], sparse int32[N, n_sparse]) via the bundle's pipeline."""
+        return self.transform(self.to_table(rows))
+
+    def predict_encoded(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Probabilities float32[N] for encoded features."""
+        if self._session is not None:
+            feed = {}
+            if "dense" in self._feeds:
+                feed["dense"] = np.ascontiguousarray(dense, dtype=np.float32)
+            if "sparse" in self._feeds:
+                feed["sparse"] = np.ascontiguousarray(sparse, dtype=np.int64)
+            return self._session.run(["probabilities"], feed)[0]
+        torch = self._torch
+        with torch.inference_mode():
+            dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(self._device)
+            sparse_t = torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)).to(self._device)
+            return torch.sigmoid(self._model(dense_t, sparse_t)).float().cpu().numpy()
+
+    def predict(self, rows: Any) -> np.ndarray:
+        """Probabilities float32[N] for raw rows (Arrow table, list of dicts, or list of lists);
+        per-stage seconds in ``self.timings``."""
+        t0 = time.perf_counter()
+        table = self.to_table(rows)
+        t1 = time.perf_counter()
+        dense, sparse = self.transform(table)
+        t2 = time.perf_counter()
+        probs = self.predict_encoded(dense, sparse) if len(dense) else np.zeros(0, dtype=np.float32)
+        t3 = time.perf_counter()
+        self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, 0.0)
+        return probs
