@@ -21,4 +21,4 @@ RUN useradd --create-home ctrlab
 USER ctrlab
 EXPOSE 8867
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8867/ready', timeout=2)"
-ENTRYPOINT ["python", "-m", "ctrlab.cli_serve", "/bundle", "--host", "0.0.0.0", "--port", "8867"]
+ENTRYPOINT ["python", "-m", "ctrlab", "serve", "/bundle", "--host", "0.0.0.0", "--port", "8867"]

@@ -33,6 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ctrlab.config import base_config_for, load_config
+from ctrlab.data.formats import detect_format, schema_for_file
+from ctrlab.data.readers import RowReader
+from ctrlab.data.synth import write_synthetic
+from ctrlab.export.bundle import export_bundle
+from ctrlab.inference import Predictor, predict_file
+from ctrlab.inference.bench import BenchOptions, format_report, load_rows, run_bench
+from ctrlab.runtime import available_cores
+from ctrlab.train.run import run_training
+
 
 def given_or_built_bundle(bundle: str | None, work: Path, train_rows: int) -> Path:
     """The bundle named on the command line, or a DeepFM bundle built in ``work`` from synthetic rows."""
@@ -40,46 +50,32 @@ def given_or_built_bundle(bundle: str | None, work: Path, train_rows: int) -> Pa
 
 
 def build_bundle(work: Path, train_rows: int) -> Path:
-    from ctrlab.cli import _yaml_str, prepare_options
-    from ctrlab.config import load_config
-    from ctrlab.config import base_config_for
-    from ctrlab.data.prepare import prepare
-    from ctrlab.data.synth import write_synthetic
-    from ctrlab.export.bundle import export_bundle
-    from ctrlab.train.run import run_training
-
     raw = work / "train.tsv"
     write_synthetic(raw, train_rows, seed=7, progress=False)
-    cfg = load_config(None, [f"data.train=[{_yaml_str(raw)}]", f"data.store={_yaml_str(work / 'store')}",
-                             f"run_dir={_yaml_str(work / 'run')}", "train.epochs=1"], base=base_config_for("deepfm"))
+    cfg = load_config(None, {"data.train": [str(raw)], "data.store": str(work / "store"), "run_dir": str(work / "run"),
+                             "train.epochs": 1}, base=base_config_for("deepfm"))
     t = time.perf_counter()
-    prepare(prepare_options(cfg), work / "store", progress=False, log=lambda _: None)
-    run_training(cfg, progress=False, log=lambda _: None)
+    run_training(cfg, progress=False, log=lambda _: None)  # (prepares the store from data.train first)
     export_bundle(work / "run", work / "bundle", log=lambda _: None)
     print(f"built a DeepFM bundle from {train_rows:,} synthetic rows in {time.perf_counter() - t:.1f} s")
     return work / "bundle"
 
 
 def parse_only_rate(path: Path) -> float:
-    from ctrlab.data.readers import RowReader, detect_format, schema_for_file
-
+    """Rows/s of reading ``path`` alone (Arrow's reader, its detected preset): the ceiling."""
     t = time.perf_counter()
     rows = sum(chunk.table.num_rows for chunk in RowReader([path], schema_for_file(path, detect_format(path))))
     return rows / (time.perf_counter() - t)
 
 
 def offline_predict(bundle: Path, data: Path, out: Path, backend: str) -> dict:
-    from ctrlab.inference import predict_file
-
     result = predict_file(bundle, [data], out, backend=backend, log=lambda _: None)
     return {"backend": backend, "rows": result.rows, "seconds": round(result.seconds, 3),
             "rows_per_s": round(result.rows_per_second, 1)}
 
 
 def single_row_latency(bundle: Path, data: Path, backend: str, rows: int) -> dict:
-    from ctrlab.inference.bench import load_rows
-    from ctrlab.inference import Predictor
-
+    """Predictor.predict([row]) one row at a time: latency percentiles and each call's own stage times."""
     predictor = Predictor(bundle, backend=backend, threads=1)
     dicts = load_rows(predictor, data, rows).to_pylist()
     for row in dicts[:100]:  # warm-up
@@ -88,9 +84,9 @@ def single_row_latency(bundle: Path, data: Path, backend: str, rows: int) -> dic
     stages = np.zeros(3)
     for i, row in enumerate(dicts):
         t = time.perf_counter()
-        predictor.predict([row])
+        timings = predictor.predict([row]).timings
         latencies[i] = time.perf_counter() - t
-        stages += (predictor.timings.parse, predictor.timings.transform, predictor.timings.inference)
+        stages += (timings.parse, timings.transform, timings.inference)
     ms = latencies * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     stages_ms = stages / len(dicts) * 1e3
@@ -119,9 +115,6 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    from ctrlab.inference.bench import BenchOptions, format_report, run_bench
-    from ctrlab.runtime import available_cores
-
     work = Path(tempfile.mkdtemp(prefix="ctrlab-bench-inference-"))
     figures: dict = {"cores": available_cores(), "load_average_before": load_average()}
     print(f"{available_cores()} cores; load average {figures['load_average_before']}")
@@ -130,8 +123,6 @@ def main() -> None:
         if args.data:
             data = Path(args.data)
         else:
-            from ctrlab.data.synth import write_synthetic
-
             data = work / "score.tsv"
             write_synthetic(data, args.rows, seed=11, progress=False)
         size_mb = data.stat().st_size / 2**20

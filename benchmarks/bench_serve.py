@@ -28,13 +28,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_inference import given_or_built_bundle  # (this script's folder is on sys.path)
 
+from ctrlab.data.synth import write_synthetic
+from ctrlab.inference import Predictor
 from ctrlab.serve import process as serve_process
 
 HOST = "127.0.0.1"
@@ -277,15 +279,9 @@ def main() -> int:
     if args.seconds <= 0 or args.rate <= 0 or args.upload_repeats < 1:
         parser.error("--seconds and --rate must be > 0, --upload-repeats >= 1")
 
-    from ctrlab.data.synth import write_synthetic
-    from ctrlab.inference import Predictor
-
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     proc = None
     try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_inference import given_or_built_bundle
-
         bundle = given_or_built_bundle(args.bundle, work, args.train_rows)
         raw = work / "requests.tsv"
         write_synthetic(raw, 10_000, seed=11, progress=False)

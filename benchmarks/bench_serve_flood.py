@@ -17,14 +17,16 @@ import argparse
 import http.client
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_inference import given_or_built_bundle  # (this script's folder is on sys.path)
 
+from ctrlab.config import ServeConfig
+from ctrlab.inference import Predictor
 from ctrlab.serve import process as serve_process
 
 
@@ -36,8 +38,6 @@ def flood_body(size: int) -> bytes:
 
 def legit_body(bundle: Path, rows: int, size: int) -> bytes:
     """Real-looking rows (every column a value), as many as fit ``rows`` and ``size``."""
-    from ctrlab.inference import Predictor
-
     predictor = Predictor(bundle, threads=1)
     row = {c: (1.5 if c in predictor.dense_columns else "05db9164") for c in predictor.columns}
     one = len(json.dumps(row)) + 2
@@ -122,17 +122,14 @@ def main() -> int:
     parser.add_argument("--bundle", help="bundle to serve (default: build a DeepFM bundle from synthetic rows)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent big bodies (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="big bodies per client (default 3)")
-    parser.add_argument("--max-body-bytes", type=int, default=32 << 20)
-    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--max-body-bytes", type=int, default=ServeConfig.max_body_bytes)
+    parser.add_argument("--max-rows", type=int, default=ServeConfig.max_rows)
     parser.add_argument("--legit", action="store_true", help="send max-rows real rows (accepted) instead")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_flood_"))
     proc = None
     try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_inference import given_or_built_bundle
-
         bundle = given_or_built_bundle(args.bundle, work, 20_000)
         body = legit_body(bundle, args.max_rows, args.max_body_bytes) if args.legit else flood_body(args.max_body_bytes)
         port = serve_process.free_port()

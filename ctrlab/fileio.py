@@ -225,9 +225,12 @@ def sync_tree(root: str | os.PathLike) -> None:
         _fsync_dir(Path(directory))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, on_block: Callable[[int], Any] | None = None) -> str:
+    """The file's sha256 (hex); ``on_block(n_bytes)`` after each block read (progress bars)."""
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(4 << 20), b""):
             sha.update(block)  # releases the GIL
+            if on_block is not None:
+                on_block(len(block))
     return sha.hexdigest()

@@ -1,5 +1,6 @@
 """Tests for ctrlab.config (typed YAML config, unknown keys, choices, --set overrides) and the
-``ctrlab`` command line (prepare / info / data synth, error exit codes, ``python -m ctrlab``)."""
+``ctrlab`` command line (ctrlab.cli: prepare / info / data synth, flags as overrides, flag checks
+from the config sections, error exit codes, the demo, ``python -m ctrlab``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from ctrlab.cli import main
+from ctrlab.cli.options import merge_overrides
 from ctrlab.config import (
     Config,
     ConfigError,
+    apply_overrides,
     column_overrides,
     dump_config,
     load_config,
@@ -308,3 +311,61 @@ def test_python_m_ctrlab_help():
     result = subprocess.run([sys.executable, "-m", "ctrlab", "nonsense"], capture_output=True, text=True,
                             cwd=REPO, timeout=120)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# flags as overrides
+# --------------------------------------------------------------------------------------------
+
+def test_merged_overrides_apply_like_their_layers_in_order():
+    texts = ["train.lr=1e-2", "data.store=a", "train={epochs: 4}", "train.lr=3e-3"]
+    flags = {"data.store": "b", "run_dir": None, "train.epochs": 2}
+    merged = merge_overrides(texts, flags)
+    assert merged == {"train": {"epochs": 4}, "train.lr": 3e-3, "data.store": "b", "train.epochs": 2}
+    # the same result as laying the texts and then the given flags one after another
+    one_by_one = apply_overrides(apply_overrides({}, texts), {"data.store": "b", "train.epochs": 2})
+    assert apply_overrides({}, merged) == one_by_one == {"train": {"epochs": 2, "lr": 3e-3}, "data": {"store": "b"}}
+    # the layer given last wins (the experiments put --set after --epochs)
+    assert merge_overrides({"train.epochs": 2}, ["train.epochs=5"]) == {"train.epochs": 5}
+
+
+def test_cli_flags_beat_set_texts(shared_data, tmp_path, capsys):
+    out = tmp_path / "store"
+    code = main(["prepare", str(shared_data["paddle_part0"]), "--out", str(out), "--quiet",
+                 "--set", "data.seed=3", "--seed", "7", "--set", "data.store=elsewhere", "--split", "0.6,0.2,0.2"])
+    assert code == 0, capsys.readouterr().err
+    cfg = load_config(out / "config.yaml")
+    assert cfg.data.seed == 7 and cfg.data.store == str(out) and cfg.data.split == [0.6, 0.2, 0.2]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["serve", "BUNDLE", "--workers", "0"], "--workers: 0 is out of range"),
+    (["serve", "BUNDLE", "--port", "70000"], "--port: 70000 is out of range"),
+    (["serve", "BUNDLE", "--max-body-bytes", "0"], "--max-body-bytes: 0 is out of range"),
+    (["serve", "BUNDLE", "--log-level", "loud"], "--log-level: 'loud' is not one of"),
+    (["export", "RUN", "--out", "B", "--golden-rows", "0"], "--golden-rows: 0 is out of range"),
+    (["export", "RUN", "--out", "B", "--epoch", "0"], "--epoch: 0 is out of range"),
+])
+def test_cli_section_flags_checked_by_the_section(argv, fragment, tmp_path, capsys):
+    """serve / export flags become a ServeConfig / ExportConfig: the section's checks, naming the flag,
+    before any bundle or run is read."""
+    argv = [str(tmp_path / a) if a in ("BUNDLE", "RUN", "B") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ctrlab {argv[0]}: error: {fragment}"), err
+
+
+def test_cli_demo_runs_the_chain_and_scores_over_http(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--rows", "2000", "--epochs", "1", "--dir", str(work), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    steps = [line.split("]")[0] + "]" for line in out.splitlines() if line.startswith("[")]
+    assert steps == [f"[{k}/6]" for k in range(1, 7)]
+    assert "server stopped" in out and out.rstrip().splitlines()[-1].startswith("demo done: deepfm test AUC ")
+    # the HTTP answer (serve.client) gives the first held-out rows the probabilities predict wrote for them
+    http_line = next(line for line in out.splitlines() if line.startswith("POST "))
+    http = json.loads(http_line.split("probabilities ")[1].split("]")[0] + "]")
+    offline = [float(v) for v in (work / "heldout_scores.tsv").read_text().split()[:3]]
+    assert http == pytest.approx([round(p, 4) for p in offline], abs=1.1e-4)
+    assert len((work / "heldout.tsv").read_text().splitlines()) == 20_000
+    assert len((work / "synth.tsv").read_text().splitlines()) == 2000

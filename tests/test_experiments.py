@@ -22,10 +22,10 @@ import yaml
 
 import ctrlab.train.run as run_mod
 import ctrlab.train.trainer as trainer_mod
-from ctrlab.cli_experiments import add_compare, add_plot, add_report, add_sweep
+from ctrlab.cli.experiments import add_compare, add_plot, add_report, add_sweep
 from ctrlab.config import ConfigError
 from ctrlab.data.synth import write_synthetic
-from ctrlab.experiments.core import read_scores, scores_path
+from ctrlab.experiments.layout import read_manifest, read_scores
 from ctrlab.experiments.sweep import (
     expand_grid,
     expand_one_at_a_time,
@@ -34,6 +34,7 @@ from ctrlab.experiments.sweep import (
     plan_sweep,
     split_top_level,
 )
+from ctrlab.train.rundir import RunDir
 from ctrlab.train.significance import paired_test
 from conftest import synthetic_store
 
@@ -190,7 +191,7 @@ def test_resume_after_crash_trains_only_the_missing_run(store, tmp_path, monkeyp
     state = {"epochs": 0, "crash": True}
 
     def crashing_epoch(self):  # the 2nd epoch of dnn_seed1 dies (after epoch 1's checkpoint)
-        if state["crash"] and self.run_dir.name == "dnn_seed1" and self.epoch == 1:
+        if state["crash"] and self.run.path.name == "dnn_seed1" and self.epoch == 1:
             raise RuntimeError("simulated crash")
         state["epochs"] += 1
         return real_epoch(self)
@@ -489,7 +490,6 @@ def test_compare_from_config_prepares_one_store(tmp_path):
 def test_runs_save_their_per_row_scores_and_reading_verifies_them(compared, tmp_path):
     """Each run's scores_<split>.npz reproduces its summary's AUC; a file from another run, a
     truncated one or a missing one is refused or reported by name, never used silently."""
-    from ctrlab.experiments.core import read_manifest
     from ctrlab.experiments.results import experiment_results
 
     s = summaries(compared)
@@ -501,7 +501,7 @@ def test_runs_save_their_per_row_scores_and_reading_verifies_them(compared, tmp_
     exp = tmp_path / "copy"
     shutil.copytree(compared, exp)
     fm0, fm1 = exp / "runs" / "fm_seed0", exp / "runs" / "fm_seed1"
-    shutil.copy(scores_path(fm1, "test"), scores_path(fm0, "test"))  # another run's scores
+    shutil.copy(RunDir(fm1).scores("test"), RunDir(fm0).scores("test"))  # another run's scores
     with pytest.raises(ValueError, match=r"fm_seed0/scores_test.npz: AUC .* summary.json says"):
         read_scores(fm0, "test", s["fm_seed0"])
     table = experiment_results(exp, read_manifest(exp))
@@ -509,10 +509,10 @@ def test_runs_save_their_per_row_scores_and_reading_verifies_them(compared, tmp_
     fm_row = next(r for r in table.rows if r.name == "fm")
     dnn_row = next(r for r in table.rows if r.name == "dnn")
     assert fm_row.scores is None and "-" in (fm_row.vs_best, dnn_row.vs_best)  # no test without fm's scores
-    scores_path(fm0, "test").write_bytes(b"PK\x03\x04 torn")
+    RunDir(fm0).scores("test").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(ValueError, match="unreadable scores file"):
         read_scores(fm0, "test", s["fm_seed0"])
-    scores_path(fm0, "test").unlink()
+    RunDir(fm0).scores("test").unlink()
     assert read_scores(fm0, "test", s["fm_seed0"]) is None
 
 
@@ -592,7 +592,7 @@ def test_report_is_self_contained(compared, tmp_path):
 
 def test_without_matplotlib_tables_and_report_still_written(compared, tmp_path, monkeypatch):
     import ctrlab.experiments.plots as plots_mod
-    from ctrlab.experiments.core import read_manifest, write_outputs
+    from ctrlab.experiments.core import write_outputs
 
     monkeypatch.setattr(plots_mod, "have_matplotlib", lambda: False)
     out = tmp_path / "copy"

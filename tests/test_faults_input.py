@@ -92,7 +92,7 @@ def test_predict_skip_keeps_every_line_in_place(bundle, criteo_lines, tmp_path, 
     assert rows[11][1] == "" and "wrong field count" in rows[11][2]
     # every other line's score is that line's own score
     own = bundle.predictor.predict(pa.concat_tables(c.table for c in RowReader(
-        [write(tmp_path / "good.tsv", lines[:10] + lines[11:])], PRESETS["criteo"])))
+        [write(tmp_path / "good.tsv", lines[:10] + lines[11:])], PRESETS["criteo"]))).scores
     got = np.array([float(r[1]) for k, r in enumerate(rows[1:]) if k != 10], dtype=np.float32)
     np.testing.assert_allclose(got, own, rtol=1e-6)
     assert all(r[2] == "" for k, r in enumerate(rows[1:]) if k != 10)

@@ -217,7 +217,7 @@ def test_large_body_in_pieces_scores_like_direct(bundle, monkeypatch):
     with TestClient(app) as c:
         r = c.post("/v1/predict", content=body)
     assert r.status_code == 200, r.text[:300]
-    np.testing.assert_array_equal(np.float32(r.json()["probabilities"]), predictor.predict(rows))
+    np.testing.assert_array_equal(np.float32(r.json()["probabilities"]), predictor.predict(rows).scores)
 
 
 # --------------------------------------------------------------------------------------------

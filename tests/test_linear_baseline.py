@@ -27,7 +27,8 @@ import ctrlab.train.fullbatch as fullbatch
 from ctrlab.config import ConfigError, load_config
 from ctrlab.config import base_config_for
 from ctrlab.data.prepare import PrepareOptions, assign_random_split, prepare
-from ctrlab.data.readers import RowReader, detect_format, schema_for_file
+from ctrlab.data.formats import detect_format, schema_for_file
+from ctrlab.data.readers import RowReader
 from ctrlab.data.store import SPLITS, Store
 from ctrlab.export.bundle import export_bundle
 from ctrlab.models import build_model
@@ -35,7 +36,8 @@ from ctrlab.inference import Predictor
 from ctrlab.train.fullbatch import load_chunks, minimize, one_hot_matrix
 from ctrlab.metrics import roc_auc
 from ctrlab.train.run import run_eval, run_training
-from ctrlab.train.trainer import load_weights, predict_split
+from ctrlab.train.evaluate import predict_split
+from ctrlab.train.trainer import load_weights
 from conftest import synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -200,7 +202,7 @@ def test_the_run_evaluates_exports_and_predicts_like_any_run(lr_run, tmp_path):
     test_rows = table.filter(pa.array(which == SPLITS.index("test")))
     labels = np.asarray(store.split("test").label)
     for backend in ("onnx", "torch"):
-        scores = Predictor(tmp_path / "bundle", backend=backend, threads=1).predict(test_rows)
+        scores = Predictor(tmp_path / "bundle", backend=backend, threads=1).predict(test_rows).scores
         assert scores.shape == labels.shape
         assert roc_auc(labels, scores) == pytest.approx(summary["test_auc"], abs=1e-5)
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 
-from ctrlab.cli import main, prepare_options
+from ctrlab.cli import main
 from ctrlab.config import Config, load_config
 from ctrlab.config import PADDLE_MODEL_NAMES, PADDLE_MODEL_PARAMS, is_paddlerec_config, paddlerec_to_native
 from ctrlab.data.prepare import prepare
 from ctrlab.data.store import Store
 from ctrlab.models import list_models
+from ctrlab.train.store_config import prepare_options
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

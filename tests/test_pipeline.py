@@ -1,6 +1,7 @@
 """Tests for ctrlab.features: the vectorized key table and string hash, the encoders (vocabulary,
 hash buckets, numeric transforms, log-square buckets) against plain-Python references, and the
-FeaturePipeline's fit / JSON persistence / transform on real Criteo rows."""
+FeaturePipeline's fit / JSON persistence / transform on real Criteo rows, and prepare's route
+(streamed codes finalized by the pipeline) against transform."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ctrlab.data.readers import RowReader, detect_format, schema_for_file
+from ctrlab.data.formats import detect_format, schema_for_file
+from ctrlab.data.readers import RowReader
+from ctrlab.data.synth import write_synthetic
 from ctrlab.features.encoders import (
     BucketizedNumeric,
     HashBuckets,
     NumericTransform,
     Vocabulary,
+    column_values,
     encoder_from_dict,
     log_square_bucket,
     signed_log1p,
@@ -567,3 +571,35 @@ def test_pipeline_transform_ignores_column_order_and_extra_columns(criteo_table)
     d1, s1 = pipe.transform(table)
     d2, s2 = pipe.transform(reordered)
     assert np.array_equal(d1, d2) and np.array_equal(s1, s2)
+
+
+def test_streamed_codes_finalize_to_transform(tmp_path):
+    """prepare's route: codes from the accumulators (training rows flagged), finalized by the
+    pipeline's CodeFinalizer, equal transform of the fitted pipeline, bit for bit."""
+    path = tmp_path / "synth.tsv"
+    write_synthetic(path, 3000, seed=9, progress=False)
+    table = pa.concat_tables(c.table for c in RowReader([path], schema_for_file(path, detect_format(path))))
+    pipe = _criteo_pipeline(overrides={"I1": NumericOptions(transform="log_square_bucket"),
+                                       "I2": NumericOptions(transform="minmax"),
+                                       "C3": CategoricalOptions(encoder="hash", hash_buckets=50)})
+    accs = pipe.accumulators()
+    train = np.random.default_rng(2).random(table.num_rows) < 0.8
+    codes = {col: [] for col in accs}
+    for lo, hi in ((0, 1234), (1234, table.num_rows)):  # two chunks
+        chunk = table.slice(lo, hi - lo)
+        for col, acc in accs.items():
+            codes[col].append(acc.update(column_values(chunk, col, col in pipe.dense_inputs), train[lo:hi]))
+    assert accs["C1"].distinct_seen > accs["C9"].distinct_seen > 0 and accs["I3"].distinct_seen == 0
+    finalizer = pipe.finish_fit(accs)
+    sparse = np.stack([np.concatenate(codes[col]) for col in pipe.sparse_outputs], axis=1).astype(np.int32)
+    finalizer.ids(sparse)
+    raw = np.stack([np.concatenate(codes[col]) for col in pipe.dense_outputs], axis=1)
+    dense = np.empty(raw.shape, dtype=np.float32)
+    finalizer.features(raw, dense)
+    expected_dense, expected_sparse = pipe.transform(table)
+    assert dense.tobytes() == expected_dense.tobytes() and sparse.tobytes() == expected_sparse.tobytes()
+    # fitted on the training rows only
+    refit = _criteo_pipeline(overrides={"I1": NumericOptions(transform="log_square_bucket"),
+                                        "I2": NumericOptions(transform="minmax"),
+                                        "C3": CategoricalOptions(encoder="hash", hash_buckets=50)})
+    assert refit.fit([table.filter(pa.array(train))]).to_dict() == pipe.to_dict()

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 
 from ctrlab.data import readers
-from ctrlab.data.prepare import file_schema
-from ctrlab.data.readers import DataError, RowReader, detect_format, resolve_inputs, schema_for_file
+from ctrlab.data.formats import detect_format, file_schema, schema_for_file
+from ctrlab.data.readers import DataError, RowReader, resolve_inputs
 from ctrlab.data.synth import write_synthetic
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE, FORMAT_NAMES, PRESETS
 

@@ -1,4 +1,4 @@
-"""Tests for the HTTP server (ctrlab.serve.app) and ``ctrlab serve`` (ctrlab.cli_serve):
+"""Tests for the HTTP server (ctrlab.serve.app) and ``ctrlab serve`` (ctrlab.cli.deploy):
 
 * every endpoint through FastAPI's TestClient: /v1/predict (dicts and lists), /upload, /health,
   /ready, /metadata, /metrics, /openapi.json, /docs, /admin/reload;
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -23,10 +24,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 import ctrlab.cli as cli
-from ctrlab.config import load_config
+from ctrlab.config import ConfigError, ServeConfig, load_config, to_dict
 from ctrlab.export.bundle import export_bundle
 from ctrlab.inference import Predictor
-from ctrlab.serve.app import create_app
+from ctrlab.serve.app import CONFIG_ENV, app_from_env, create_app
 from ctrlab.serve.process import start_server, stop_server
 from ctrlab.train.run import run_training
 from conftest import synthetic_store
@@ -95,7 +96,7 @@ def upload(client, text: str | bytes, **params):
 # --------------------------------------------------------------------------------------------
 
 def test_predict_dicts_and_lists(client, bundles, predictor):
-    expected = predictor.predict(list_rows(bundles.lines[:5]))
+    expected = predictor.predict(list_rows(bundles.lines[:5])).scores
     for rows in (list_rows(bundles.lines[:5]), dict_rows(predictor, bundles.lines[:5])):
         r = client.post("/v1/predict", json={"rows": rows})
         assert r.status_code == 200, r.text
@@ -109,7 +110,7 @@ def test_predict_dicts_and_lists(client, bundles, predictor):
 
 
 def test_upload(client, bundles, predictor):
-    expected = predictor.predict(list_rows(bundles.lines))
+    expected = predictor.predict(list_rows(bundles.lines)).scores
     r = upload(client, "\n".join(bundles.lines) + "\n", user_id="u-7", debug="true")
     assert r.status_code == 200, r.text
     body = r.json()
@@ -288,7 +289,7 @@ def test_reload_under_load(bundles, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "tok")
     app = create_app(bundles.first, threads=1, reload_token_env=TOKEN_ENV)
     rows = list_rows(bundles.lines[:8])
-    answers = {str(b): np.float32(Predictor(b, threads=1).predict(rows)) for b in (bundles.first, bundles.second)}
+    answers = {str(b): Predictor(b, threads=1).predict(rows).scores for b in (bundles.first, bundles.second)}
     assert not np.array_equal(*answers.values())  # the two bundles really differ
     seen_versions: set[str] = set()
     failures: list[str] = []
@@ -339,7 +340,7 @@ def test_serve_subprocess(bundles, workers):
     proc, base = start_server(bundles.first, args=["--threads", "1", "--workers", str(workers),
                                                    "--log-level", "warning"], timeout=30)
     try:
-        expected = Predictor(bundles.first, threads=1).predict(list_rows(bundles.lines[:3]))
+        expected = Predictor(bundles.first, threads=1).predict(list_rows(bundles.lines[:3])).scores
         with httpx.Client(base_url=base, timeout=10) as http:
             for _ in range(3):
                 r = http.post("/v1/predict", json={"rows": list_rows(bundles.lines[:3])})
@@ -352,3 +353,20 @@ def test_serve_subprocess(bundles, workers):
             assert "ctrlab_requests_total" in http.get("/metrics").text
     finally:
         stop_server(proc)
+
+
+def test_worker_factory_takes_one_checked_config(bundles, monkeypatch):
+    """uvicorn's worker processes get the whole ServeConfig as one JSON value, checked like a config."""
+    cfg = ServeConfig(bundle=str(bundles.first), threads=1, max_rows=7, max_body_bytes=1000)
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(to_dict(cfg)))
+    try:
+        with TestClient(app_from_env()) as client:
+            assert client.get("/metadata").json()["limits"] == {"max_rows": 7, "max_body_bytes": 1000}
+    finally:
+        gc.unfreeze()  # (a server process freezes its startup objects; this test process must not keep them)
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(dict(to_dict(cfg), max_rowz=3)))
+    with pytest.raises(ConfigError, match="max_rowz.*did you mean 'max_rows'"):
+        app_from_env()
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(dict(to_dict(cfg), workers=0)))
+    with pytest.raises(ConfigError, match=r"serve\.workers: 0 is out of range"):
+        app_from_env()

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrlab.cli_experiments import add_compare, add_sweep
-from ctrlab.experiments.core import read_scores
+from ctrlab.cli.experiments import add_compare, add_sweep
+from ctrlab.experiments.layout import read_scores
 from ctrlab.experiments.results import PointResult, rank_and_flag
 from ctrlab.metrics import auc_placements, log_loss, midranks, roc_auc, row_log_losses
 from ctrlab.train.significance import TEST_NAMES, paired_test, regularized_beta, t_two_sided_p

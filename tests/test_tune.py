@@ -100,7 +100,7 @@ def test_an_interrupted_study_resumes_without_rerunning_finished_trials(store, t
     epochs_trained = []
 
     def interrupting_epoch(self):  # the 2nd epoch of the first new trial: Ctrl-C
-        epochs_trained.append(self.run_dir.name)
+        epochs_trained.append(self.run.path.name)
         if len(epochs_trained) == 2:
             raise KeyboardInterrupt
         return real_epoch(self)

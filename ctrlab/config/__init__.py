@@ -8,7 +8,8 @@ Other packages import from here; modules inside the package import each other di
 
 from .features import column_overrides, encoder_options, fitted_features
 from .loading import dump_config, load_config, load_run_config, load_yaml, read_config_file
-from .overrides import Overrides, apply_overrides, get_dotted, parse_override, parse_value, set_dotted
+from .overrides import (Overrides, apply_overrides, get_dotted, override_items, parse_override, parse_value,
+                        set_dotted)
 from .paddlerec import PADDLE_MODEL_NAMES, PADDLE_MODEL_PARAMS, is_paddlerec_config, paddlerec_to_native
 from .presets import PRESET_DIR, base_config_for, preset_names, preset_path
 from .sections import (Config, ConfigError, DataConfig, EvalConfig, ExportConfig, FeaturesConfig, ModelConfig,
@@ -17,7 +18,7 @@ from .sections import (Config, ConfigError, DataConfig, EvalConfig, ExportConfig
 __all__ = [
     "column_overrides", "encoder_options", "fitted_features",
     "dump_config", "load_config", "load_run_config", "load_yaml", "read_config_file",
-    "Overrides", "apply_overrides", "get_dotted", "parse_override", "parse_value", "set_dotted",
+    "Overrides", "apply_overrides", "get_dotted", "override_items", "parse_override", "parse_value", "set_dotted",
     "PADDLE_MODEL_NAMES", "PADDLE_MODEL_PARAMS", "is_paddlerec_config", "paddlerec_to_native",
     "PRESET_DIR", "base_config_for", "preset_names", "preset_path",
     "Config", "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "FeaturesConfig", "ModelConfig",

@@ -8,6 +8,7 @@ become). Either way it is laid over a plain config mapping before the typed sect
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Iterable, Mapping
 
@@ -51,16 +52,18 @@ def parse_value(raw: str) -> Any:
     return value
 
 
-def set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
-    """``data[a][b] = value`` for ``parts == ['a', 'b']``, creating sections on the way."""
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data[a][b] = value`` for ``key == 'a.b'``, creating sections on the way. The config gets its
+    own copy of ``value``: configs built from one override (a sweep's points) share no lists."""
+    parts = split_key(key)
     node = data
     for part in parts[:-1]:
         if node.get(part) is None:
             node[part] = {}
         if not isinstance(node[part], dict):
-            raise ConfigError(f"--set {'.'.join(parts)}: {part!r} is not a section")
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
         node = node[part]
-    node[parts[-1]] = value
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def get_dotted(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -74,19 +77,28 @@ def get_dotted(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def split_key(key: str) -> list[str]:
+    """``'a.b'`` -> ``['a', 'b']`` (empty parts dropped); ConfigError for an empty key."""
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set: empty key {key!r}")
     return parts
 
 
-def apply_overrides(data: dict[str, Any], overrides: Overrides | None) -> dict[str, Any]:
-    """Lay ``overrides`` (``KEY=VALUE`` texts, or a ``{dotted key: value}`` mapping) over ``data``."""
+def override_items(overrides: Overrides | None) -> list[tuple[str, Any]]:
+    """``overrides`` as ``[(dotted key, value)]`` in their order: texts parsed (:func:`parse_override`),
+    a mapping's values as they are. What every caller lays over a config, or checks first (the
+    experiments refuse keys a point may not vary)."""
     if isinstance(overrides, Mapping):
-        for key, value in overrides.items():
-            set_dotted(data, split_key(key), value)
-        return data
+        return [(".".join(split_key(key)), value) for key, value in overrides.items()]
+    items = []
     for text in overrides or []:
         parts, value = parse_override(text)
-        set_dotted(data, parts, value)
+        items.append((".".join(parts), value))
+    return items
+
+
+def apply_overrides(data: dict[str, Any], overrides: Overrides | None) -> dict[str, Any]:
+    """Lay ``overrides`` (``KEY=VALUE`` texts, or a ``{dotted key: value}`` mapping) over ``data``."""
+    for key, value in override_items(overrides):
+        set_dotted(data, key, value)
     return data

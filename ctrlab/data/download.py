@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Mapping
 
-from ctrlab.data.ledger import (
+from ..fileio import sha256_file, write_bytes_atomic
+from .ledger import (
     clean,
     completed_extraction,
     is_created,
@@ -158,18 +159,9 @@ def _expected_hashes(ds: Dataset, sha256: str | Mapping[str, str] | None) -> dic
 def _hash_file(path: Path, *, progress: bool, desc: str) -> str:
     from tqdm import tqdm
 
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(
-        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress, leave=False
-    ) as bar:
-        while True:
-            b = f.read(_CHUNK)
-            if not b:
-                break
-            h.update(b)
-            bar.update(len(b))
-    return h.hexdigest()
+    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+              disable=not progress, leave=False) as bar:
+        return sha256_file(path, bar.update)
 
 
 def _move_aside(path: Path) -> Path:
@@ -187,9 +179,7 @@ def _move_aside(path: Path) -> Path:
 
 def _write_sha_file(path: Path, digest: str) -> Path:
     sha_path = path.with_name(path.name + ".sha256")
-    tmp = sha_path.with_name(sha_path.name + ".tmp")
-    tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
-    os.replace(tmp, sha_path)
+    write_bytes_atomic(sha_path, f"{digest}  {path.name}\n".encode("utf-8"))
     record_created(path.parent, [sha_path], "archive")
     return sha_path
 

@@ -24,14 +24,16 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
+from ..hashing import GOLDEN, MASK64, mix64
 from ..fileio import (DiskFullError, is_disk_full, recover_dir, replace_dir, stale_siblings, sync_tree,
                       write_json_atomic)
 from ..runtime import available_cores
-from ..features.encoders import RemapFinalize
-from ..features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions, column_values
+from ..features.encoders import column_values
+from ..features.pipeline import CategoricalOptions, CodeFinalizer, FeaturePipeline, NumericOptions
 from ..fields import MISSING_ID, OOV_ID
-from ..schema import GenericSchemaConfig, Schema, generic_schema
-from .readers import RowReader, SkipReport, detect_format, first_line, resolve_inputs, schema_for_file
+from ..schema import GenericSchemaConfig, Schema
+from .formats import file_schema
+from .readers import RowReader, SkipReport, resolve_inputs
 from .store import SPLITS, NpyAppender, Store
 
 PASS2_ROWS = 1 << 18
@@ -56,32 +58,13 @@ class PrepareOptions:
     columns: dict[str, CategoricalOptions | NumericOptions] = field(default_factory=dict)
 
 
-def file_schema(path: Path, fmt: str, generic: GenericSchemaConfig | None) -> tuple[str, Schema]:
-    """The format name and schema of one input file."""
-    if fmt == "auto":
-        if generic is not None:
-            fmt = "tsv" if first_line(path).count("\t") > first_line(path).count(",") else "csv"
-        else:
-            fmt = detect_format(path)
-    if fmt in ("csv", "tsv"):
-        cfg = generic or GenericSchemaConfig()
-        header = None
-        if cfg.header:
-            delim = cfg.delimiter or ("\t" if fmt == "tsv" else ",")
-            header = [h.strip().strip('"') for h in first_line(path).split(delim)]
-        return fmt, generic_schema(cfg, fmt, header)
-    return fmt, schema_for_file(path, fmt)
-
-
 def split_uniforms(row_index: np.ndarray, seed: int) -> np.ndarray:
     """A uniform [0, 1) number per global row index, from a splitmix64 hash of (seed, index).
 
     Counter-based, so a row's split depends only on its position and the seed."""
     with np.errstate(over="ignore"):
-        z = row_index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
+        z = row_index.astype(np.uint64) + np.uint64((seed * GOLDEN) & MASK64)
+    mix64(z, out=z)
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -239,9 +222,7 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                     raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
 
                     def work_estimate(j: int) -> int:
-                        acc = accs[sparse_out[j]] if j < len(sparse_out) else None
-                        table = getattr(getattr(acc, "inner", acc), "table", None)
-                        return -(table.size if table is not None else 0)
+                        return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0
 
                     def encode(j: int) -> None:  # one column through its accumulator
                         if j < len(sparse_out):
@@ -283,9 +264,8 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
         if "train" not in writers:
             raise ValueError(f"no training rows: none of the {rows} rows read from "
                              f"{[str(p) for p in sources['train']]} went to the train split")
-        finals = dict(zip(accs, pool.map(lambda acc: acc.finish(), accs.values())))
-        pipeline.fitted = True
-        meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finals, pool, progress)
+        finalizer = pipeline.finish_fit(accs, pool.map)
+        meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finalizer, pool, progress)
     finally:
         write_pool.shutdown(cancel_futures=True)
         pool.shutdown(cancel_futures=True)
@@ -334,7 +314,7 @@ def _check_finite_features(dense: np.ndarray, raw: np.ndarray, names: list[str],
 
 
 def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
-                     finals: dict[str, Any], pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
+                     finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
     """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
     per-split statistics."""
     from tqdm import tqdm
@@ -346,12 +326,6 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
     bar = tqdm(total=total, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
                mininterval=0.5)
     stats: dict[str, dict[str, Any]] = {}
-    # vocabulary columns remap through one concatenated lookup array with per-column offsets
-    remapped = [j for j, c in enumerate(sparse_out) if isinstance(finals[c], RemapFinalize)]
-    others = [j for j in range(len(sparse_out)) if j not in remapped]
-    tables = [finals[sparse_out[j]].remap for j in remapped]
-    flat_remap = np.concatenate(tables) if tables else np.zeros(0, np.int32)
-    remap_offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int32)
     for s in present:
         # plain reads and writes, not memory maps: the store's pages stay out of this process's RSS
         n_rows = NpyAppender.rows_in(out / s / "label.npy")
@@ -376,15 +350,8 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                 def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     """One share of the block's rows: ids, numeric features, and their statistics."""
                     part = block[rows]
-                    if len(remapped) == len(sparse_out):  # all vocabulary columns: one gather
-                        part[:] = flat_remap[part + remap_offsets]
-                    elif remapped:
-                        part[:, remapped] = flat_remap[part[:, remapped] + remap_offsets]
-                    for j in others:
-                        part[:, j] = finals[sparse_out[j]](part[:, j])
-                    with np.errstate(over="ignore", invalid="ignore"):  # _check_finite_features reports it
-                        for k, col in enumerate(dense_out):
-                            dense[rows, k] = finals[col](raw[rows, k])
+                    finalizer.ids(part)  # (a view: in place in block)
+                    finalizer.features(raw[rows], dense[rows])  # overflows: _check_finite_features reports them
                     return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
                             (part == OOV_ID).sum(axis=0))
 

@@ -43,7 +43,7 @@ import pyarrow.csv as pa_csv
 
 from ..fileio import sha256_file
 from ..runtime import prefetch
-from ..schema import FORMAT_NAMES, LABEL, PRESETS, Schema
+from ..schema import LABEL, Schema
 
 BLOCK_BYTES = 1 << 20  # Arrow's streaming parser is fastest with small (cache-sized) blocks...
 CHUNK_ROWS = 1 << 17  # ...which are joined into chunks of this many rows for vectorized work
@@ -144,7 +144,7 @@ class SourceInfo:
 
 
 # --------------------------------------------------------------------------------------------
-# Input resolution and format detection
+# Input resolution and lines (format detection: ctrlab.data.formats)
 # --------------------------------------------------------------------------------------------
 
 def resolve_inputs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -220,46 +220,12 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | None, tuple
 
 
 def first_line(path: str | os.PathLike) -> str:
+    """A file's first line ("" when empty); a bad first line raises DataError."""
     for line_no, text, problem in iter_lines(path):
         if problem is not None:
             raise DataError(path, line_no, problem[1])
         return text  # type: ignore[return-value]
     return ""
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """Guess the preset of a file from its first line (and extension); raise when unsure."""
-    line = first_line(path)
-    lowered = line.lower().replace('"', "")
-    if lowered.startswith("click:") or " dense_feature:" in line:
-        return "slot"
-    if lowered.startswith("id,label,") or lowered.startswith("id,i1,"):
-        return "criteo_kaggle_csv"
-    if lowered.startswith("label,i1,") or lowered.startswith("i1,i2,"):
-        return "criteo_csv"
-    if "," not in line:
-        tabs = line.count("\t")
-        if tabs == 39:
-            return "criteo"
-        if tabs == 38:
-            return "criteo_test"
-    raise ValueError(
-        f"{path}: cannot tell the input format from its first line ({line[:80]!r}). "
-        f"Pass --format, one of: {', '.join(FORMAT_NAMES)} (csv/tsv take column names from the header, or from data.schema in the config)"
-    )
-
-
-def schema_for_file(path: str | os.PathLike, fmt: str) -> Schema:
-    """The preset schema for ``fmt``, adjusted to the file: a header without the label column
-    (e.g. the Kaggle test CSV) gives the label-less variant."""
-    schema = PRESETS[fmt]
-    if schema.header:
-        header = [h.strip().strip('"') for h in first_line(path).split(schema.delimiter)]
-        if schema.label is not None and schema.label not in header:
-            schema = schema.without_label()
-        if header != list(schema.columns):
-            raise DataError(path, 1, f"header {header[:6]}... does not match the {fmt} layout {list(schema.columns)[:6]}...")
-    return schema
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from ..hashing import GOLDEN, MASK64, mix64, splitmix64_int
+
 __all__ = [
     "CatField",
     "IntField",
@@ -198,46 +200,20 @@ _CALIBRATION_ROWS = 200_000
 # Hashing
 # --------------------------------------------------------------------------------------
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
-
-def _splitmix_int(x: int) -> int:
-    x = (x + _GOLDEN) & _M64
-    x = ((x ^ (x >> 30)) * _MIX1) & _M64
-    x = ((x ^ (x >> 27)) * _MIX2) & _M64
-    return x ^ (x >> 31)
-
-
 def _key(seed: int, *tags: str) -> int:
     """A 64-bit stream key from the seed and some names (stable across processes)."""
-    h = _splitmix_int((int(seed) & _M64) ^ 0x5EED5EED5EED5EED)
+    h = splitmix64_int((int(seed) & MASK64) ^ 0x5EED5EED5EED5EED)
     for tag in tags:
-        h = _splitmix_int(h ^ zlib.crc32(tag.encode()) ^ (len(tag) << 40))
+        h = splitmix64_int(h ^ zlib.crc32(tag.encode()) ^ (len(tag) << 40))
     return h
-
-
-def _mix_inplace(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array, in place (tmp: scratch of the same shape)."""
-    np.right_shift(z, np.uint64(30), out=tmp)
-    np.bitwise_xor(z, tmp, out=z)
-    np.multiply(z, np.uint64(_MIX1), out=z)
-    np.right_shift(z, np.uint64(27), out=tmp)
-    np.bitwise_xor(z, tmp, out=z)
-    np.multiply(z, np.uint64(_MIX2), out=z)
-    np.right_shift(z, np.uint64(31), out=tmp)
-    np.bitwise_xor(z, tmp, out=z)
-    return z
 
 
 def _hash_values(values: np.ndarray, key: int) -> np.ndarray:
     """64-bit hash of each value (any integer dtype) under ``key``."""
     z = values.astype(np.uint64)
-    np.multiply(z, np.uint64(_GOLDEN), out=z)
+    np.multiply(z, np.uint64(GOLDEN), out=z)
     np.add(z, np.uint64(key), out=z)
-    return _mix_inplace(z, np.empty_like(z))
+    return mix64(z, out=z)
 
 
 def _u53(z: np.ndarray) -> np.ndarray:
@@ -392,11 +368,11 @@ class SynthGenerator:
     # -- per-row sampling -------------------------------------------------------------
     def _uniform(self, base: np.ndarray, key: int, tmp: np.ndarray) -> np.ndarray:
         z = np.add(base, np.uint64(key))
-        return _u53(_mix_inplace(z, tmp))
+        return _u53(mix64(z, out=z, scratch=tmp))
 
     def _sample(self, start: int, n: int):
         base = np.arange(start, start + n, dtype=np.uint64)
-        base *= np.uint64(_GOLDEN)
+        base *= np.uint64(GOLDEN)
         tmp = np.empty(n, dtype=np.uint64)
         miss_u: dict[str, np.ndarray] = {}
 
@@ -662,3 +638,16 @@ def write_synthetic(
         "seed": int(seed),
         "label": bool(label),
     }
+
+
+def split_off_tail(path: str | os.PathLike, tail_path: str | os.PathLike, tail_rows: int) -> None:
+    """Move the last ``tail_rows`` lines of text file ``path`` into ``tail_path`` (replaced).
+
+    One generated stream (whose planted model depends on the seed) becomes training rows plus
+    held-out rows of the same distribution that ``prepare`` never sees (the demo does this)."""
+    with open(path, "rb") as fh:
+        lines = fh.readlines()
+    with open(tail_path, "wb") as fh:
+        fh.writelines(lines[-tail_rows:])
+    with open(path, "wb") as fh:
+        fh.writelines(lines[:-tail_rows])

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, Overrides, base_config_for, get_dotted, read_config_file, set_dotted
+from ..models import get_model_class, list_models
 from .core import (
     Plan,
     Point,
     check_params_used,
     config_for_model,
     finish_plan,
-    get_path,
     override_record,
     parse_sets,
     pin_store,
-    read_base_config,
-    set_path,
     store_label,
 )
 
@@ -37,8 +34,6 @@ BUDGET_KEYS = ("train.epochs", "train.batch_size", "train.early_stopping_patienc
 
 def parse_models(text: str | list[str]) -> list[str]:
     """``"deepfm,dcn_v2"`` or ``"all"`` -> registered model names (unknown names are errors)."""
-    from ..models import get_model_class, list_models
-
     items = text if isinstance(text, list) else [text]
     names: list[str] = []
     for item in items:
@@ -58,34 +53,30 @@ def parse_models(text: str | list[str]) -> list[str]:
 
 
 def plan_compare(exp_dir: str | Path, models: str | list[str], *, config_path: str | None = None,
-                 store: str | None = None, seeds: int = 1, overrides: list[str] | None = None,
+                 store: str | None = None, seeds: int = 1, overrides: Overrides | None = None,
                  metric: str = "test_auc", command: list[str] | None = None) -> Plan:
     """The points of a comparison (one per model), checked, nothing trained yet."""
     if config_path is None and store is None:
         raise ConfigError("what data? give -c CONFIG (a config with data.store or data.train) or --data STORE")
     exp_dir = Path(exp_dir)
     names = parse_models(models)
-    sets = parse_sets(overrides or [])
+    sets = parse_sets(overrides)
     if any(key == "model.name" for key, _ in sets):
         raise ConfigError("--set model.name: the models of a comparison come from --models")
     check_params_used(sets, names)
-    file_base = read_base_config(config_path) if config_path else None
+    file_base = read_config_file(config_path) if config_path else None
     if store is not None and not (Path(store) / "meta.json").is_file():
         raise FileNotFoundError(f"{store}: not a ctrlab store (no meta.json); run `ctrlab prepare` first")
     notes: list[str] = []
     points = []
     for name in names:
-        if file_base is not None:
-            base = copy.deepcopy(file_base)
-        else:
-            from ..config import base_config_for
-            base = base_config_for(name)
+        base = copy.deepcopy(file_base) if file_base is not None else base_config_for(name)
         if store is not None:
-            set_path(base, "data.store", store)
+            set_dotted(base, "data.store", store)
         data = config_for_model(base, name, sets, notes)
         pinned = pin_store(data, exp_dir)
         points.append(Point(name=name, slug=name, settings={"model.name": name}, config=data))
-    budgets = {key: {p.name: get_path(p.config, key) for p in points} for key in BUDGET_KEYS}
+    budgets = {key: {p.name: get_dotted(p.config, key) for p in points} for key in BUDGET_KEYS}
     for key, per_model in budgets.items():
         if len({repr(v) for v in per_model.values()}) > 1:
             notes.append(f"{key} differs between the models' ready configs "
@@ -96,11 +87,3 @@ def plan_compare(exp_dir: str | Path, models: str | list[str], *, config_path: s
                 overrides=overrides)
     return finish_plan(plan)
 
-
-def run_compare(exp_dir: str | Path, models: str | list[str], **kwargs: Any) -> dict[str, Any]:
-    """Plan and train a comparison (see :func:`plan_compare` and :func:`ctrlab.experiments.core.execute`)."""
-    from .core import execute
-
-    run_opts = {k: kwargs.pop(k) for k in ("restart", "progress", "verbose", "log") if k in kwargs}
-    plan = plan_compare(exp_dir, models, **kwargs)
-    return execute(plan, exp_dir, **run_opts)

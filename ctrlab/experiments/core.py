@@ -2,19 +2,19 @@
 
 An experiment is a list of *points* (a model, or a setting of a sweep), each trained once per
 seed. ``compare`` and ``sweep`` only differ in how they make the points; everything after that
-(layout, manifest, resume, results, plots, report) is here and shared::
+(manifest, resume, execution, results, plots, report) is here and shared::
 
-    EXP_DIR/experiment.json        the plan and the status of every run (rewritten after each run)
-    EXP_DIR/runs/<point>_seed<k>/  ordinary run directories (config.yaml, epochs.jsonl, steps.jsonl,
-                                   checkpoints/, summary.json when finished), plus scores_<split>.npz:
-                                   the chosen epoch's per-row probabilities on valid and test, for the
+    EXP_DIR/experiment.json        the plan and the status of every run (rewritten after each run;
+                                   see ``layout.py``)
+    EXP_DIR/runs/<point>_seed<k>/  ordinary run directories (:class:`ctrlab.train.rundir.RunDir`), plus
+                                   the chosen epoch's per-row scores on valid and test, for the
                                    paired significance tests of the results table
     EXP_DIR/results.md, .csv       mean and std over seeds per point (see ``results.py``)
     EXP_DIR/runs.csv               one row per finished run
     EXP_DIR/plots/                 charts (see ``plots.py``)
     EXP_DIR/report.html            one self-contained page (see ``report.py``)
 
-Resume: a run with ``summary.json`` is finished and kept; any other run is (re)started with
+Resume: a run with a summary is finished and kept; any other run is (re)started with
 ``run_training(resume=True)``, which continues from its last complete epoch. A run whose saved
 config differs from the planned one is never silently mixed in: that is an error unless
 ``restart`` is set.
@@ -22,31 +22,34 @@ config differs from the planned one is never silently mixed in: that is an error
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import datetime as _dt
+import difflib
 import hashlib
-import json
-import os
-import re
+import io
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
+
+import numpy as np
+import torch
 
 from .. import __version__
-from ..config import ConfigError, Config, load_config, load_yaml, parse_override, to_dict
+from ..config import (Config, ConfigError, Overrides, base_config_for, get_dotted, load_config, load_yaml,
+                      override_items, set_dotted, to_dict)
+from ..data.store import Store
 from ..fileio import write_bytes_atomic
+from ..models import hyperparameter_defaults
+from ..train import run as train_run
+from ..train.rundir import RunDir
+from ..train.evaluate import predict_split
+from ..train.trainer import load_weights
+from . import plots
+from .layout import MANIFEST, RUNS_DIR, STORE_DIR, experiment_lock, now, read_manifest, write_manifest
+from .report import write_report
+from .results import RANKING_METRICS, experiment_results, format_value, markdown, one_line, write_results
 
-MANIFEST = "experiment.json"
-LOCK = ".lock"
-#: a scores file must reproduce its run's AUC to this precision: the same weights and function as
-#: the run's test AUC, but a full-batch (L-BFGS) run's validation AUC is computed in float64, and a
-#: float32 rescoring can reorder near-ties (3e-5 seen on 290 rows); another run's file is off by more
-SCORES_AUC_TOLERANCE = 1e-3
-RUNS_DIR = "runs"
 #: config keys that may differ between a finished run and the plan (they do not change results)
 # features: a run records what its store was fitted with (pipeline.json, the truth); the store
 # itself is compared as data.store
@@ -103,38 +106,13 @@ class RunSpec:
 # small helpers for config data
 # --------------------------------------------------------------------------------------------
 
-def get_path(data: dict[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def set_path(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts (creating sections), like ``--set``."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        if not isinstance(node[part], dict):
-            raise ConfigError(f"{key}: {part!r} is not a section")
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
-
-
-def parse_sets(overrides: Iterable[str]) -> list[tuple[str, Any]]:
-    """``--set`` strings -> [(dotted key, YAML-parsed value)]; rejects keys a point may not vary."""
-    out = []
-    for text in overrides:
-        parts, value = parse_override(text)
-        key = ".".join(parts)
-        if key == "run_dir":
-            raise ConfigError("--set run_dir: every run's directory is EXP_DIR/runs/<point>_seed<k>; use --out")
-        out.append((key, value))
-    return out
+def parse_sets(overrides: Overrides | None) -> list[tuple[str, Any]]:
+    """``--set`` overrides (texts or a mapping, see :func:`ctrlab.config.override_items`) ->
+    [(dotted key, value)]; rejects keys a point may not vary."""
+    sets = override_items(overrides)
+    if any(key == "run_dir" for key, _ in sets):
+        raise ConfigError("--set run_dir: every run's directory is EXP_DIR/runs/<point>_seed<k>; use --out")
+    return sets
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -160,17 +138,6 @@ def config_differences(planned: dict[str, Any], saved: dict[str, Any]) -> list[s
     return diffs
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Equal as config values: lists and tuples alike, 1 == 1.0 (but not True == 1)."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return float(a) == float(b)
-    return a == b
-
-
 def _normalize(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_normalize(v) for v in value]
@@ -181,8 +148,6 @@ def _normalize(value: Any) -> Any:
 
 def validate_config(data: dict[str, Any], where: str) -> Config:
     """Typed config from data; model params checked against the model's constructor."""
-    from ..models import hyperparameter_defaults
-
     try:
         cfg = load_config(None, [], base=copy.deepcopy(data))
     except ConfigError as exc:
@@ -195,16 +160,6 @@ def validate_config(data: dict[str, Any], where: str) -> Config:
     return cfg
 
 
-def slugify(text: str) -> str:
-    """A directory-safe name: ``hidden_units=[400, 400]`` -> ``hidden_units=400-400``."""
-    text = re.sub(r"[\[\]{}()'\"]", "", text)
-    text = re.sub(r"[,\s:/\\]+", "-", text)
-    text = re.sub(r"[^A-Za-z0-9._=+-]", "-", text).strip("-.")
-    if len(text) > 120:
-        text = text[:110] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
-    return text or "point"
-
-
 def unique_slugs(points: list[Point]) -> None:
     """Make slugs unique (different values can slug alike: "[1,2]" and "1-2")."""
     seen: dict[str, int] = {}
@@ -215,28 +170,16 @@ def unique_slugs(points: list[Point]) -> None:
             p.slug = f"{p.slug}-{hashlib.sha1(p.name.encode()).hexdigest()[:6]}"
 
 
-def read_base_config(path: str | Path) -> dict[str, Any]:
-    """A config file as data (native, or PaddleRec-style mapped to native with notes on stderr)."""
-    from ..config import is_paddlerec_config, paddlerec_to_native
-
-    raw = load_yaml(path)
-    if is_paddlerec_config(raw):
-        raw, notes = paddlerec_to_native(raw, Path(path).parent)
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-    return raw
-
-
 def pin_store(base: dict[str, Any], exp_dir: Path) -> str:
     """The store every run reads: ``data.store`` (absolute), or EXP_DIR/store when unset (prepared
     once from ``data.train`` before the first run)."""
-    store = get_path(base, "data.store")
+    store = get_dotted(base, "data.store")
     if not store:
-        if not get_path(base, "data.train"):
+        if not get_dotted(base, "data.train"):
             raise ConfigError("no data: give --data STORE, or a config with data.store or data.train")
-        store = str(exp_dir / "store")
+        store = str(exp_dir / STORE_DIR)
     store = str(Path(store).resolve())
-    set_path(base, "data.store", store)
+    set_dotted(base, "data.store", store)
     return store
 
 
@@ -253,9 +196,6 @@ def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any
     takes go over them (so shared settings such as embedding_dim, dropout or batch_norm stay the
     same across a comparison). Params a model does not take (from the base or from ``sets``)
     are left out for that model, with a note."""
-    from ..config import base_config_for
-    from ..models import hyperparameter_defaults
-
     data = copy.deepcopy(base)
     section = data.get("model") or {}
     base_model = section.get("name")
@@ -282,14 +222,12 @@ def config_for_model(base: dict[str, Any], model: str, sets: list[tuple[str, Any
         if key == "model.name":
             continue  # chosen per point
         if model_takes(model, key):
-            set_path(data, key, value)
+            set_dotted(data, key, value)
     return data
 
 
 def model_takes(model: str, key: str) -> bool:
     """Whether an override applies to a model: ``model.params.X`` only if the model has X."""
-    from ..models import hyperparameter_defaults
-
     if not key.startswith("model.params."):
         return True
     return key.split(".", 2)[2].split(".")[0] in hyperparameter_defaults(model)
@@ -299,8 +237,6 @@ def override_record(sets: list[tuple[str, Any]], models: list[str],
                     notes: list[str]) -> dict[str, dict[str, list[str]]]:
     """Per model, which ``--set`` overrides it takes and which it does not (``KEY=VALUE`` texts).
     When some override is not taken by every model, one note per model says both."""
-    from .results import format_value
-
     record = {}
     for model in models:
         texts = [(f"{key}={format_value(value)}", model_takes(model, key)) for key, value in sets
@@ -316,13 +252,10 @@ def override_record(sets: list[tuple[str, Any]], models: list[str],
 
 def check_params_used(sets: list[tuple[str, Any]], models: list[str], what: str = "--set") -> None:
     """A ``model.params.X`` override that no model of the experiment takes is a typo: error."""
-    from ..models import hyperparameter_defaults
-
     for key, _ in sets:
         if key.startswith("model.params."):
             name = key.split(".", 2)[2].split(".")[0]
             if not any(model_takes(m, key) for m in models):
-                import difflib
                 valid = sorted({p for m in models for p in hyperparameter_defaults(m)})
                 close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -336,29 +269,21 @@ def check_params_used(sets: list[tuple[str, Any]], models: list[str], what: str 
 def plan_runs(plan: Plan, exp_dir: Path) -> list[RunSpec]:
     runs = []
     for point in plan.points:
-        base_seed = int(get_path(point.config, "train.seed", 2024))
+        base_seed = int(get_dotted(point.config, "train.seed", 2024))
         for k in range(plan.seeds):
             name = f"{point.slug}_seed{k}"
             cfg = copy.deepcopy(point.config)
-            set_path(cfg, "train.seed", base_seed + k)
+            set_dotted(cfg, "train.seed", base_seed + k)
             cfg["run_dir"] = str(exp_dir / RUNS_DIR / name)
             runs.append(RunSpec(name, point.name, k, base_seed + k, cfg))
     return runs
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
 def manifest_for(plan: Plan, runs: list[RunSpec], status: dict[str, dict[str, Any]],
                  created: str) -> dict[str, Any]:
     return {
         "format": 1, "ctrlab_version": __version__, "kind": plan.kind, "title": plan.title,
-        "created": created, "updated": _now(), "command": plan.command,
+        "created": created, "updated": now(), "command": plan.command,
         "store": plan.store, "seeds": plan.seeds, "metric": plan.metric, "mode": plan.mode,
         "axes": plan.axes, "base_settings": plan.base_settings, "base_config": plan.base_config,
         "notes": plan.notes, "overrides": plan.overrides,
@@ -368,46 +293,16 @@ def manifest_for(plan: Plan, runs: list[RunSpec], status: dict[str, dict[str, An
     }
 
 
-def read_manifest(exp_dir: str | Path) -> dict[str, Any]:
-    path = Path(exp_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{exp_dir}: not an experiment directory (no {MANIFEST}); "
-                                "run `ctrlab compare` or `ctrlab sweep` with --out there first")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def scores_path(run_dir: Path, split: str) -> Path:
-    return run_dir / f"scores_{split}.npz"
-
-
 def score_run(cfg: Config, summary: dict[str, Any]) -> list[Path]:
-    """Write RUN/scores_<split>.npz (``labels`` uint8[n], ``scores`` f32[n] in stored row order) for
+    """Write the run's scores files (``labels`` uint8[n], ``scores`` f32[n] in stored row order) for
     the valid and test splits: the probabilities of the run's chosen epoch, the weights and function
     its summary's metrics came from. The paired tests of the results table need them per row."""
-    import io
-
-    import numpy as np
-    import torch
-
-    from ..data.store import Store
-    from ..train.run import build_model_for
-    from ..train.trainer import load_weights, predict_split
-
-    run_dir = Path(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
     store = Store(cfg.data.store)
     epoch = summary.get("best_epoch") or summary["epochs_run"]
     device = torch.device(cfg.train.device)
-    model = build_model_for(cfg, store)
-    model.load_state_dict(load_weights(run_dir / "checkpoints" / f"epoch_{epoch}.pt"))
+    model = train_run.build_model_for(cfg, store)
+    model.load_state_dict(load_weights(run.checkpoint(epoch)))
     model.to(device)
     paths = []
     for split in ("valid", "test"):
@@ -417,38 +312,9 @@ def score_run(cfg: Config, summary: dict[str, Any]) -> list[Path]:
         buf = io.BytesIO()
         np.savez(buf, labels=np.asarray(rows.label, dtype=np.uint8),
                  scores=predict_split(model, rows, cfg.train.eval_batch_size, device))
-        write_bytes_atomic(scores_path(run_dir, split), buf.getvalue())
-        paths.append(scores_path(run_dir, split))
+        write_bytes_atomic(run.scores(split), buf.getvalue())
+        paths.append(run.scores(split))
     return paths
-
-
-def read_scores(run_dir: Path, split: str, summary: dict[str, Any]) -> tuple[Any, Any] | None:
-    """(labels, scores) of a finished run on a split, verified against its summary.json; None when
-    the run has no scores file. Raises ValueError naming the file when it does not belong to the run."""
-    import zipfile
-
-    import numpy as np
-
-    from ..metrics import roc_auc
-
-    path = scores_path(run_dir, split)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            labels, scores = data["labels"], data["scores"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: unreadable scores file ({type(exc).__name__}: {exc})") from None
-    if labels.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(f"{path}: labels {labels.shape} and scores {scores.shape} differ in shape")
-    rows = summary.get(f"{split}_rows")
-    if rows is not None and rows != labels.size:
-        raise ValueError(f"{path}: {labels.size} rows, but the run's summary.json says {rows}")
-    expected, got = summary.get(f"{split}_auc"), roc_auc(labels, scores)
-    if expected is None or not abs(got - expected) <= SCORES_AUC_TOLERANCE:
-        raise ValueError(f"{path}: AUC {got:.6f}, but the run's summary.json says {expected}: the file is not "
-                         "this run's; delete it and run the command again to rescore")
-    return labels, scores
 
 
 def check_resumable(runs: list[RunSpec], configs: dict[str, Config], restart: bool) -> None:
@@ -457,7 +323,7 @@ def check_resumable(runs: list[RunSpec], configs: dict[str, Config], restart: bo
         return
     problems = []
     for run in runs:
-        saved = Path(run.config["run_dir"]) / "config.yaml"
+        saved = RunDir(run.config["run_dir"]).config
         if saved.is_file():
             diffs = config_differences(to_dict(configs[run.name]), load_yaml(saved))
             if diffs:
@@ -465,33 +331,6 @@ def check_resumable(runs: list[RunSpec], configs: dict[str, Config], restart: bo
     if problems:
         raise RuntimeError("these runs already exist with a different config:\n  " + "\n  ".join(problems[:10])
                            + "\nuse a new --out directory, or --restart to train every run of this one again")
-
-
-@contextlib.contextmanager
-def experiment_lock(exp_dir: Path) -> Iterator[None]:
-    """One process at a time per experiment directory: two would train the same runs into the
-    same directories. The lock is an flock on EXP_DIR/.lock, released by the OS if the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    fh = open(exp_dir / LOCK, "a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise RuntimeError(f"{exp_dir} is in use by another ctrlab compare/sweep ({holder}); wait for it "
-                               "to finish or stop it, then run again (finished runs are kept)") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}, since {_now()}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()  # closing releases the flock
 
 
 def execute(plan: Plan, exp_dir: str | Path, *, restart: bool = False, progress: bool = True,
@@ -511,11 +350,8 @@ def execute(plan: Plan, exp_dir: str | Path, *, restart: bool = False, progress:
 
 def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dict[str, Config], *,
                     restart: bool, progress: bool, verbose: bool, log: Log) -> dict[str, Any]:
-    from ..train.run import ensure_store, run_training
-    from . import results as results_mod
-
     (exp_dir / RUNS_DIR).mkdir(exist_ok=True)
-    created = _now()  # when the experiment was first started: kept across reruns
+    created = now()  # when the experiment was first started: kept across reruns
     if (exp_dir / MANIFEST).is_file():
         try:
             created = read_manifest(exp_dir).get("created") or created
@@ -525,42 +361,42 @@ def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dic
 
     def save_manifest() -> dict[str, Any]:
         manifest = manifest_for(plan, runs, status, created)
-        write_json_atomic(exp_dir / MANIFEST, manifest)
+        write_manifest(exp_dir, manifest)
         return manifest
 
     for note in plan.notes:
         log(f"note: {note}")
     # the one store of the experiment: prepared now (once) if it does not exist yet
-    ensure_store(configs[runs[0].name], progress=progress, log=log)
+    train_run.ensure_store(configs[runs[0].name], progress=progress, log=log)
     save_manifest()
 
     failed = []
     for i, run in enumerate(runs, 1):
-        run_dir = Path(run.config["run_dir"])
-        if restart and run_dir.exists():
-            shutil.rmtree(run_dir)
-        summary = read_summary(run_dir)
+        run_dir = RunDir(run.config["run_dir"])
+        if restart and run_dir.path.exists():
+            shutil.rmtree(run_dir.path)
+        summary = run_dir.read_summary()
         if summary is not None:
             status[run.name] = {"status": "done", "kept": True}
             log(f"[{i}/{len(runs)}] {run.name}: finished earlier (kept)")
             if unscored(run_dir, summary):  # finished by an older ctrlab, or killed before scoring
                 _score(configs[run.name], summary, status[run.name], log)
             continue
-        resuming = (run_dir / "checkpoints" / "last.pt").is_file()
+        resuming = run_dir.last_checkpoint.is_file()
         log(f"[{i}/{len(runs)}] {run.name}: {'resuming' if resuming else 'training'}")
-        status[run.name] = {"status": "running", "started": _now()}
+        status[run.name] = {"status": "running", "started": now()}
         save_manifest()
         started = time.perf_counter()
         try:
-            summary = run_training(configs[run.name], resume=True, progress=progress,
-                                   log=log if verbose else (lambda _msg: None))
+            summary = train_run.run_training(configs[run.name], resume=True, progress=progress,
+                                             log=log if verbose else (lambda _msg: None))
         except Exception as exc:  # one failed run must not lose the others: report all at the end
             status[run.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             failed.append(run.name)
             log(f"[{i}/{len(runs)}] {run.name}: FAILED: {type(exc).__name__}: {exc}")
         else:
             status[run.name] = {"status": "done", "seconds": round(time.perf_counter() - started, 1)}
-            log(f"[{i}/{len(runs)}] {run.name}: {results_mod.one_line(summary)}")
+            log(f"[{i}/{len(runs)}] {run.name}: {one_line(summary)}")
             _score(configs[run.name], summary, status[run.name], log)
         save_manifest()
 
@@ -573,10 +409,10 @@ def _execute_locked(plan: Plan, exp_dir: Path, runs: list[RunSpec], configs: dic
     return manifest
 
 
-def unscored(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+def unscored(run_dir: RunDir, summary: dict[str, Any]) -> list[str]:
     """The splits a finished run has metrics for but no scores file."""
     return [split for split in ("valid", "test")
-            if summary.get(f"{split}_auc") is not None and not scores_path(run_dir, split).is_file()]
+            if summary.get(f"{split}_auc") is not None and not run_dir.scores(split).is_file()]
 
 
 def _score(cfg: Config, summary: dict[str, Any], run_status: dict[str, Any], log: Log) -> None:
@@ -591,34 +427,19 @@ def _score(cfg: Config, summary: dict[str, Any], run_status: dict[str, Any], log
 
 def write_outputs(exp_dir: Path, manifest: dict[str, Any], log: Log = print) -> None:
     """results.md/.csv, runs.csv, plots/ and report.html of an experiment directory."""
-    from . import results as results_mod
-
-    table = results_mod.experiment_results(exp_dir, manifest)
-    paths = results_mod.write_results(exp_dir, table, manifest)
+    table = experiment_results(exp_dir, manifest)
+    paths = write_results(exp_dir, table, manifest)
     log("")
-    log(results_mod.markdown(table))
+    log(markdown(table))
     log("")
-    from .plots import have_matplotlib, plot_experiment
-    from .report import write_report
-
     charts: list[Path] = []
-    if have_matplotlib():
-        charts = plot_experiment(exp_dir, exp_dir / "plots", formats=("png",))
+    if plots.have_matplotlib():
+        charts = plots.plot_experiment(exp_dir, exp_dir / "plots", formats=("png",))
     else:
         log("note: no charts: they need matplotlib (pip install matplotlib)")
     paths += charts
     paths.append(write_report(exp_dir, charts=charts))
     log(f"wrote {exp_dir}/: " + ", ".join(str(p.relative_to(exp_dir)) for p in paths))
-
-
-def load_experiment_runs(exp_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest's runs with their summaries (None while unfinished)."""
-    out = []
-    for run in manifest["runs"]:
-        run_dir = exp_dir / run["dir"]
-        out.append({**run, "path": run_dir, "summary": read_summary(run_dir)})
-    return out
-
 
 
 def finish_plan(plan: Plan) -> Plan:
@@ -631,11 +452,9 @@ def finish_plan(plan: Plan) -> Plan:
         raise ConfigError(f"the same point twice: {', '.join(dupes)}")
     if plan.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {plan.seeds}")
-    from .results import RANKING_METRICS
-
     if plan.metric not in RANKING_METRICS:
         raise ConfigError(f"--metric: {plan.metric!r} is not one of {', '.join(RANKING_METRICS)}")
-    stores = {get_path(p.config, "data.store") for p in plan.points}
+    stores = {get_dotted(p.config, "data.store") for p in plan.points}
     if len(stores) != 1:
         raise ConfigError(f"every point must read the same store, got {sorted(map(str, stores))}")
     for point in plan.points:
@@ -647,22 +466,19 @@ def finish_plan(plan: Plan) -> Plan:
 
 def describe_plan(plan: Plan, exp_dir: str | Path) -> str:
     """What a run of the plan would do (``--dry-run``)."""
-    from .results import format_value
-
     exp_dir = Path(exp_dir)
     runs = plan_runs(plan, exp_dir)
     lines = [plan.title, f"store: {plan.store}",
              f"{len(plan.points)} point(s) x {plan.seeds} seed(s) = {len(runs)} run(s) in {exp_dir / RUNS_DIR}"]
     lines += [f"note: {n}" for n in plan.notes]
     for run in runs:
-        run_dir = Path(run.config["run_dir"])
-        saved = run_dir / "config.yaml"
+        run_dir = RunDir(run.config["run_dir"])
         planned = to_dict(validate_config(run.config, run.name))
-        if saved.is_file() and config_differences(planned, load_yaml(saved)):
+        if run_dir.config.is_file() and config_differences(planned, load_yaml(run_dir.config)):
             state = "DIFFERENT CONFIG (refused)"
-        elif (run_dir / "summary.json").is_file():
+        elif run_dir.summary.is_file():
             state = "finished (kept)"
-        elif (run_dir / "checkpoints" / "last.pt").is_file():
+        elif run_dir.last_checkpoint.is_file():
             state = "resumes from its checkpoint"
         else:
             state = "to train"

@@ -1,25 +1,28 @@
 """Charts of runs and experiments (matplotlib, Agg canvas, no pyplot state).
 
-    train_loss      training loss per step (steps.jsonl), smoothed, one colour per model/setting
-    valid_auc       validation AUC per epoch (epochs.jsonl); the best epoch of each run starred
+    train_loss      training loss per step (the runs' step logs), smoothed, one colour per model/setting
+    valid_auc       validation AUC per epoch (the epoch logs); the best epoch of each run starred
     test_auc        test AUC per model/setting, mean with std over seeds as error bars
     throughput      training samples/s per model/setting, mean with std over seeds
     sweep_<axis>    sweeps: the ranking metric (and test AUC) along each axis, the other settings
                     held at the best point (grid) or the base config (one at a time)
 
-Inputs: experiment directories (experiment.json), run directories (epochs.jsonl/summary.json),
-or directories holding run directories.
+Inputs: experiment directories (experiment.json), run directories, or directories holding run
+directories.
+
+matplotlib is optional (:func:`have_matplotlib`): it is imported only where a chart is drawn.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .results import METRICS, format_value, mean_std
+from ..train.rundir import EPOCHS_JSONL, SUMMARY, RunDir
+from .layout import MANIFEST, load_experiment_runs, read_manifest, slugify
+from .results import METRICS, format_value, mean_std, run_metrics, same_value
 
 MAX_CURVES = 12  # points drawn in the per-step / per-epoch charts (the best ones by the ranking metric)
 MAX_ROWS = 40  # points in the per-point charts
@@ -49,36 +52,15 @@ class Source:
     colors: dict[str, Any] = field(default_factory=dict)  # one colour per point, the same in every chart
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interruption
-    return out
-
-
-def _is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("summary.json", "epochs.jsonl", "steps.jsonl"))
-
-
 def _run_data(name: str, point: str, path: Path) -> RunData:
-    from .core import read_summary
-
-    return RunData(name, point, path, read_summary(path), _read_jsonl(path / "steps.jsonl"),
-                   _read_jsonl(path / "epochs.jsonl"))
+    run = RunDir(path)
+    # a chart draws what it can read: a damaged log line is skipped, not an error
+    return RunData(name, point, path, run.read_summary(), run.step_records(skip_unreadable=True),
+                   run.epoch_records(skip_unreadable=True))
 
 
 def load_sources(paths: list[str | Path]) -> Source:
     """Experiment, run, or folder-of-runs directories -> the runs to draw."""
-    from .core import MANIFEST, read_manifest
-
     runs: list[RunData] = []
     manifests = []
     titles = []
@@ -96,14 +78,14 @@ def load_sources(paths: list[str | Path]) -> Source:
             prefix = f"{path.name}/" if prefix_needed else ""
             for run in manifest["runs"]:
                 runs.append(_run_data(prefix + run["name"], prefix + run["point"], path / run["dir"]))
-        elif _is_run_dir(path):
+        elif RunDir(path).is_run():
             runs.append(_run_data(path.name, path.name, path))
             titles.append(path.name)
         else:
-            children = sorted(p for p in path.iterdir() if p.is_dir() and _is_run_dir(p))
+            children = sorted(p for p in path.iterdir() if p.is_dir() and RunDir(p).is_run())
             if not children:
                 raise FileNotFoundError(f"{path}: neither an experiment ({MANIFEST}) nor a run directory "
-                                        "(summary.json, epochs.jsonl) nor a folder of run directories")
+                                        f"({SUMMARY}, {EPOCHS_JSONL}) nor a folder of run directories")
             runs += [_run_data(p.name, p.name, p) for p in children]
             titles.append(path.name)
     points = list(dict.fromkeys(r.point for r in runs))
@@ -291,9 +273,6 @@ def chart_throughput(source: Source):
 def sweep_slices(exp_dir: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     """One chart per sweep axis: the points that differ from the centre (best point for a grid,
     the base for one-at-a-time) only in that axis."""
-    from .core import load_experiment_runs, same_value, slugify
-    from .results import run_metrics
-
     axes = manifest.get("axes") or {}
     if manifest.get("kind") != "sweep" or not axes:
         return []

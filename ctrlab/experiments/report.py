@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from ..fileio import write_bytes_atomic
+from . import plots
+from .layout import MANIFEST, OBJECTIVE, TUNE_MANIFEST, load_experiment_runs, read_manifest, read_tune_manifest
 from .results import cells, experiment_results, format_value, headers, run_metrics
 
 CHART_CAPTIONS = {
@@ -89,8 +91,6 @@ def _caption(stem: str) -> str:
 
 
 def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -> str:
-    from .core import load_experiment_runs
-
     table = experiment_results(exp_dir, manifest)
     runs = load_experiment_runs(exp_dir, manifest)
     done = sum(1 for r in runs if r["summary"])
@@ -160,17 +160,13 @@ def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -
 
 def write_report(exp_dir: str | Path, out: str | Path | None = None, charts: list[Path] | None = None) -> Path:
     """Write EXP_DIR/report.html (or ``out``); charts are drawn into EXP_DIR/plots unless given."""
-    from .core import read_manifest
-
     exp_dir = Path(exp_dir)
-    if (exp_dir / "tune.json").is_file() and not (exp_dir / "experiment.json").is_file():
+    if (exp_dir / TUNE_MANIFEST).is_file() and not (exp_dir / MANIFEST).is_file():
         return write_tune_report(exp_dir, out)
     manifest = read_manifest(exp_dir)
     if charts is None:
         try:
-            from .plots import plot_experiment
-
-            charts = plot_experiment(exp_dir, exp_dir / "plots", formats=("png",))
+            charts = plots.plot_experiment(exp_dir, exp_dir / "plots", formats=("png",))
         except (RuntimeError, FileNotFoundError):
             charts = []  # no matplotlib, or nothing finished yet: a page with the tables only
     charts = [p for p in charts if p.suffix == ".png"]
@@ -185,8 +181,6 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, charts: lis
 
 def render_tune_report(manifest: dict[str, Any]) -> str:
     """The page of a ``ctrlab tune`` directory: trials, best config, parameter importances."""
-    from .tune import OBJECTIVE
-
     title = f"ctrlab tune: {manifest['base_config'].get('model', {}).get('name', '')} on {manifest.get('store', '')}"
     counts = manifest.get("counts", {})
     parts = [
@@ -248,9 +242,6 @@ def render_tune_report(manifest: dict[str, Any]) -> str:
 
 
 def write_tune_report(tune_dir: Path, out: str | Path | None = None) -> Path:
-    from ..fileio import write_bytes_atomic
-    from .tune import read_tune_manifest
-
     out = Path(out) if out else tune_dir / "report.html"
     write_bytes_atomic(out, render_tune_report(read_tune_manifest(tune_dir)).encode("utf-8"))
     return out

@@ -7,7 +7,7 @@ Significance: every row is tested against the best one with a paired test over t
 ranking metric's split (DeLong for AUC, a paired z-test of per-row logloss), the seeds of each row
 pooled and their spread added to the variance (see :mod:`ctrlab.train.significance`). "worse" only
 when the two-sided p-value is below ``ALPHA``; otherwise "tie". The tests read each run's
-per-row scores (``scores_<split>.npz``); without them a row gets no verdict ("-") and the footer
+per-row scores (see :func:`ctrlab.experiments.layout.read_scores`); without them a row gets no verdict ("-") and the footer
 says why.
 """
 
@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..fileio import write_bytes_atomic
+from ..train.significance import TEST_NAMES, paired_test
+from .layout import load_experiment_runs, read_scores
 
 ALPHA = 0.05  # two-sided significance level of "worse"
 
@@ -44,7 +48,7 @@ WITH_STD = ("train_loss", "valid_auc", "test_auc", "test_logloss")
 
 
 def run_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
-    """The table's numbers of one finished run (its summary.json).
+    """The table's numbers of one finished run (its summary).
 
     The training time is the sum of the epochs' wall times from the history, which survives a
     resume (``train_seconds`` of the summary only covers the last invocation)."""
@@ -109,8 +113,6 @@ def rank_and_flag(rows: list[PointResult], metric: str, labels: Any = None,
     """Sort best first by ``metric`` (points without a result last) and judge every other row
     against the best one with the paired test over the rows (``labels`` of the metric's split, and
     each row's ``scores``); "-" where a side has no per-row scores."""
-    from ..train.significance import paired_test
-
     higher = METRICS[metric][1]
     _, kind = metric_split_kind(metric)
     done = [r for r in rows if r.mean(metric) is not None]
@@ -145,6 +147,17 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     return str(value)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as config values: lists and tuples alike, 1 == 1.0 (but not True == 1)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
 
 
 def _num(value: float | None, decimals: int) -> str:
@@ -231,8 +244,6 @@ def csv_text(table: ResultsTable) -> str:
 
 def footer_lines(manifest: dict[str, Any], metric: str, unfinished: list[str], n_rows: int | None = None,
                  untested: list[str] | None = None) -> list[str]:
-    from ..train.significance import TEST_NAMES
-
     header, higher, _ = METRICS[metric]
     split, kind = metric_split_kind(metric)
     seeds = manifest["seeds"]
@@ -280,10 +291,6 @@ def point_labels(manifest: dict[str, Any], point: dict[str, Any]) -> list[str]:
 
 
 def experiment_results(exp_dir: Path, manifest: dict[str, Any]) -> ResultsTable:
-    import numpy as np
-
-    from .core import load_experiment_runs, read_scores
-
     runs = load_experiment_runs(exp_dir, manifest)
     metric = manifest["metric"]
     split, _ = metric_split_kind(metric)
@@ -322,8 +329,6 @@ def experiment_results(exp_dir: Path, manifest: dict[str, Any]) -> ResultsTable:
 
 
 def runs_csv_text(exp_dir: Path, manifest: dict[str, Any]) -> str:
-    from .core import load_experiment_runs
-
     keys = ("parameters", "epochs_run", "best_epoch", "train_loss", "valid_auc", "valid_logloss", "test_auc",
             "test_logloss", "train_seconds", "samples_per_s")
     buf = io.StringIO()

@@ -12,8 +12,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-
-from ..config import ConfigError, parse_value, to_dict
+from ..config import (ConfigError, Overrides, base_config_for, get_dotted, parse_value, read_config_file,
+                      set_dotted, to_dict)
+from ..models import hyperparameter_defaults
 from .core import (
     SHARED_SECTIONS,
     Plan,
@@ -21,19 +22,15 @@ from .core import (
     check_params_used,
     config_for_model,
     finish_plan,
-    get_path,
     model_takes,
     override_record,
     parse_sets,
     pin_store,
-    read_base_config,
-    same_value,
-    set_path,
-    slugify,
     store_label,
     validate_config,
 )
-from .results import format_value
+from .layout import slugify
+from .results import format_value, same_value
 
 MODES = ("grid", "one-at-a-time")
 _OPEN, _CLOSE = "[{(", "]})"
@@ -135,30 +132,26 @@ def point_name(settings: dict[str, Any], shorts: dict[str, str]) -> str:
 
 def resolved_value(cfg_data: dict[str, Any], key: str) -> Any:
     """The value a key has in a (validated) config, model defaults included."""
-    from ..models import hyperparameter_defaults
-
     if key.startswith("model.params."):
         name = key.split(".", 2)[2]
-        params = get_path(cfg_data, "model.params") or {}
+        params = get_dotted(cfg_data, "model.params") or {}
         if name in params:
             return params[name]
-        default = hyperparameter_defaults(get_path(cfg_data, "model.name")).get(name)
+        default = hyperparameter_defaults(get_dotted(cfg_data, "model.name")).get(name)
         return list(default) if isinstance(default, tuple) else default
-    return get_path(cfg_data, key)
+    return get_dotted(cfg_data, key)
 
 
 def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None = None, store: str | None = None,
-               model: str | None = None, mode: str = "grid", seeds: int = 1, overrides: list[str] | None = None,
+               model: str | None = None, mode: str = "grid", seeds: int = 1, overrides: Overrides | None = None,
                metric: str = "valid_auc", command: list[str] | None = None) -> Plan:
     """The points of a sweep, checked, nothing trained yet."""
-    from ..config import base_config_for
-
     if mode not in MODES:
         raise ConfigError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
     exp_dir = Path(exp_dir)
     axes = parse_grid(grid)
     if config_path is not None:
-        base = read_base_config(config_path)
+        base = read_config_file(config_path)
     elif store is not None and model is not None:
         base = base_config_for(model)
     else:
@@ -166,12 +159,12 @@ def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None 
     if store is not None:
         if not (Path(store) / "meta.json").is_file():
             raise FileNotFoundError(f"{store}: not a ctrlab store (no meta.json); run `ctrlab prepare` first")
-        set_path(base, "data.store", store)
-    sets = parse_sets(overrides or [])
+        set_dotted(base, "data.store", store)
+    sets = parse_sets(overrides)
     for key, value in sets:
         if key == "model.name":
             model = str(value)
-    model = model or get_path(base, "model.name")
+    model = model or get_dotted(base, "model.name")
     if not model:
         raise ConfigError("which model? the config has no model.name; pass --model NAME")
     notes: list[str] = []
@@ -208,11 +201,3 @@ def plan_sweep(exp_dir: str | Path, grid: list[str], *, config_path: str | None 
                 notes=notes, command=command or [], overrides=overrides)
     return finish_plan(plan)
 
-
-def run_sweep(exp_dir: str | Path, grid: list[str], **kwargs: Any) -> dict[str, Any]:
-    """Plan and train a sweep (see :func:`plan_sweep` and :func:`ctrlab.experiments.core.execute`)."""
-    from .core import execute
-
-    run_opts = {k: kwargs.pop(k) for k in ("restart", "progress", "verbose", "log") if k in kwargs}
-    plan = plan_sweep(exp_dir, grid, **kwargs)
-    return execute(plan, exp_dir, **run_opts)

@@ -20,35 +20,30 @@ from __future__ import annotations
 
 import copy
 import csv
-import datetime as _dt
 import io
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from .. import __version__
-from ..config import ConfigError, load_yaml, to_dict
+from ..config import ConfigError, Overrides, get_dotted, load_yaml, read_config_file, set_dotted, to_dict
+from ..data.store import Store
 from ..fileio import write_bytes_atomic, write_json_atomic
-from .core import (
-    config_differences,
-    experiment_lock,
-    get_path,
-    parse_sets,
-    pin_store,
-    read_base_config,
-    set_path,
-    validate_config,
-)
+from ..models import hyperparameter_defaults
+from ..train import run as train_run
+from ..train.rundir import RunDir
+from .core import config_differences, parse_sets, pin_store, validate_config
+from .layout import OBJECTIVE, TUNE_MANIFEST, experiment_lock, now, read_tune_manifest
+from .report import write_report
 
-MANIFEST = "tune.json"
 STUDY_DB = "study.db"
 STUDY_NAME = "ctrlab-tune"
 TRIALS_DIR = "trials"
-OBJECTIVE = "valid_auc"
 
 #: what ``ctrlab tune`` searches unless a space file says otherwise (model params a model does not
 #: take are left out for it). A list is a choice; low/high a range (log: log-uniform, step: a grid);
@@ -73,16 +68,12 @@ Log = Callable[[str], None]
 
 
 def _import_optuna() -> Any:
-    try:
+    try:  # optional and heavy: only ctrlab tune needs it
         import optuna
     except ImportError:
         raise RuntimeError("ctrlab tune needs Optuna: pip install 'ctrlab[tune]' (or pip install optuna)") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,8 +150,6 @@ def load_space(path: str | Path | None, model: str, notes: list[str]) -> dict[st
 
     Default entries for model params the model does not take are left out (a note says so); a
     listed model param the model does not take is an error."""
-    from ..models import hyperparameter_defaults
-
     raw: dict[str, Any] = load_yaml(path) if path else {}
     where = str(path) if path else "default space"
     unknown = set(raw) - {"space", "defaults", "pruner", "sampler"}
@@ -234,15 +223,13 @@ def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
 def base_params(base: dict[str, Any], space: dict[str, Any]) -> dict[str, Any] | None:
     """The base config (with its defaults filled in) as Optuna parameters, to try it as the first
     trial; None when one of its values lies outside the space."""
-    from ..models import hyperparameter_defaults
-
     cfg = validate_config(base, "the base config")
     base = to_dict(cfg)
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in hyperparameter_defaults(cfg.model.name).items()}
     base["model"]["params"] = {**defaults, **base["model"]["params"]}
     params: dict[str, Any] = {}
     for key, spec in space.items():
-        value = get_path(base, key)
+        value = get_dotted(base, key)
         if value is None:
             return None
         if "choices" in spec:
@@ -324,31 +311,28 @@ def _check_same_study(study: Any, record: dict[str, Any], out: Path) -> None:
 def plan_trial_config(base: dict[str, Any], values: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     data = copy.deepcopy(base)
     for key, value in values.items():
-        set_path(data, key, value)
+        set_dotted(data, key, value)
     data["run_dir"] = str(run_dir)
     return data
 
 
 def tune(config_path: str | Path, out: str | Path, *, trials: int, space_path: str | Path | None = None,
-         seed: int = 0, timeout: float | None = None, overrides: list[str] | None = None,
+         seed: int = 0, timeout: float | None = None, overrides: Overrides | None = None,
          verbose: bool = False, command: list[str] | None = None, log: Log = print) -> dict[str, Any]:
     """Run (or resume) the search until ``trials`` trials have finished or ``timeout`` seconds
     have passed; returns the manifest (also OUT/tune.json). See the module docstring."""
-    from ..data.store import Store
-    from ..train.run import ensure_store
-
     optuna = _import_optuna()
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be positive, got {timeout}")
     out = Path(out)
-    base = read_base_config(config_path)
-    for key, value in parse_sets(overrides or []):
+    base = read_config_file(config_path)
+    for key, value in parse_sets(overrides):
         if key.split(".")[0] == "features":
             raise ConfigError(f"--set {key}: every trial reads one prepared store; prepare it with the features "
                               "you want and pass it as data.store")
-        set_path(base, key, value)
+        set_dotted(base, key, value)
     base.pop("run_dir", None)
     out.mkdir(parents=True, exist_ok=True)
     pin_store(base, out)
@@ -369,7 +353,7 @@ def tune(config_path: str | Path, out: str | Path, *, trials: int, space_path: s
     with experiment_lock(out):
         store_cfg = copy.deepcopy(base_cfg)
         store_cfg.run_dir = str(out)
-        store = ensure_store(store_cfg, progress=verbose, log=log)
+        store = train_run.ensure_store(store_cfg, progress=verbose, log=log)
         if not isinstance(store, Store) or not store.has_split("valid"):
             raise ConfigError(f"{store_cfg.data.store}: tuning selects on the validation split and this store has "
                               "none; prepare it with a valid fraction (data.split) or data.valid files")
@@ -379,7 +363,7 @@ def tune(config_path: str | Path, out: str | Path, *, trials: int, space_path: s
         _check_same_study(study, record, out)
         created = study.user_attrs.get("created")
         if created is None:
-            created = _now()
+            created = now()
             study.set_user_attr("created", created)
             first = base_params(base, setup["space"])
             if first is not None:
@@ -395,17 +379,13 @@ def tune(config_path: str | Path, out: str | Path, *, trials: int, space_path: s
                    "trials": trials, "command": command or [], "store": str(store.path)}
         _optimize(optuna, study, context, timeout=timeout, verbose=verbose, log=log)
         manifest = write_tune_outputs(study, context)
-    from .report import write_report
-
     path = write_report(out)
-    log(f"wrote {out}/: best.yaml, trials.csv, trials.jsonl, {MANIFEST}, {path.name}")
+    log(f"wrote {out}/: best.yaml, trials.csv, trials.jsonl, {TUNE_MANIFEST}, {path.name}")
     return manifest
 
 
 def _optimize(optuna: Any, study: Any, context: dict[str, Any], *, timeout: float | None, verbose: bool,
               log: Log) -> None:
-    from ..train.run import run_training
-
     out, space, trials = context["out"], context["setup"]["space"], context["trials"]
     deadline = time.monotonic() + timeout if timeout else None
 
@@ -427,7 +407,7 @@ def _optimize(optuna: Any, study: Any, context: dict[str, Any], *, timeout: floa
 
         started = time.perf_counter()
         try:
-            summary = run_training(cfg, resume=False, progress=False, on_epoch_end=on_epoch_end,
+            summary = train_run.run_training(cfg, resume=False, progress=False, on_epoch_end=on_epoch_end,
                                    log=log if verbose else (lambda _msg: None))
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -501,8 +481,6 @@ def _short(value: Any) -> str:
 def param_importances(study: Any) -> tuple[dict[str, float], str | None]:
     """Optuna's parameter importances (its default evaluator) over the complete trials, or an
     empty dict and the reason when they cannot be computed."""
-    import warnings
-
     optuna = _import_optuna()
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
@@ -522,12 +500,12 @@ def write_tune_outputs(study: Any, context: dict[str, Any], importances: bool = 
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in records if r["state"] == "complete"]
     best = max(complete, key=lambda r: r[OBJECTIVE]) if complete else None
-    previous = read_tune_manifest(out) if (out / MANIFEST).is_file() else {}
+    previous = read_tune_manifest(out) if (out / TUNE_MANIFEST).is_file() else {}
     found, why = param_importances(study) if importances else (previous.get("importances", {}),
                                                                previous.get("importances_note"))
     best_config = None
     if best is not None:
-        best_config = load_yaml(out / best["run_dir"] / "config.yaml")
+        best_config = load_yaml(RunDir(out / best["run_dir"]).config)
         best_config["run_dir"] = str(out / "best")
         header = (f"# ctrlab tune: best of {len(complete)} complete trials in {out} (trial {best['number']}, valid AUC "
                   f"{best[OBJECTIVE]:.5f}; selected on the validation split only)\n"
@@ -535,7 +513,7 @@ def write_tune_outputs(study: Any, context: dict[str, Any], importances: bool = 
         write_bytes_atomic(out / "best.yaml", (header + yaml.safe_dump(best_config, sort_keys=False)).encode())
     manifest = {
         "format": 1, "kind": "tune", "ctrlab_version": __version__, "created": context["created"],
-        "updated": _now(), "command": context["command"], "store": context["store"],
+        "updated": now(), "command": context["command"], "store": context["store"],
         "objective": f"{OBJECTIVE} (best epoch; the test split is not used)", "trials_requested": context["trials"],
         "seed": context["seed"], "sampler": {"name": "tpe", **context["setup"]["sampler"]},
         "pruner": context["setup"]["pruner"], "space": context["setup"]["space"], "notes": context["notes"],
@@ -545,7 +523,7 @@ def write_tune_outputs(study: Any, context: dict[str, Any], importances: bool = 
                                            "values": best["values"], "config": best_config},
         "importances": found, "importances_note": why, "trials": records,
     }
-    write_json_atomic(out / MANIFEST, manifest, indent=1)
+    write_json_atomic(out / TUNE_MANIFEST, manifest, indent=1)
     write_bytes_atomic(out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     write_bytes_atomic(out / "trials.csv", trials_csv(records, list(context["setup"]["space"])).encode())
     return manifest
@@ -566,15 +544,3 @@ def trials_csv(records: list[dict[str, Any]], keys: list[str]) -> str:
 
 def _csv_value(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else json.dumps(value)
-
-
-def read_tune_manifest(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / MANIFEST
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); rerun `ctrlab tune` with the same --out to rewrite it")
-    if not isinstance(data, dict) or data.get("kind") != "tune" or not isinstance(data.get("trials"), list):
-        raise ValueError(f"{path}: not a ctrlab tune manifest (kind 'tune' with a trials list)")
-    return data

@@ -40,6 +40,7 @@ import numpy as np
 from .. import __version__
 from ..fileio import sha256_file
 from ..fileio import DiskFullError, disk_errors, replace_dir, short_of_space, stale_siblings
+from ..train.rundir import RunDir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -90,48 +91,17 @@ def _file_entries(folder: Path) -> dict[str, dict[str, Any]]:
 # the run to export
 # --------------------------------------------------------------------------------------------
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def saved_epochs(run_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("_", 1)[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt")
-                  if p.stem.split("_", 1)[1].isdigit())
-
-
-def best_epoch_of(run_dir: Path) -> int:
-    """The run's best epoch: summary.json's, else the last epochs.jsonl record's, else the last saved."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        with open(summary_path, encoding="utf-8") as fh:
-            best = json.load(fh).get("best_epoch")
-        if best:
-            return int(best)
-    history = _read_jsonl(run_dir / "epochs.jsonl")
-    if history and history[-1].get("best_epoch"):
-        return int(history[-1]["best_epoch"])
-    epochs = saved_epochs(run_dir)
-    if not epochs:
-        raise FileNotFoundError(f"{run_dir}: no saved epochs in checkpoints/ (train first)")
-    return epochs[-1]
-
-
-def epoch_metrics(run_dir: Path, epoch: int) -> dict[str, Any]:
-    """Metrics of one epoch: its epochs.jsonl record; the test metrics from summary.json when
-    that epoch is the best one (the test split is evaluated on the best epoch only)."""
+def epoch_metrics(run: RunDir, epoch: int) -> dict[str, Any]:
+    """Metrics of one epoch: its epoch record; the test metrics from the run's summary when that
+    epoch is the best one (the test split is evaluated on the best epoch only)."""
     metrics: dict[str, Any] = {"epoch": epoch}
-    record = next((r for r in _read_jsonl(run_dir / "epochs.jsonl") if r.get("epoch") == epoch), None)
+    record = next((r for r in run.epoch_records() if r.get("epoch") == epoch), None)
     if record:
         for key in ("valid_auc", "valid_logloss", "train_loss"):
             if record.get(key) is not None:
                 metrics[key] = record[key]
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        with open(summary_path, encoding="utf-8") as fh:
-            summary = json.load(fh)
+    summary = run.read_summary()
+    if summary is not None:
         metrics["best_epoch"] = summary.get("best_epoch")
         if summary.get("best_epoch") == epoch:
             for key in ("test_auc", "test_logloss", "test_rows"):
@@ -140,17 +110,17 @@ def epoch_metrics(run_dir: Path, epoch: int) -> dict[str, Any]:
     return metrics
 
 
-def _run_store(cfg: Any, run_dir: Path):
+def _run_store(cfg: Any, run: RunDir):
     from ..data.store import Store
 
     if not cfg.data.store:
-        raise FileNotFoundError(f"{run_dir}/config.yaml names no data.store: the bundle needs the store's pipeline")
+        raise FileNotFoundError(f"{run.config} names no data.store: the bundle needs the store's pipeline")
     store_dir = Path(cfg.data.store)
-    candidates = [store_dir] if store_dir.is_absolute() else [store_dir, run_dir / store_dir]
+    candidates = [store_dir] if store_dir.is_absolute() else [store_dir, run.path / store_dir]
     for candidate in candidates:
         if (candidate / "meta.json").is_file():
             return Store(candidate)
-    raise FileNotFoundError(f"the run's store {cfg.data.store} (data.store in {run_dir}/config.yaml) is not there; "
+    raise FileNotFoundError(f"the run's store {cfg.data.store} (data.store in {run.config}) is not there; "
                             "the bundle copies its pipeline.json and checks parity on its rows")
 
 
@@ -185,20 +155,20 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
     from ..train.trainer import load_weights
     from .onnx_export import export_onnx, onnx_parity
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     out = Path(out_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
+    if not run.config.is_file():
+        raise FileNotFoundError(f"{run.path}: not a training run (no {run.config.name})")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    cfg = load_config(run_dir / "config.yaml")
-    store = _run_store(cfg, run_dir)
-    epoch = best_epoch_of(run_dir) if epoch is None else int(epoch)
-    checkpoint = run_dir / "checkpoints" / f"epoch_{epoch}.pt"
+    cfg = load_config(run.config)
+    store = _run_store(cfg, run)
+    epoch = run.chosen_epoch() if epoch is None else int(epoch)
+    checkpoint = run.checkpoint(epoch)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint; saved epochs: {saved_epochs(run_dir) or 'none'}")
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint; saved epochs: {run.saved_epochs() or 'none'}")
     spec = store.spec
     model = build_model(cfg.model.name, spec, cfg.model.params)
     model.load_state_dict(load_weights(checkpoint))
@@ -241,7 +211,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
         with writing(ONNX_INT8):
             quantized = quantize_bundle_model(tmp, reloaded, store, log=log) if quantize else None
 
-        manifest = build_manifest(cfg, store, run_dir, epoch, checkpoint, reloaded, tmp,
+        manifest = build_manifest(cfg, store, run, epoch, checkpoint, reloaded, tmp,
                                   parity={"rows": int(len(dense)), "split": split_name, "max_abs_diff": diff,
                                           "tolerance": PARITY_TOLERANCE},
                                   quantized=quantized)
@@ -284,7 +254,7 @@ def input_rates(meta: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return rates
 
 
-def build_manifest(cfg: Any, store: Any, run_dir: Path, epoch: int, checkpoint: Path, model: Any, folder: Path,
+def build_manifest(cfg: Any, store: Any, run: RunDir, epoch: int, checkpoint: Path, model: Any, folder: Path,
                    *, parity: dict[str, Any], quantized: dict[str, Any] | None) -> dict[str, Any]:
     from ..config import to_dict
     from ..features.pipeline import FeaturePipeline
@@ -314,9 +284,9 @@ def build_manifest(cfg: Any, store: Any, run_dir: Path, epoch: int, checkpoint: 
         },
         "onnx": {"opset": DEFAULT_OPSET, "file": ONNX_MODEL},
         "spec": spec.to_dict(),
-        "metrics": epoch_metrics(run_dir, epoch),
+        "metrics": epoch_metrics(run, epoch),
         "input_rates": input_rates(store.meta),
-        "source": {"run_dir": str(run_dir.resolve()), "epoch": epoch, "checkpoint": str(checkpoint.resolve()),
+        "source": {"run_dir": str(run.path.resolve()), "epoch": epoch, "checkpoint": str(checkpoint.resolve()),
                    "store": str(Path(store.path).resolve())},
         "parity": parity,
         "files": _file_entries(folder),

@@ -7,8 +7,13 @@ loads from plain JSON (``to_dict`` / ``from_dict``), never pickle.
 Fitting streams: ``accumulator()`` returns an object whose ``update(values, train_mask)`` sees
 one chunk at a time (only rows where ``train_mask`` is set count towards the fit: no leakage
 from validation or test rows) and returns per-row *codes*; ``finish()`` fits the encoder and
-returns a function turning those codes into the final encoded values. ``prepare`` uses this to
-parse the raw data only once; the result equals ``transform`` on the raw values (tested).
+returns a function turning those codes into the final encoded values. ``prepare`` uses this
+(through :meth:`FeaturePipeline.finish_fit`) to parse the raw data only once; the result equals
+``transform`` on the raw values (tested).
+
+``transform`` is vectorized (numpy / Arrow) for any number of rows; the pipeline sends inputs of
+a few rows to its one-value-at-a-time twin in ``online.py`` instead, built from these encoders'
+fitted state.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
-from .keytable import KeyTable, hash_int_one, hash_ints, hash_string_one, hash_strings
+from .keytable import KeyTable, hash_ints, hash_strings
 
 Values = Any  # a pyarrow string Array/ChunkedArray, or a float64 numpy array (NaN = missing)
 Finalize = Callable[[np.ndarray], np.ndarray]
@@ -30,7 +35,22 @@ Finalize = Callable[[np.ndarray], np.ndarray]
 class Accumulator(Protocol):
     def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray: ...
 
+    @property
+    def distinct_seen(self) -> int:
+        """Distinct keys counted so far (0 for numeric columns): a column's share of the work."""
+        ...
+
     def finish(self) -> Finalize: ...
+
+
+def column_values(table: pa.Table, col: str, numeric: bool) -> Values:
+    """A column as the encoders take it: float64 numpy (NaN = missing) or an Arrow string array."""
+    column = table.column(col)
+    if numeric:
+        return column.to_numpy().astype(np.float64, copy=False)  # nulls become NaN
+    if column.type != pa.string():
+        column = column.cast(pa.string())
+    return column
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,26 +103,6 @@ def _concat(chunks: list[Keys], like_ints: bool) -> Keys:
     return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
 
 
-#: Inputs up to this many rows are encoded one key at a time in plain Python (the same ids as
-#: the vectorized path, tested): a request of a few rows then costs microseconds per column
-#: instead of the fixed cost of a dozen numpy/Arrow calls.
-SMALL_INPUT_ROWS = 32  # measured crossover on Criteo-shaped rows: ~40 rows
-
-
-def _is_small(values: Values) -> bool:
-    return len(values) <= SMALL_INPUT_ROWS
-
-
-def _hashes_one_by_one(values: Values) -> list[int | None]:
-    """Per row the key's 64-bit hash as :func:`hash_keys` computes it, None where missing."""
-    if isinstance(values, np.ndarray):
-        missing = int(_MISSING_KEY)
-        return [None if k == missing else hash_int_one(k) for k in values.tolist()]
-    if values.type != pa.string():
-        values = values.cast(pa.string())  # as hash_strings does
-    return [None if v is None else hash_string_one(v) for v in values.to_pylist()]
-
-
 def _ids_from_codes(codes: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """Per-unique vocabulary codes (-1 = unknown) + per-row inverse -> per-row ids."""
     ids = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID).astype(np.int32)
@@ -147,7 +147,10 @@ class Vocabulary:
         self.keys_ = keys
         self._table = None  # built on first use: prepare never needs it
 
-    def _lookup_table(self) -> KeyTable:
+    def lookup_table(self) -> KeyTable:
+        """The fitted keys' hashes -> their codes (code i = ``keys_[i]``, id = code + 2); built on
+        first use."""
+        self._check_fitted()
         if self._table is None:
             table = KeyTable(2 * len(self.keys_) + 16)  # type: ignore[arg-type]
             table.insert(hash_keys(self.keys_))  # code i = position i
@@ -167,15 +170,8 @@ class Vocabulary:
 
     def transform(self, values: Values) -> np.ndarray:
         self._check_fitted()
-        if _is_small(values):
-            lookup = self._lookup_table().lookup_one
-            ids = []
-            for h in _hashes_one_by_one(values):
-                code = -1 if h is None else lookup(h)
-                ids.append(MISSING_ID if h is None else OOV_ID if code < 0 else code + NUM_RESERVED_IDS)
-            return np.array(ids, dtype=np.int32)
         uniques, inverse = unique_inverse(values)
-        return _ids_from_codes(self._lookup_table().lookup(hash_keys(uniques)), inverse)
+        return _ids_from_codes(self.lookup_table().lookup(hash_keys(uniques)), inverse)
 
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
@@ -232,6 +228,10 @@ class _VocabAccumulator:
         self.key_chunks: list[Keys] = []
         self.int_keys = False
         self.counts = np.zeros(1024, dtype=np.int64)
+
+    @property
+    def distinct_seen(self) -> int:
+        return self.table.size
 
     def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
         uniques, inverse = unique_inverse(values)
@@ -296,9 +296,6 @@ class HashBuckets:
         return NUM_RESERVED_IDS + self.buckets
 
     def transform(self, values: Values) -> np.ndarray:
-        if _is_small(values) and self.buckets < 2**31 - NUM_RESERVED_IDS:  # (ids fit int32)
-            return np.array([MISSING_ID if h is None else h % self.buckets + NUM_RESERVED_IDS
-                             for h in _hashes_one_by_one(values)], dtype=np.int32)
         uniques, inverse = unique_inverse(values)
         codes = (hash_keys(uniques) % np.uint64(self.buckets)).astype(np.int32)
         return _ids_from_codes(codes, inverse)
@@ -319,6 +316,8 @@ class _StatelessAccumulator:
 
     def __init__(self, transform: Callable[[Values], np.ndarray]):
         self._transform = transform
+
+    distinct_seen = 0
 
     def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
         return self._transform(values)
@@ -341,10 +340,6 @@ def log_square_bucket(x: np.ndarray) -> np.ndarray:
 
     Returns int64 keys with ``np.iinfo(int64).min`` for missing (NaN) values.
     """
-    if _is_small(x) and x.ndim == 1:
-        values = x.tolist()
-        if all(v != v or abs(v) < 2.0**62 for v in values):  # NaN or finite: no cast overflow
-            return np.array([_log_square_bucket_one(v) for v in values], dtype=np.int64)
     out = np.full(x.shape, _MISSING_KEY, dtype=np.int64)
     present = ~np.isnan(x)
     v = x[present]
@@ -354,18 +349,6 @@ def log_square_bucket(x: np.ndarray) -> np.ndarray:
         keys[big] = np.floor(np.log(v[big]) ** 2).astype(np.int64)
     out[present] = keys
     return out
-
-
-def _log_square_bucket_one(v: float) -> int:
-    """:func:`log_square_bucket` of one finite or NaN value, bit-identical: the logarithm is
-    numpy's (a numpy scalar call runs the same loop as an array; ``math.log`` may differ in the
-    last bit), the square, floor and truncation are exact in Python as in numpy."""
-    if v != v:
-        return int(_MISSING_KEY)
-    if v > 2:
-        log = float(np.log(v))
-        return math.floor(log * log)
-    return int(v)
 
 
 class NumericTransform:
@@ -403,10 +386,6 @@ class NumericTransform:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """float64 raw values (NaN = missing) -> float32 features."""
         x = np.asarray(x, dtype=np.float64)
-        if _is_small(x) and x.ndim == 1:
-            values = x.tolist()
-            if all(v != v or abs(v) < math.inf for v in values):  # NaN or finite
-                return np.array([self._transform_one(v) for v in values], dtype=np.float64).astype(np.float32)
         v = self._pre(x)
         if self.kind == "log1p_standardize":
             v = (v - self.mean_) / self.std_
@@ -415,24 +394,6 @@ class NumericTransform:
             v = np.clip((v - self.min_) / span, 0.0, 1.0)
         v = np.where(np.isnan(x), self.fill_value, v)
         return v.astype(np.float32)
-
-    def _transform_one(self, x: float) -> float:
-        """:meth:`transform` of one finite or NaN value before the float32 cast, bit-identical:
-        log1p is numpy's (see :func:`_log_square_bucket_one`), the rest is exact IEEE arithmetic
-        in the same order as the array expression."""
-        if x != x:
-            return self.fill_value
-        v = x
-        if self.kind in ("log1p", "log1p_standardize"):
-            sign = 1.0 if x > 0 else -1.0 if x < 0 else 0.0  # np.sign (np.sign(-0.0) is 0.0)
-            v = sign * float(np.log1p(abs(x)))
-        if self.kind == "log1p_standardize":
-            v = (v - self.mean_) / self.std_  # type: ignore[operator]
-        elif self.kind == "minmax":
-            span = (self.max_ - self.min_) or 1.0  # type: ignore[operator]
-            v = (v - self.min_) / span  # type: ignore[operator]
-            v = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v  # np.clip (keeps -0.0, as np.clip does)
-        return v
 
     def accumulator(self) -> "_NumericAccumulator":
         return _NumericAccumulator(self)
@@ -466,6 +427,8 @@ class _NumericAccumulator:
         self.m2 = 0.0
         self.lo = math.inf
         self.hi = -math.inf
+
+    distinct_seen = 0
 
     def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)
@@ -533,6 +496,10 @@ class BucketizedNumeric:
 class _BucketAccumulator:
     def __init__(self, inner: _VocabAccumulator):
         self.inner = inner
+
+    @property
+    def distinct_seen(self) -> int:
+        return self.inner.distinct_seen
 
     def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
         return self.inner.update(log_square_bucket(np.asarray(values, dtype=np.float64)), train_mask)

@@ -5,6 +5,9 @@ hashes live in an open-addressing table (linear probing) whose probes run as who
 numpy operations. Memory is about 40 bytes per distinct key (8-byte key and code slots, table kept at most
 half full, plus the hash per code), against several hundred for a Python dict of strings.
 
+The small-request lane (``online.py``) hashes and looks up one key at a time in plain Python,
+bit-identical to these functions.
+
 Two distinct keys with equal 64-bit hashes would share a code. With splitmix64-mixed hashes the
 chance of any such collision among 30 million distinct values is about 2.5e-5.
 """
@@ -16,22 +19,16 @@ import threading
 import numpy as np
 import pyarrow as pa
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_POLY = np.uint64(0x100000001B3)  # FNV prime, odd
+from ..hashing import GOLDEN, mix64
 
-
-def mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a bijection on uint64 that spreads every input bit."""
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+#: the string hash's polynomial base (the FNV prime; odd, so multiplying by it is a bijection)
+POLY = 0x100000001B3
+_POLY = np.uint64(POLY)
+_GOLDEN = np.uint64(GOLDEN)
 
 
 def hash_ints(keys: np.ndarray) -> np.ndarray:
-    """64-bit hashes of int64 keys; never 0 (0 marks an empty slot)."""
+    """64-bit hashes of int64 keys (splitmix64 of the key's bits); never 0 (0 marks an empty slot)."""
     with np.errstate(over="ignore"):
         h = mix64(keys.astype(np.int64).view(np.uint64) + _GOLDEN)
     h[h == 0] = 1
@@ -105,55 +102,11 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     return h
 
 
-# --------------------------------------------------------------------------------------------
-# One key at a time, in plain Python integers. Serving scores a handful of rows per request,
-# where the fixed cost of a dozen numpy calls per column dwarfs the work; these functions give
-# bit-identical results to the vectorized ones above (tested), without any numpy call.
-# --------------------------------------------------------------------------------------------
-
-_MASK64 = (1 << 64) - 1
-_M1_INT, _M2_INT, _GOLDEN_INT, _POLY_INT = int(_M1), int(_M2), int(_GOLDEN), int(_POLY)
-_POWERS_INT: list[int] = []  # _POLY ** i mod 2**64, as Python ints
-_POWER_SUMS_INT: list[int] = [0]  # sum of the first i powers, mod 2**64
-
-
-def _powers_int(n: int) -> tuple[list[int], list[int]]:
-    if len(_POWER_SUMS_INT) <= n:  # checked on the sums, appended after the powers
-        with _POWERS_LOCK:
-            while len(_POWER_SUMS_INT) <= n:
-                last = _POWERS_INT[-1] * _POLY_INT & _MASK64 if _POWERS_INT else 1
-                _POWERS_INT.append(last)
-                _POWER_SUMS_INT.append((_POWER_SUMS_INT[-1] + last) & _MASK64)
-    return _POWERS_INT, _POWER_SUMS_INT
-
-
-def mix64_int(z: int) -> int:
-    """:func:`mix64` of one uint64 held in a Python int."""
-    z = (z ^ (z >> 30)) * _M1_INT & _MASK64
-    z = (z ^ (z >> 27)) * _M2_INT & _MASK64
-    return z ^ (z >> 31)
-
-
-def hash_string_one(value: str | None) -> int:
-    """:func:`hash_strings` of one string (None hashes like ""), as a Python int."""
-    data = value.encode("utf-8") if value else b""
-    n = len(data)
-    powers, sums = _powers_int(n)
-    # sum over bytes of (byte + 1) * POLY**i = sum(byte * POLY**i) + sum(POLY**i)
-    total = (sum(map(int.__mul__, data, powers)) + sums[n]) & _MASK64
-    return mix64_int((total * _POLY_INT + n + _GOLDEN_INT) & _MASK64) or 1
-
-
-def hash_int_one(key: int) -> int:
-    """:func:`hash_ints` of one int64 key, as a Python int."""
-    return mix64_int(((key & _MASK64) + _GOLDEN_INT) & _MASK64) or 1
-
-
 class KeyTable:
     """An open-addressing hash table from nonzero uint64 hashes to int32 codes.
 
     ``insert`` gives new hashes the next codes (0, 1, 2, ... in insertion order) and returns the
-    code of every hash; ``lookup`` returns the code or -1.
+    code of every hash; ``lookup`` returns the code or -1; ``slots`` exposes the probe arrays.
     """
 
     def __init__(self, capacity: int = 1024):
@@ -239,19 +192,12 @@ class KeyTable:
         """The hash of every code, in code order."""
         return self._by_code[: self.size]
 
-    def lookup_one(self, h: int) -> int:
-        """The code of one hash (a Python int, as from :func:`hash_string_one`); -1 if absent.
-        The same probe sequence as :meth:`lookup`, without numpy calls."""
-        keys = self._keys
-        mask = len(keys) - 1
-        slot = h & mask
-        while True:
-            k = int(keys[slot])
-            if k == h:
-                return int(self._codes[slot])
-            if k == 0:
-                return -1
-            slot = (slot + 1) & mask
+    def slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The open-addressing arrays, for a reader that probes one key at a time (the online
+        lane): ``keys`` uint64[capacity] (0 = empty slot) and ``codes`` int32[capacity]. A hash h
+        is found by linear probing from slot ``h & (capacity - 1)``: the first slot holding h
+        gives its code, an empty slot before it means absent. Not to be written."""
+        return self._keys, self._codes
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """Codes for ``hashes``; -1 where absent."""

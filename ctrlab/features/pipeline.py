@@ -3,7 +3,12 @@
 The one implementation of feature encoding. Training-data preparation, evaluation, offline
 prediction, the exported bundle and the HTTP server all call :meth:`FeaturePipeline.transform`
 on the same fitted object (loaded from ``pipeline.json``), so online and offline encodings
-agree by construction.
+agree by construction. ``transform`` has two lanes with the same bytes (tested): the encoders'
+vectorized ``transform`` and, for inputs of a few rows, the one-value-at-a-time
+:class:`~.online.OnlineEncoder` built from the same fitted state. ``prepare`` streams the fit
+through :meth:`FeaturePipeline.accumulators` and turns the provisional codes they hand out into
+the fitted encodings with the :class:`CodeFinalizer` that :meth:`FeaturePipeline.finish_fit`
+returns.
 
 Output layout: dense features are the numeric columns kept numeric, in schema order; sparse
 features are the numeric columns that were bucketized (in schema order) followed by the
@@ -15,14 +20,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from ..fields import FeatureSpec
 from ..fileio import write_bytes_atomic
-from .encoders import (BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, encoder_from_dict)
+from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
+                       Vocabulary, column_values, encoder_from_dict)
+from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
 
@@ -94,6 +101,7 @@ class FeaturePipeline:
         if missing:
             raise ValueError(f"no encoder for columns {missing}")
         self.fitted = False
+        self._online: OnlineEncoder | None = None  # the small-input lane, built on first use
 
     # construction ----------------------------------------------------------------------------
     @classmethod
@@ -139,9 +147,23 @@ class FeaturePipeline:
             raise RuntimeError("FeaturePipeline is not fitted: run fit() or load a fitted pipeline.json")
 
     # fitting ---------------------------------------------------------------------------------
-    def accumulators(self) -> dict[str, Any]:
-        """Streaming fit state per input column (see encoders.Accumulator)."""
+    def accumulators(self) -> dict[str, Accumulator]:
+        """Streaming fit state per input column (see encoders.Accumulator): feed each one
+        ``column_values(table, col, col in dense_inputs)``, then call :meth:`finish_fit`."""
         return {col: self.encoders[col].accumulator() for col in self.input_columns}
+
+    def finish_fit(self, accumulators: dict[str, Accumulator],
+                   map_each: Callable[..., Iterable[Any]] = map) -> "CodeFinalizer":
+        """Fit every encoder from its accumulator (the pipeline is fitted afterwards) and return
+        the finalizer of the codes the accumulators handed out. map_each: ``map`` or a pool's
+        ``map``, to finish the columns in parallel."""
+        return CodeFinalizer(self.sparse_outputs, self.dense_outputs, self._finish(accumulators, map_each))
+
+    def _finish(self, accumulators: dict[str, Accumulator], map_each: Callable[..., Iterable[Any]]) -> dict[str, Finalize]:
+        finals = dict(zip(accumulators, map_each(lambda acc: acc.finish(), accumulators.values())))
+        self.fitted = True
+        self._online = None  # built from the new state on first use
+        return finals
 
     def fit(self, tables: Iterable[pa.Table]) -> "FeaturePipeline":
         """Fit on training tables (canonical columns, see data.readers)."""
@@ -149,19 +171,37 @@ class FeaturePipeline:
         for table in tables:
             for col, acc in accs.items():
                 acc.update(column_values(table, col, col in self.dense_inputs), None)
-        for acc in accs.values():
-            acc.finish()
-        self.fitted = True
+        self._finish(accs, map)
         return self
 
     # use -------------------------------------------------------------------------------------
     def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Encode a table of raw rows: dense float32[N, n_dense], sparse int32[N, n_sparse]."""
+        """Encode a table of raw rows: dense float32[N, n_dense], sparse int32[N, n_sparse].
+
+        Up to ``SMALL_INPUT_ROWS`` rows take the online lane (:class:`~.online.OnlineEncoder`),
+        more take :meth:`encode_vectorized`: the same bytes either way. A feature that is not
+        finite raises :class:`InputError`."""
         self._check_fitted()
         present = set(table.column_names)  # (a property that builds a new list on every access)
         missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise ValueError(f"input lacks columns {missing}")
+        if table.num_rows <= SMALL_INPUT_ROWS:
+            dense, sparse = self._online_encoder().encode(table)
+        else:
+            dense, sparse = self.encode_vectorized(table)
+        check_finite(dense, self.dense_outputs, table)
+        return dense, sparse
+
+    def _online_encoder(self) -> OnlineEncoder:
+        online = self._online
+        if online is None or not online.built_from(self.encoders):  # (an encoder may be replaced)
+            online = self._online = OnlineEncoder.from_pipeline(self)
+        return online
+
+    def encode_vectorized(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """The vectorized lane alone, for any number of rows, without :meth:`transform`'s checks:
+        dense float32[N, n_dense], sparse int32[N, n_sparse]."""
         n = table.num_rows
         dense = np.empty((n, len(self.dense_outputs)), dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
@@ -170,7 +210,6 @@ class FeaturePipeline:
         sparse = np.empty((n, len(self.sparse_outputs)), dtype=np.int32)
         for j, col in enumerate(self.sparse_outputs):
             sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
-        check_finite(dense, self.dense_outputs, table)
         return dense, sparse
 
     # persistence -----------------------------------------------------------------------------
@@ -215,12 +254,39 @@ def check_finite(dense: np.ndarray, names: list[str], table: pa.Table) -> None:
     raise InputError(f"row {row}, field {names[j]!r}: {reason}", row=row, field=names[j], reason=reason)
 
 
-def column_values(table: pa.Table, col: str, numeric: bool):
-    """A column as the encoders take it: float64 numpy (NaN = missing) or an Arrow string array."""
-    column = table.column(col)
-    if numeric:
-        return column.to_numpy().astype(np.float64, copy=False)  # nulls become NaN
-    if column.type != pa.string():
-        column = column.cast(pa.string())
-    return column
+class CodeFinalizer:
+    """Turns the codes a pipeline's accumulators handed out (prepare's pass 1) into the fitted
+    encodings (pass 2), with numpy alone: provisional vocabulary codes -> ids, raw numeric values
+    -> features. Built by :meth:`FeaturePipeline.finish_fit`; safe to call from several threads
+    on disjoint rows.
 
+    sparse_outputs / dense_outputs: the pipeline's output columns; finals: per column, what its
+    accumulator's ``finish`` returned.
+    """
+
+    def __init__(self, sparse_outputs: list[str], dense_outputs: list[str], finals: dict[str, Finalize]):
+        sparse_finals = [finals[c] for c in sparse_outputs]
+        self._dense_finals = [finals[c] for c in dense_outputs]
+        # vocabulary columns remap through one concatenated lookup array with per-column offsets
+        self._remapped = [j for j, f in enumerate(sparse_finals) if isinstance(f, RemapFinalize)]
+        self._others = [(j, f) for j, f in enumerate(sparse_finals) if not isinstance(f, RemapFinalize)]
+        self._all_remapped = len(self._remapped) == len(sparse_finals)
+        tables = [sparse_finals[j].remap for j in self._remapped]  # type: ignore[attr-defined]
+        self._flat_remap = np.concatenate(tables) if tables else np.zeros(0, np.int32)
+        self._offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int32)
+
+    def ids(self, codes: np.ndarray) -> None:
+        """int32[N, n_sparse] provisional codes -> final ids, in place."""
+        if self._all_remapped:  # one gather
+            codes[:] = self._flat_remap[codes + self._offsets]
+        elif self._remapped:
+            codes[:, self._remapped] = self._flat_remap[codes[:, self._remapped] + self._offsets]
+        for j, final in self._others:
+            codes[:, j] = final(codes[:, j])
+
+    def features(self, raw: np.ndarray, out: np.ndarray) -> None:
+        """float64[N, n_dense] raw numeric values -> float32 features written to ``out[N, n_dense]``;
+        a finite value whose feature overflows float32 becomes inf there, for the caller to report."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k, final in enumerate(self._dense_finals):
+                out[:, k] = final(raw[:, k])

@@ -11,7 +11,10 @@ default) or an Arrow table slice (``--input table``, the file-reader path). Its 
 * preprocessing: ``parse`` (rows -> Arrow table: type checks and conversion) and ``transform``
   (the bundle's FeaturePipeline.transform),
 * ``inference``: the torch model or the onnxruntime session,
-* ``postprocess``: probabilities -> a Python list (what a JSON response needs).
+* ``postprocess``: the scores array, then a Python list (what a JSON response needs).
+
+Each request is one :meth:`Predictor.predict` call, the server's scoring path; the stage times are
+that call's own :class:`~ctrlab.inference.Timings`.
 
 Memory: the peak resident set size during each combination (Linux: the peak is reset before
 each one through /proc/self/clear_refs; elsewhere the process peak so far), and the peak CUDA
@@ -28,10 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .offline import input_schema
-
 import numpy as np
 import pyarrow as pa
+
+from ..data.formats import input_schema
+from ..data.readers import RowReader
+from ..export.bundle import library_versions, load_manifest, variants
+from ..runtime import available_cores
+from .predictor import BACKENDS, VARIANTS, Predictor
 
 BENCH_FORMAT_VERSION = 1
 INPUT_FORMS = ("dicts", "table")
@@ -98,13 +105,12 @@ def rss_mb() -> float | None:
 # the benchmark
 # --------------------------------------------------------------------------------------------
 
-def load_rows(predictor: Any, data: str | os.PathLike, rows: int, fmt: str = "auto") -> pa.Table:
+def load_rows(predictor: Predictor, data: str | os.PathLike, rows: int, fmt: str = "auto") -> pa.Table:
     """The first ``rows`` raw rows of a data file (any format ``predict`` reads), checked
     against the bundle's inputs."""
-    from ..data.readers import RowReader
-
     path = Path(data)
-    _, schema = input_schema(path, fmt, predictor.schema, predictor.pipeline)
+    pipeline = predictor.pipeline
+    _, schema = input_schema(path, fmt, predictor.schema, pipeline.dense_inputs, pipeline.sparse_inputs)
     tables, n = [], 0
     for chunk in RowReader([path], schema):
         tables.append(chunk.table)
@@ -123,13 +129,14 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
             "mean": round(float(values.mean()), 4), "max": round(float(values.max()), 4)}
 
 
-def measure(predictor: Any, requests: list[Any], opts: BenchOptions, gpu: bool = False) -> dict[str, Any]:
-    """Run requests (cycling) for ``opts.seconds``; latency and per-stage time per request."""
-    transform = predictor.pipeline.transform
+def measure(predictor: Predictor, requests: list[Any], opts: BenchOptions, gpu: bool = False) -> dict[str, Any]:
+    """Run requests (cycling) through :meth:`Predictor.predict` (the server's scoring path) for
+    ``opts.seconds``; latency and per-stage time per request, the stages from each Prediction's
+    timings, plus the response's list (postprocess)."""
     for i in range(opts.warmup):
         predictor.predict(requests[i % len(requests)])
     if gpu:
-        import torch
+        import torch  # (heavy: imported where a GPU measurement needs it)
 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -142,16 +149,13 @@ def measure(predictor: Any, requests: list[Any], opts: BenchOptions, gpu: bool =
     while i < opts.max_repeats and (i < opts.min_repeats or time.perf_counter() < deadline):
         request = requests[i % len(requests)]
         t0 = time.perf_counter()
-        table = predictor.to_table(request)
+        prediction = predictor.predict(request)
         t1 = time.perf_counter()
-        dense, sparse = transform(table)
+        response = prediction.scores.tolist()
         t2 = time.perf_counter()
-        probs = predictor.predict_encoded(dense, sparse)
-        t3 = time.perf_counter()
-        response = probs.tolist()
-        t4 = time.perf_counter()
-        latencies.append(t4 - t0)
-        stages.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        latencies.append(t2 - t0)
+        timings = prediction.timings
+        stages.append((timings.parse, timings.transform, timings.inference, timings.postprocess + (t2 - t1)))
         rows += len(response)
         i += 1
     elapsed = time.perf_counter() - started
@@ -209,12 +213,9 @@ def combinations(opts: BenchOptions, bundle_variants: list[str]) -> list[dict[st
 def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: BenchOptions, *,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Benchmark every combination; returns the JSON-able report (see :func:`format_report`)."""
+    # heavy, and needed only when a benchmark runs (importing this module stays light)
     import onnxruntime
     import torch
-
-    from ..export.bundle import library_versions, load_manifest, variants
-    from .predictor import BACKENDS, Predictor
-    from ..runtime import available_cores
 
     if opts.input_form not in INPUT_FORMS:
         raise ValueError(f"--input must be one of {', '.join(INPUT_FORMS)}, got {opts.input_form!r}")
@@ -223,8 +224,6 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if any(b < 1 for b in opts.batch_sizes) or any(t < 1 for t in opts.threads):
         raise ValueError("batch sizes and thread counts must be >= 1")
-    from .predictor import VARIANTS
-
     bad_variants = [v for v in opts.variants if v not in VARIANTS]
     if bad_variants:
         raise ValueError(f"unknown variant(s) {bad_variants}; valid: {', '.join(VARIANTS)}")

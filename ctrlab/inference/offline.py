@@ -1,6 +1,13 @@
 """Files in, scores out: :func:`score_files` streams any input format that ``prepare`` reads
-(labelled or not), overlapping parsing, encoding and inference, and yields the scores chunk by
-chunk in input order; :func:`predict_file` writes them to a TSV file (``ctrlab predict``)."""
+(labelled or not; the layout from :func:`ctrlab.data.formats.input_schema`), overlapping parsing,
+encoding and inference, and yields the scores chunk by chunk in input order; :func:`predict_file`
+writes them to a TSV file (``ctrlab predict``).
+
+Files take :meth:`Predictor.predict`'s stages (``transform``, ``predict_encoded``) one by one
+rather than ``predict`` itself: a reader already yields checked tables (no ``to_table``), the
+stages run in different threads so they overlap, and a bad line's error must name the file and
+line rather than the row of a chunk.
+"""
 
 from __future__ import annotations
 
@@ -12,84 +19,20 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 
-from ..data.readers import ID, DataError, RowReader, SkipReport, describe, first_line, prefetch, resolve_inputs
-from ..features.pipeline import FeaturePipeline, InputError
+from ..data.formats import input_schema
+from ..data.readers import ID, DataError, RowReader, SkipReport, describe, resolve_inputs
+from ..features.pipeline import InputError
 from ..fileio import atomic_write
-from ..schema import LABEL, PRESETS, GenericSchemaConfig, Schema, generic_schema
-from .predictor import InputCounts, Predictor, input_drift
-from .rows import column_list
+from ..metrics import evaluate_scores
+from ..runtime import available_cores, prefetch
+from ..schema import LABEL
+from .predictor import InputCounts, Predictor, Timings, input_drift
 
 
 # rows per inference call when scoring files: cache-sized activations (measured faster than 16k or 64k)
 DEFAULT_BATCH_ROWS = 4096
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-
-def input_schema(path: Path, fmt: str, bundle_schema: Schema, pipeline: FeaturePipeline) -> tuple[str, Schema]:
-    """How to read one prediction input: the format (detected from the first line when ``auto``)
-    and its schema, labelled or not. The file's feature columns must equal the bundle's inputs."""
-    from ..data.readers import detect_format, schema_for_file
-
-    generic = bundle_schema.name in ("csv", "tsv")
-    if fmt == "auto":
-        try:
-            fmt = detect_format(path)
-        except ValueError:
-            if not generic:
-                raise
-            fmt = bundle_schema.name
-    if fmt in ("csv", "tsv"):
-        schema = _generic_input_schema(path, fmt, bundle_schema)
-    elif fmt in PRESETS:
-        schema = schema_for_file(path, fmt)
-        if fmt == "slot" and not any(tok.startswith("click:") for tok in first_line(path).split()):
-            schema = schema.without_label()
-    else:
-        raise ValueError(f"unknown format {fmt!r}; valid: auto, {', '.join(list(PRESETS) + ['csv', 'tsv'])}")
-    if list(schema.dense) != pipeline.dense_inputs or list(schema.sparse) != pipeline.sparse_inputs:
-        file_cols = list(schema.dense) + list(schema.sparse)
-        need = pipeline.input_columns
-        lacking = [c for c in need if c not in file_cols]
-        extra = [c for c in file_cols if c not in need]
-        detail = f"lacking {lacking}, extra {extra}" if lacking or extra else "same names, other order or kinds"
-        raise ValueError(f"{path}: its feature columns ({fmt} layout: dense {list(schema.dense)}, sparse "
-                         f"{list(schema.sparse)}) differ from the bundle's inputs (dense {pipeline.dense_inputs}, "
-                         f"sparse {pipeline.sparse_inputs}): {detail}")
-    return fmt, schema
-
-
-def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema:
-    """A generic CSV/TSV input read with the bundle's column roles; the label and id columns
-    are optional (a label-less file is scored, not evaluated).
-
-    Columns come from the file's header (a bundle trained on a preset layout, or on generic data
-    with a header), or, for a bundle trained on header-less generic data, from its schema."""
-    generic_bundle = bundle_schema.name in ("csv", "tsv")
-    delimiter = bundle_schema.delimiter if bundle_schema.name == fmt else ("\t" if fmt == "tsv" else ",")
-    has_header = bundle_schema.header or not generic_bundle
-    if has_header:
-        header = [h.strip().strip('"') for h in first_line(path).split(delimiter)]
-    else:
-        fields = first_line(path).split(delimiter)
-        header = list(bundle_schema.columns)
-        if bundle_schema.label and len(fields) == len(header) - 1:
-            header = [c for c in header if c != bundle_schema.label]
-    label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
-    id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
-    features = [c for c in header if c not in (label, id_column)]
-    need = list(bundle_schema.dense) + list(bundle_schema.sparse)
-    if sorted(features) != sorted(need):
-        lacking = [c for c in need if c not in features]
-        extra = [c for c in features if c not in need]
-        raise ValueError(f"{path}: its feature columns ({fmt} header: {column_list(features)}) differ from the "
-                         f"bundle's inputs ({column_list(need)}): lacking {lacking}, extra {extra}")
-    cfg = GenericSchemaConfig(columns=header, label=label, dense=list(bundle_schema.dense),
-                              sparse=list(bundle_schema.sparse), id_column=id_column, header=has_header,
-                              delimiter=delimiter)
-    return generic_schema(cfg, fmt, header)
 
 
 @dataclass
@@ -101,7 +44,7 @@ class ScoredChunk:
     ids: pa.Array | None  # the input's id column (e.g. Kaggle CSV Id), when it has one
     path: str
     rows_before: int  # scored rows before this chunk (all files)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = Timings()  # seconds: transform and inference of this chunk (parsing overlaps them)
     lines: np.ndarray | None = None  # int64[N]: the input line of every scored row
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why) of skipped lines, in order
 
@@ -133,7 +76,9 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     report = report if report is not None else FileScoring()
     paths = resolve_inputs(inputs)
-    plans = [(path, *input_schema(path, fmt, predictor.schema, predictor.pipeline)) for path in paths]  # all checked up front
+    pipeline = predictor.pipeline
+    plans = [(path, *input_schema(path, fmt, predictor.schema, pipeline.dense_inputs, pipeline.sparse_inputs))
+             for path in paths]  # all checked up front
     for path, file_fmt, schema in plans:
         report.formats[str(path)] = file_fmt
         report.has_labels &= schema.label is not None
@@ -164,7 +109,7 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         for lo in range(0, n, batch_size):
             hi = lo + batch_size
             probs[lo:hi] = predictor.predict_encoded(dense[lo:hi], sparse[lo:hi])
-        timings = {"transform": transform_s, "inference": time.perf_counter() - t0}
+        timings = Timings(transform=transform_s, inference=time.perf_counter() - t0)
         yield ScoredChunk(probs, labels, ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
         done += n
         report.rows = done
@@ -231,18 +176,12 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     warning is logged when a field's missing or OOV rate is far above the bundle's training
     rates (the wrong bundle for the data, or a changed upstream).
     """
-    import pyarrow.csv as pa_csv
-
-    from ..metrics import evaluate_scores
-
     started = time.perf_counter()
     if predictor is None:
         if threads is None and backend == "torch":
             # parsing and encoding run in two threads beside inference: torch's OpenMP threads
             # stall when they outnumber the free cores (measured on 2 shared cores: 1 thread
             # 42-51k rows/s, 2 threads 9-23k); onnxruntime (spinning off) does not mind
-            from ..runtime import available_cores
-
             threads = max(1, available_cores() - 1)
         predictor = Predictor(bundle_dir, backend=backend, threads=threads, variant=variant)
     for note in predictor.version_notes:

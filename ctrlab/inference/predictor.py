@@ -1,4 +1,5 @@
-"""Score raw rows with a bundle: ``Predictor(bundle).predict(rows) -> float32[N]`` probabilities.
+"""Score raw rows with a bundle: ``Predictor(bundle).predict(rows) -> Prediction`` (probabilities
+float32[N] in ``.scores``, the seconds per stage in ``.timings``).
 
 Rows go through the bundle's fitted :class:`~ctrlab.features.pipeline.FeaturePipeline` (the one
 implementation of feature encoding, the same object that encoded the training data) and then
@@ -6,9 +7,13 @@ through the ONNX graph (onnxruntime) or the torch model::
 
     from ctrlab.inference import Predictor
     predictor = Predictor("bundles/deepfm", backend="onnx")
-    predictor.predict([{"I1": 3, "I2": None, "C1": "05db9164", ...}])       # list of dicts
-    predictor.predict([[3, None, ..., "05db9164", ...]])                      # lists in predictor.columns order
-    predictor.predict(arrow_table)                                             # canonical columns, as readers give
+    predictor.predict([{"I1": 3, "I2": None, "C1": "05db9164", ...}]).scores  # list of dicts
+    predictor.predict([[3, None, ..., "05db9164", ...]]).scores                # lists in predictor.columns order
+    predictor.predict(arrow_table).scores                                      # canonical columns, as readers give
+
+The server, the inference benchmark and offline scoring all score through :meth:`Predictor.predict`
+(files through the same stages, chunk by chunk: :func:`ctrlab.inference.offline.score_files`), so
+every path reports the same stage timings of the same code.
 
 Raw values: finite numbers, numeric strings, "" or None (missing) for numeric columns (NaN, inf and
 values that overflow, such as "1e400", are errors naming the row and field, as in files); strings, integer
@@ -35,6 +40,7 @@ import pyarrow as pa
 from ..export.bundle import PIPELINE, graph_file, load_manifest, onnx_session, torch_model, version_notes
 from ..features.pipeline import FeaturePipeline, InputError
 from ..fields import MISSING_ID, OOV_ID
+from ..runtime import configure_torch_threads
 from ..schema import Schema
 from .rows import check_table, rows_to_table
 
@@ -99,14 +105,23 @@ def input_drift(seen: dict[str, dict[str, int | None]], trained: dict[str, dict[
     return found
 
 
-@dataclass
+@dataclass(frozen=True)
 class Timings:
-    """Seconds spent per stage by the last :meth:`Predictor.predict` call."""
+    """Seconds spent per stage by one :meth:`Predictor.predict` call."""
 
-    parse: float = 0.0  # rows -> Arrow table
-    transform: float = 0.0  # pipeline.transform
+    parse: float = 0.0  # rows -> checked Arrow table
+    transform: float = 0.0  # pipeline.transform (+ the input counts)
     inference: float = 0.0  # model / graph
-    postprocess: float = 0.0  # output array
+    postprocess: float = 0.0  # the backend's output -> the float32[N] scores array
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What :meth:`Predictor.predict` returns: a value, so that threads sharing one predictor (a
+    server) each get their own call's timings."""
+
+    scores: np.ndarray  # float32[N]: the probability of a click per row, in input order
+    timings: Timings
 
 
 class Predictor:
@@ -139,7 +154,6 @@ class Predictor:
         self.schema = Schema.from_dict(self.manifest["schema"])
         self.backend = backend
         self.variant = variant
-        self.timings = Timings()
         self._session = None
         self._model = None
         if backend == "onnx":
@@ -150,9 +164,7 @@ class Predictor:
         else:
             if variant != "fp32":
                 raise ValueError("the int8 variant is an ONNX graph: use backend='onnx'")
-            import torch
-
-            from ..runtime import configure_torch_threads
+            import torch  # only for the torch backend: an onnx server never pays torch's import
 
             if threads is not None:
                 configure_torch_threads(threads)
@@ -214,15 +226,16 @@ class Predictor:
             sparse_t = torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)).to(self._device)
             return torch.sigmoid(self._model(dense_t, sparse_t)).float().cpu().numpy()
 
-    def predict(self, rows: Any) -> np.ndarray:
-        """Probabilities float32[N] for raw rows (Arrow table, list of dicts, or list of lists);
-        per-stage seconds in ``self.timings``."""
+    def predict(self, rows: Any) -> Prediction:
+        """Probabilities float32[N] for raw rows (Arrow table, list of dicts, or list of lists) and
+        the seconds each stage took. Bad input raises :class:`InputError` naming the row and field."""
         t0 = time.perf_counter()
         table = self.to_table(rows)
         t1 = time.perf_counter()
         dense, sparse = self.transform(table)
         t2 = time.perf_counter()
-        probs = self.predict_encoded(dense, sparse) if len(dense) else np.zeros(0, dtype=np.float32)
+        output = self.predict_encoded(dense, sparse) if len(dense) else np.zeros(0, dtype=np.float32)
         t3 = time.perf_counter()
-        self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, 0.0)
-        return probs
+        scores = np.ascontiguousarray(output, dtype=np.float32)  # (no copy for the backends' float32 output)
+        t4 = time.perf_counter()
+        return Prediction(scores, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3))

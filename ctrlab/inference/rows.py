@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..data.formats import column_list
 from ..data.readers import ID, number_error, parse_number
 from ..features.pipeline import InputError
 from ..schema import LABEL
@@ -131,10 +132,6 @@ def _checked_array(flat: list[Any], n: int, names: list[str], numeric: bool) -> 
     convert = _dense_value if numeric else _sparse_value
     values = [convert(v, k % n, names[k // n]) for k, v in enumerate(flat)]
     return pa.array(values, type=pa.float64() if numeric else pa.string())
-
-
-def column_list(columns: Sequence[str]) -> str:
-    return ", ".join(columns) if len(columns) <= 12 else f"{', '.join(columns[:6])}, ..., {', '.join(columns[-3:])}"
 
 
 def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:

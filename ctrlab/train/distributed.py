@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.store import SplitArrays
+from .evaluate import predict_split
 
 #: test hook: the rank ``CTRLAB_TEST_DIE_RANK`` (default 1) exits abruptly at this global step
 DIE_AT_STEP_ENV = "CTRLAB_TEST_DIE_AT_STEP"
@@ -272,8 +273,6 @@ def predict_split_distributed(ctx: DistContext, model: torch.nn.Module, split: S
                               device: torch.device) -> np.ndarray:
     """Probabilities for every row of ``split`` in stored order, on every rank: each rank scores its
     block, then the blocks are all-gathered (padded to the longest) and concatenated."""
-    from .trainer import predict_split
-
     n = len(split)
     lo, hi = shard_bounds(n, ctx.rank, ctx.world_size)
     block = SplitArrays(dense=split.dense[lo:hi], sparse=split.sparse[lo:hi], label=split.label[lo:hi])

@@ -210,7 +210,7 @@ class FullBatchTrainer(Trainer):
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("l2_path") != self.path:
             started = f"train.l2_grid {state['l2_path']}" if "l2_path" in state else "a minibatch optimizer"
-            raise ConfigError(f"{self.ckpt_dir / 'last.pt'}: the run was started with another train.optimizer or "
+            raise ConfigError(f"{self.run.last_checkpoint}: the run was started with another train.optimizer or "
                               f"train.l2_grid ({started}); rerun with --no-resume")
         self.model.load_state_dict(state["model"])
         self.epoch, self.best, self.bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
@@ -233,7 +233,7 @@ class FullBatchTrainer(Trainer):
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run.path.mkdir(parents=True, exist_ok=True)
         self._align_records()
         chunk_rows = cfg.eval_batch_size
         check_fits_in_memory([self.store.split(name) for name in ("train", "valid") if self.store.has_split(name)])
@@ -282,7 +282,7 @@ class FullBatchTrainer(Trainer):
         record["best_epoch"] = self.best["epoch"]
         self.history.append(record)
         self.save_checkpoint()
-        self._write_epoch_logs()
+        self.run.write_epoch_logs(self.history)
         msg = (f"L2 {l2:g}: {result['iterations']} L-BFGS iterations, "
                f"train logloss {result['loss']:.5f}, max |gradient| {result['grad_max']:.1e}")
         if metrics:

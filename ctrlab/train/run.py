@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,12 +10,17 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, dump_config, fitted_features, parse_epoch_range_text, to_dict
+from ..data.prepare import format_summary, prepare
 from ..data.store import Store
-from ..fileio import write_json_atomic
 from ..runtime import configure_torch_threads
 from ..metrics import evaluate_scores
+from ..models import build_model, check_params
 from . import distributed as distrib
-from .trainer import Trainer, evaluate, load_weights, predict_split, set_seed
+from . import fullbatch
+from .rundir import RunDir
+from .store_config import prepare_options
+from .evaluate import evaluate, predict_split
+from .trainer import Trainer, load_weights, set_seed
 
 
 def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], None] = print) -> Store:
@@ -27,15 +31,12 @@ def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], Non
                               "or pass --data STORE")
         if not cfg.run_dir:
             raise ConfigError("set run_dir (or --out) so the store can be prepared inside it")
-        cfg.data.store = str(Path(cfg.run_dir) / "store")
+        cfg.data.store = str(RunDir(cfg.run_dir).store)
     store_dir = Path(cfg.data.store)
     if (store_dir / "meta.json").is_file():
         return Store(store_dir)
     if not cfg.data.train:
         raise FileNotFoundError(f"{store_dir}: no store there and no data.train to prepare one from")
-    from ..cli import prepare_options
-    from ..data.prepare import format_summary, prepare
-
     log(f"preparing {store_dir} from {cfg.data.train}")
     # config.yaml goes in before the swap: the store and the config that made it arrive together
     store = prepare(prepare_options(cfg), store_dir, progress=progress,
@@ -47,13 +48,9 @@ def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], Non
 def check_run_config(cfg: Config) -> None:
     """What loading could not check without the model registry: the model name and its
     parameters (names, types, ranges). Runs before any data is read."""
-    from ..models import check_params
-
     check_params(cfg.model.name, cfg.model.params)
     if cfg.train.optimizer == "lbfgs":
-        from .fullbatch import check_full_batch_config
-
-        check_full_batch_config(cfg.train)
+        fullbatch.check_full_batch_config(cfg.train)
 
 
 def record_fitted_features(cfg: Config, store: Store, log: Callable[[str], None]) -> None:
@@ -71,8 +68,6 @@ def schedule(cfg: Config, store: Store) -> dict[str, Any]:
     rows = len(store.split("valid")) if store.has_split("valid") else 0
     t = cfg.train
     if t.optimizer == "lbfgs":
-        from . import fullbatch
-
         return fullbatch.schedule(t, rows)
     return {
         "epochs": t.epochs,
@@ -105,15 +100,13 @@ def overlap_warning(shared: list[str]) -> str:
 
 
 def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
-    from ..models import build_model
-
     return build_model(cfg.model.name, store.spec, cfg.model.params)
 
 
 def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
                  log: Callable[[str], None] = print,
                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train per the config; returns the summary (also written to RUN/summary.json).
+    """Train per the config; returns the summary (also written to the run's summary.json).
 
     ``on_epoch_end(epoch, record)`` is called after every epoch (see :class:`Trainer`); an
     exception it raises ends the run there, without a summary.
@@ -139,10 +132,10 @@ def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
 def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool, progress: bool,
                   log: Callable[[str], None],
                   on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
+    run = RunDir(cfg.run_dir)
     if ctx is not None:
         # preparing a store in every process would race; `ctrlab train --nproc` prepares it first
-        store_dir = Path(cfg.data.store) if cfg.data.store else run_dir / "store"
+        store_dir = Path(cfg.data.store) if cfg.data.store else run.store
         if not (store_dir / "meta.json").is_file():
             raise ConfigError(f"distributed training reads a prepared store, and {store_dir} is none: run "
                               "`ctrlab prepare` first (or launch with `ctrlab train --nproc N`, which prepares it)")
@@ -151,14 +144,12 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
     record_fitted_features(cfg, store, log)
     is_main = ctx is None or ctx.is_main
     if is_main:
-        _reset_run_dir(cfg, run_dir, resume)
+        _reset_run_dir(cfg, run, resume)
     distrib.barrier(ctx)  # nobody looks for last.pt before rank 0 has cleared an old run
     set_seed(cfg.train.seed)
     model = build_model_for(cfg, store)
-    from .fullbatch import FullBatchTrainer
-
-    trainer_class = FullBatchTrainer if cfg.train.optimizer == "lbfgs" else Trainer
-    trainer = trainer_class(model, store, cfg.train, run_dir, progress=progress, log=log, dist=ctx,
+    trainer_class = fullbatch.FullBatchTrainer if cfg.train.optimizer == "lbfgs" else Trainer
+    trainer = trainer_class(model, store, cfg.train, run.path, progress=progress, log=log, dist=ctx,
                             on_epoch_end=on_epoch_end)
     resumed = resume and trainer.try_resume()
     if not resumed and cfg.train.init_from:
@@ -169,20 +160,17 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
         distrib.broadcast_parameters(model)
         log(f"distributed: {ctx.world_size} processes ({torch.distributed.get_backend()}), global batch "
             f"{cfg.train.batch_size} = {ctx.world_size} x {cfg.train.batch_size // ctx.world_size}")
-    return _train_and_summarize(cfg, store, model, trainer, run_dir, log, is_main)
+    return _train_and_summarize(cfg, store, model, trainer, log, is_main)
 
 
-def _reset_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _reset_run_dir(cfg: Config, run: RunDir, resume: bool) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
     if not resume:  # start over: nothing of an earlier run may be mistaken for this one's
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in ("steps.jsonl", "epochs.jsonl", "epochs.csv", "summary.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    dump_config(cfg, run_dir / "config.yaml")
+        run.clear_training_outputs()
+    dump_config(cfg, run.config)
 
 
-def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trainer: Trainer, run_dir: Path,
+def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trainer: Trainer,
                          log: Callable[[str], None], is_main: bool) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; train rows {len(store.split('train')):,}; "
@@ -216,7 +204,7 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
         log(f"test AUC {test['auc']:.5f}{overlap_warning(shared)}")
         log(f"test logloss {test['logloss']:.5f}{overlap_warning(shared)}")
     if is_main:
-        write_json_atomic(run_dir / "summary.json", summary, indent=1)
+        trainer.run.write_summary(summary)
     log(format_history(history, best_epoch))
     return summary
 
@@ -253,11 +241,10 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
     if not cfg.run_dir:
         raise ConfigError("which run? pass RUN_DIR or set run_dir in the config")
     check_run_config(cfg)
-    run_dir = Path(cfg.run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    available = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("epoch_*.pt"))
+    run = RunDir(cfg.run_dir)
+    available = run.saved_epochs()
     if not available:
-        raise FileNotFoundError(f"{ckpt_dir}: no saved epochs (train first)")
+        raise FileNotFoundError(f"{run.checkpoints}: no saved epochs (train first)")
     epochs = parse_epoch_range(cfg.eval.epochs, available)
     store = ensure_store(cfg, progress=False, log=log)
     split = store.split(cfg.eval.split)
@@ -268,7 +255,7 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
     labels = np.asarray(split.label)
     warning = overlap_warning(train_test_overlap(store.meta)) if cfg.eval.split == "test" else ""
     for epoch in epochs:
-        model.load_state_dict(load_weights(ckpt_dir / f"epoch_{epoch}.pt"))
+        model.load_state_dict(load_weights(run.checkpoint(epoch)))
         probs = predict_split(model, split, cfg.eval.batch_size, device)
         res = {"epoch": epoch, "split": cfg.eval.split, **evaluate_scores(labels, probs)}
         results.append(res)

@@ -1,15 +1,8 @@
 """Trainer: binary cross-entropy on logits, sparse embedding updates, early stopping,
 learning-rate reduction on plateau, atomic per-epoch checkpoints and exact resume.
 
-Run directory::
-
-    RUN/config.yaml            the resolved config
-    RUN/checkpoints/epoch_K.pt model weights after epoch K (state_dict; weights_only loadable)
-    RUN/checkpoints/last.pt    full training state after the last complete epoch (resume)
-    RUN/epochs.jsonl, epochs.csv   per-epoch metrics
-    RUN/steps.jsonl            training loss every ``log_every`` steps
-    RUN/summary.json           best epoch, its validation metrics, test metrics
-    RUN/tensorboard/           event files when ``train.tensorboard`` is on
+The run directory's files (checkpoints, epoch and step logs, TensorBoard events) are named by
+:class:`ctrlab.train.rundir.RunDir`.
 
 Distributed (``dist`` given, see :mod:`ctrlab.train.distributed`): every rank trains on its share of
 each global batch with synchronised gradients and evaluates its block of a split; only rank 0 writes
@@ -18,8 +11,6 @@ the run directory.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -31,15 +22,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data.batches import BatchIterator
-from ..runtime import prefetch
+from tqdm import tqdm
+
 from ..config import ConfigError, TrainConfig
+from ..data.batches import BatchIterator
 from ..data.store import SplitArrays, Store
-from ..fileio import atomic_write, disk_errors, remove_stale_temporaries, write_bytes_atomic
-from ..runtime import configure_torch_threads
+from ..features.encoders import NumericTransform
+from ..fileio import atomic_write, disk_errors, remove_stale_temporaries
 from ..metrics import evaluate_scores
-from .optim import RowSparseOptimizer, dense_optimizer
+from ..nn.embedding import DenseFieldEmbedding, FieldEmbedding
+from ..runtime import configure_torch_threads, prefetch
 from . import distributed as distrib
+from .evaluate import evaluate
+from .optim import RowSparseOptimizer, dense_optimizer
+from .rundir import RunDir
 
 
 def set_seed(seed: int) -> None:
@@ -53,8 +49,6 @@ def embedding_parameters(model: torch.nn.Module, *, ids_checked: bool = False) -
 
     ids_checked: the training data's ids were checked against the vocabulary sizes up front
     (:func:`check_store_ids`), so the per-batch range check can be skipped."""
-    from ..nn.embedding import FieldEmbedding
-
     params = []
     for module in model.modules():
         if isinstance(module, FieldEmbedding):
@@ -86,9 +80,6 @@ def dense_scale_warning(model: torch.nn.Module, pipeline: Any) -> str | None:
     put it into products with other fields; an unscaled column (``passthrough``, ``log1p``:
     Criteo counts reach ~14 after log1p) multiplies those terms and the effective step size of
     its vector, which cost DeepFM 3-9 standard errors of test AUC on the Criteo rows (README)."""
-    from ..features.encoders import NumericTransform
-    from ..nn.embedding import DenseFieldEmbedding
-
     if not any(isinstance(m, DenseFieldEmbedding) for m in model.modules()):
         return None
     unscaled = {col: enc.kind for col, enc in pipeline.encoders.items()
@@ -103,29 +94,6 @@ def dense_scale_warning(model: torch.nn.Module, pipeline: Any) -> str | None:
             f"features.numeric.transform log1p_standardize (or minmax / log_square_bucket)")
 
 
-@torch.no_grad()
-def predict_split(model: torch.nn.Module, split: SplitArrays, batch_size: int,
-                  device: torch.device) -> np.ndarray:
-    """Probabilities for every row of a split, in stored order (last partial batch included)."""
-    was_training = model.training
-    model.eval()
-    out = np.empty(len(split), dtype=np.float32)
-    pos = 0
-    for dense, sparse, _ in BatchIterator(split, batch_size, shuffle=False, device=device):
-        p = torch.sigmoid(model(dense, sparse)).float().cpu().numpy()
-        out[pos: pos + len(p)] = p
-        pos += len(p)
-    if pos != len(split):  # a broken iterator must not pass silently
-        raise RuntimeError(f"evaluated {pos} rows of {len(split)}")
-    model.train(was_training)
-    return out
-
-
-def evaluate(model: torch.nn.Module, split: SplitArrays, batch_size: int, device: torch.device) -> dict[str, float]:
-    probs = predict_split(model, split, batch_size, device)
-    return evaluate_scores(np.asarray(split.label), probs)
-
-
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` whole or not at all; a full disk is a DiskFullError naming ``path`` (torch
     itself says "[enforce fail at inline_container.cc] unexpected pos")."""
@@ -136,27 +104,6 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(fh.fileno())
 
     atomic_write(path, write)
-
-
-def read_step_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a steps.jsonl; a torn last line (the process was killed while writing it) is
-    dropped, any other unreadable line is an error naming the file and line."""
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("no integer 'step'")
-        except ValueError as exc:
-            if number == len(lines) and not line.endswith("\n"):
-                break
-            raise ValueError(f"{path}:{number}: not a step record ({exc}); fix or remove the line") from None
-        records.append(record)
-    return records
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -179,7 +126,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.is_main = dist is None or dist.is_main
         self.store = store
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
         self.progress = progress and self.is_main
         self.log = log if self.is_main else (lambda _msg: None)
         self.device = torch.device(distrib.local_device(cfg.device, dist))
@@ -204,7 +151,6 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.stopped_early = False
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self._tb = None
         if cfg.min_epochs > cfg.epochs:
             raise ConfigError(f"train.min_epochs ({cfg.min_epochs}) is more than train.epochs ({cfg.epochs})")
@@ -263,7 +209,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def try_resume(self) -> bool:
-        last = self.ckpt_dir / "last.pt"
+        last = self.run.last_checkpoint
         if not last.is_file():
             return False
         self.load_state(torch.load(last, map_location=self.device, weights_only=True))
@@ -274,14 +220,12 @@ class Trainer:
         """Make the run's logs say what the state training starts from covers: step records up to
         ``self.step`` (an interrupted epoch re-runs, a run killed before its first checkpoint starts
         afresh) and the epoch records of ``self.history``; temporaries of killed writers go."""
-        for folder in (self.run_dir, self.ckpt_dir):
+        for folder in (self.run.path, self.run.checkpoints):
             if folder.is_dir():
                 remove_stale_temporaries(folder)
-        path = self.run_dir / "steps.jsonl"
-        if path.is_file():
-            kept = [r for r in read_step_records(path) if r["step"] <= self.step]
-            write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        self._write_epoch_logs()
+        if self.run.steps.is_file():
+            self.run.write_steps([r for r in self.run.step_records() if r["step"] <= self.step])
+        self.run.write_epoch_logs(self.history)
 
     def evaluate_split(self, split: SplitArrays) -> dict[str, float]:
         """Exact metrics over a whole split (distributed: gathered from every rank's block)."""
@@ -292,15 +236,13 @@ class Trainer:
         return evaluate_scores(np.asarray(split.label), probs)
 
     def save_checkpoint(self) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_torch({"model": self.model.state_dict(), "epoch": self.epoch}, self.ckpt_dir / f"epoch_{self.epoch}.pt")
-        save_torch(self.state(), self.ckpt_dir / "last.pt")
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_torch({"model": self.model.state_dict(), "epoch": self.epoch}, self.run.checkpoint(self.epoch))
+        save_torch(self.state(), self.run.last_checkpoint)
 
     # ----------------------------------------------------------------------------------------
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the training split; returns (mean loss, samples/s)."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         split = self.store.split("train")
         rank, world = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
@@ -314,7 +256,7 @@ class Trainer:
         started = time.perf_counter()
         bar = tqdm(total=len(split), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
                    disable=not self.progress, mininterval=1.0, leave=False)
-        steps_path = self.run_dir / "steps.jsonl"
+        steps_path = self.run.steps
         with disk_errors(steps_path):
             steps_file = open(steps_path, "a", encoding="utf-8") if self.is_main else None
         try:
@@ -373,15 +315,15 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run.path.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             self._align_records()
         if cfg.tensorboard and self.is_main:
-            try:
+            try:  # optional: only runs with train.tensorboard need the tensorboard package
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise RuntimeError("train.tensorboard needs the tensorboard package: pip install tensorboard") from exc
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.run.tensorboard))
         has_valid = self.store.has_split("valid")
         while self.epoch < cfg.epochs and not self.stopped_early:
             started = time.perf_counter()
@@ -413,7 +355,7 @@ class Trainer:
                 distrib.check_replicas_in_sync(self.dist, self.model)
             if self.is_main:
                 self.save_checkpoint()
-                self._write_epoch_logs()
+                self.run.write_epoch_logs(self.history)
             distrib.barrier(self.dist)  # the other ranks may read this epoch's files next
             if self._tb and valid:
                 self._tb.add_scalar("valid/auc", valid["auc"], self.epoch)
@@ -440,20 +382,5 @@ class Trainer:
         return (not self.stopped_early and self.epoch >= self.cfg.epochs and self.store.has_split("valid")
                 and self.best["epoch"] == self.epoch and self.best["metric"] is not None)
 
-    def _write_epoch_logs(self) -> None:
-        """epochs.jsonl and epochs.csv from ``self.history`` (each replaced whole; none without epochs)."""
-        jsonl, csv_path = self.run_dir / "epochs.jsonl", self.run_dir / "epochs.csv"
-        if not self.history:
-            jsonl.unlink(missing_ok=True)
-            csv_path.unlink(missing_ok=True)
-            return
-        write_bytes_atomic(jsonl, "".join(json.dumps(rec) + "\n" for rec in self.history).encode())
-        table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=list(self.history[0]))
-        writer.writeheader()
-        writer.writerows(self.history)
-        write_bytes_atomic(csv_path, table.getvalue().encode())
-
     def best_checkpoint(self) -> Path:
-        epoch = self.best["epoch"] or self.epoch
-        return self.ckpt_dir / f"epoch_{epoch}.pt"
+        return self.run.checkpoint(self.best["epoch"] or self.epoch)

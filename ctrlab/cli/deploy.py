@@ -1,9 +1,9 @@
-"""The deployment commands: ``ctrlab export``, ``ctrlab predict``, ``ctrlab bench``.
+"""The deployment commands: ``ctrlab export``, ``ctrlab predict``, ``ctrlab bench``, ``ctrlab serve``.
 
-``add_export``, ``add_predict`` and ``add_bench`` each add one subcommand to the ``ctrlab``
-parser (see ``ctrlab.cli.COMMANDS``). Thin: parse arguments, call the library, print.
-Errors are raised as ValueError / FileNotFoundError / RuntimeError with a clear message
-(``ctrlab.cli.main`` turns them into exit code 2).
+Each ``add_*`` adds one subcommand (see ``ctrlab.cli.main.COMMANDS``); each ``cmd_*`` checks its
+flags, calls the library and prints. ``export`` and ``serve`` flags become an
+:class:`~ctrlab.config.ExportConfig` / :class:`~ctrlab.config.ServeConfig` (defaults and checks from
+the section). The library is imported inside the commands (see main.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from ..config import ExportConfig, ServeConfig
+from .options import section_from_flags
 
 
 def _csv_list(text: str, convert=str, what: str = "value") -> list:
@@ -56,18 +59,17 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", action="store_true",
                    help="also write model.int8.onnx (dynamic int8 quantization) and record its AUC change on the "
                         "validation split in the manifest")
-    p.add_argument("--golden-rows", type=int, default=256,
-                   help="rows of the store's valid (else test) split for the parity check (default 256)")
+    p.add_argument("--golden-rows", type=int, help="rows of the store's valid (else test) split for the parity "
+                                                   f"check (default {ExportConfig.golden_rows})")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export.bundle import export_bundle
+    from ..export.bundle import export_bundle
 
-    if args.golden_rows < 1:
-        raise ValueError(f"--golden-rows must be >= 1, got {args.golden_rows}")
-    manifest = export_bundle(args.run, args.out, epoch=args.epoch, golden_rows=args.golden_rows,
-                             quantize=args.quantize, force=args.force)
+    cfg = section_from_flags(ExportConfig, args, ["epoch", "force", "quantize", "golden_rows"])
+    manifest = export_bundle(args.run, args.out, epoch=cfg.epoch, golden_rows=cfg.golden_rows,
+                             quantize=cfg.quantize, force=cfg.force)
     metrics = manifest["metrics"]
     shown = ", ".join(f"{k} {metrics[k]:.5f}" for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")
                       if isinstance(metrics.get(k), float))
@@ -130,7 +132,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import DEFAULT_BATCH_ROWS, predict_file
+    from ..inference import DEFAULT_BATCH_ROWS, predict_file
 
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH_ROWS
     if batch < 1:
@@ -191,7 +193,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .inference.bench import BenchOptions, format_report, run_bench
+    from ..inference.bench import BenchOptions, format_report, run_bench
 
     if args.seconds <= 0 or args.repeats < 1 or args.rows < 1:
         raise ValueError("--seconds must be > 0, --repeats and --rows >= 1")
@@ -213,4 +215,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with open(out, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)
         print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------------------------
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a bundle over HTTP (JSON /v1/predict, file /upload, /metrics, /admin/reload)",
+        description="Serve a bundle over HTTP with uvicorn: POST /v1/predict {\"rows\": [...]} (dicts keyed by "
+                    "column or lists in the bundle's column order) -> probabilities; POST /upload (multipart file "
+                    "of raw lines in any format `ctrlab predict` reads; PaddleRec serving answer); GET /health, "
+                    "/ready, /metadata, /metrics (Prometheus), /docs and /openapi.json; POST /admin/reload "
+                    "{\"bundle\": DIR} when CTRLAB_RELOAD_TOKEN is set (Authorization: Bearer TOKEN). Binds to "
+                    "127.0.0.1 unless --host says otherwise. Each worker process loads the bundle and keeps its "
+                    "own metrics; a reload reaches only the worker that answers it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ctrlab serve bundles/deepfm\n"
+               "  ctrlab serve bundles/deepfm --host 0.0.0.0 --port 8867 --workers 2 --threads 1\n"
+               "  curl -s localhost:8867/v1/predict -d '{\"rows\": [{\"I1\": 3, \"C1\": \"05db9164\"}]}'\n"
+               "  curl -s -F file=@test.txt 'localhost:8867/upload?user_id=42'")
+    p.add_argument("bundle", help="bundle directory (from `ctrlab export`)")
+    p.add_argument("--host", help=f"address to bind (default {ServeConfig.host}: this machine only)")
+    p.add_argument("--port", type=int, help=f"port (default {ServeConfig.port})")
+    p.add_argument("--workers", type=int, help=f"worker processes (default {ServeConfig.workers})")
+    p.add_argument("--backend", choices=["onnx", "torch"], help=f"inference backend (default {ServeConfig.backend})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per worker (default: the available cores divided by --workers)")
+    p.add_argument("--max-rows", type=int, help=f"rows per request (default {ServeConfig.max_rows})")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="request body cap in bytes (default 32 MiB)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs latency)")
+    p.add_argument("--log-level", help=f"uvicorn log level (default {ServeConfig.log_level})")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve.app import serve
+
+    serve(section_from_flags(ServeConfig, args, ["bundle", "host", "port", "workers", "backend", "threads",
+                                                 "max_rows", "max_body_bytes", "access_log", "log_level"]))
     return 0

@@ -1,16 +1,17 @@
-"""Command-line layer of ``ctrlab compare``, ``ctrlab sweep``, ``ctrlab tune``, ``ctrlab plot`` and
+"""The experiment commands: ``ctrlab compare``, ``ctrlab sweep``, ``ctrlab tune``, ``ctrlab plot``,
 ``ctrlab report``.
 
-``add_compare``, ``add_sweep``, ``add_tune``, ``add_plot`` and ``add_report`` each add one subcommand to an
-argparse subparsers object (they belong in ``ctrlab.cli.COMMANDS``). The work is done by
-``ctrlab.experiments``; errors are ValueError / ConfigError / FileNotFoundError / RuntimeError
-with a message meant for the user.
+Each ``add_*`` adds one subcommand (see ``ctrlab.cli.main.COMMANDS``); the work is done by
+:mod:`ctrlab.experiments` (imported inside the commands, see main.py).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from .options import merge_overrides
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -34,13 +35,9 @@ def _common_run_options(p: argparse.ArgumentParser, metric_default: str, metric_
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch logs; one line per run")
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    sets = []
-    if args.epochs is not None:
-        sets.append(f"train.epochs={args.epochs}")
-    if args.device:
-        sets.append(f"train.device={args.device}")
-    return sets + list(args.set)
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--epochs`` / ``--device``, then ``--set`` (which wins: it may set the base a sweep varies around)."""
+    return merge_overrides({"train.epochs": args.epochs, "train.device": args.device}, args.set)
 
 
 def _command_line(args: argparse.Namespace, argv_keys: list[tuple[str, str]]) -> list[str]:
@@ -61,7 +58,7 @@ def _command_line(args: argparse.Namespace, argv_keys: list[tuple[str, str]]) ->
 
 
 def _run_plan(plan: Any, args: argparse.Namespace) -> int:
-    from .experiments.core import describe_plan, execute
+    from ..experiments.core import describe_plan, execute
 
     if args.dry_run:
         print(describe_plan(plan, args.out))
@@ -110,7 +107,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .experiments.compare import plan_compare
+    from ..experiments.compare import plan_compare
 
     command = _command_line(args, [("-c", "config"), ("--data", "data"), ("--models", "models")] + _RUN_FLAGS)
     plan = plan_compare(args.out, args.models, config_path=args.config, store=args.data, seeds=args.seeds,
@@ -156,7 +153,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .experiments.sweep import plan_sweep
+    from ..experiments.sweep import plan_sweep
 
     command = _command_line(args, [("-c", "config"), ("--data", "data"), ("--model", "model"), ("--grid", "grid"),
                                    ("--mode", "mode")] + _RUN_FLAGS)
@@ -188,9 +185,7 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .experiments.plots import parse_formats, plot_paths
+    from ..experiments.plots import parse_formats, plot_paths
 
     formats = parse_formats(args.format)
     if args.out:
@@ -219,11 +214,10 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import write_report
+    from ..experiments.report import write_report
 
     print(write_report(args.experiment, args.out))
     return 0
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +264,7 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .experiments.tune import tune
+    from ..experiments.tune import tune
 
     command = _command_line(args, [("-c", "config"), ("--trials", "trials"), ("--out", "out"), ("--space", "space"),
                                    ("--seed", "seed"), ("--timeout", "timeout"), ("--set", "set"),

@@ -1,0 +1,175 @@
+"""The data commands: ``ctrlab prepare``, ``ctrlab info``, ``ctrlab data synth|download|clean``.
+
+Each ``add_*`` adds one subcommand (see ``ctrlab.cli.main.COMMANDS``); each ``cmd_*`` turns its
+flags into config overrides, calls the library and prints (library imported inside, see main.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, FeaturesConfig, dump_config, load_config, parse_value
+from .options import merge_overrides
+
+# --------------------------------------------------------------------------------------------
+# prepare / info
+# --------------------------------------------------------------------------------------------
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare", help="raw logs -> fitted feature pipeline + encoded store",
+        description="Parse raw CTR logs (Criteo TSV, Kaggle CSV, PaddleRec slot, generic CSV/TSV; plain or "
+                    ".gz; files, globs or directories), fit the feature pipeline on the training split only, "
+                    "and write the encoded store (memory-mapped arrays per split) with its metadata.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ctrlab prepare train.txt --format criteo --out runs/criteo\n"
+               "  ctrlab prepare -c configs/frappe_deepfm.yaml --set features.categorical.min_count=2\n"
+               "  ctrlab prepare 'logs/part-*.gz' --bad-lines skip --out runs/logs")
+    p.add_argument("inputs", nargs="*", help="training data: files, globs or directories (or data.train in the config)")
+    p.add_argument("-c", "--config", help="YAML config with data/features sections")
+    p.add_argument("--out", help="store directory to write (or data.store in the config)")
+    p.add_argument("--format", help="input format (default: detected): criteo, criteo_test, criteo_kaggle_csv, "
+                                    "criteo_csv, slot, csv, tsv")
+    p.add_argument("--valid", action="append", default=None, help="explicit validation file(s)")
+    p.add_argument("--test", action="append", default=None, help="explicit test file(s)")
+    p.add_argument("--split", help="train:valid:test ratios for a random split (default 8:1:1)")
+    p.add_argument("--seed", type=int, help="seed of the random split (default 2024)")
+    defaults = FeaturesConfig()  # the one set of feature defaults
+    p.add_argument("--min-count", type=int, help="vocabulary min_count for categorical columns (default "
+                                                 f"{defaults.categorical.min_count})")
+    p.add_argument("--numeric", help="transform for numeric columns: log1p_standardize, log1p, minmax, passthrough, "
+                                     f"log_square_bucket (default {defaults.numeric.transform})")
+    p.add_argument("--bad-lines", choices=["error", "skip"], help="stop at the first bad line (default) or skip "
+                                                                  "and count bad lines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+
+def split_ratios(text: str) -> list[Any]:
+    """``--split 8:1:1`` (or ``8,1,1``) -> [8, 1, 1]: each ratio read like a ``--set`` value."""
+    return [parse_value(part) for part in text.replace(",", ":").split(":")]
+
+
+def prepare_config(args: argparse.Namespace) -> Config:
+    """The config file (if any), then ``--set``, then the flags."""
+    flags = {
+        "data.train": list(args.inputs) or None, "data.valid": args.valid, "data.test": args.test,
+        "data.store": args.out, "data.format": args.format,
+        "data.split": split_ratios(args.split) if args.split else None, "data.seed": args.seed,
+        "features.categorical.min_count": args.min_count, "features.numeric.transform": args.numeric,
+        "data.bad_lines": args.bad_lines,
+    }
+    return load_config(args.config, merge_overrides(args.set, flags))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.ledger import LEDGER_NAME, record_created
+    from ..data.prepare import format_summary, prepare
+    from ..fileio import disk_errors
+    from ..train.store_config import prepare_options
+
+    cfg = prepare_config(args)
+    if not cfg.data.store:
+        raise ConfigError("where should the store go? pass --out DIR or set data.store in the config")
+    opts = prepare_options(cfg)
+    out = Path(cfg.data.store)
+    # config.yaml goes in before the swap: the store and the config that made it arrive together
+    store = prepare(opts, out, progress=not args.quiet,
+                    before_swap=lambda build: dump_config(cfg, build / "config.yaml"))
+    with disk_errors(out.parent / LEDGER_NAME):
+        record_created(out.parent, [out], "store")
+    print(format_summary(store.meta))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print the summary of a prepared store",
+                       description="Print the metadata summary of a store written by `ctrlab prepare`.")
+    p.add_argument("store", help="store directory")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..data.prepare import format_summary
+    from ..data.store import Store
+
+    print(format_summary(Store(args.store).meta))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# data synth / download / clean
+# --------------------------------------------------------------------------------------------
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="synthetic data, dataset downloads, cleaning up",
+                       description="Make synthetic Criteo-shaped data, download public CTR datasets, or remove "
+                                   "what ctrlab created.")
+    dsub = p.add_subparsers(dest="data_command", metavar="{synth,download,clean}")
+    dsub.required = True
+
+    s = dsub.add_parser("synth", help="write synthetic Criteo-shaped rows",
+                        description="Write Criteo-layout rows (label, 13 counts, 26 hex categories; tab separated) "
+                                    "with Zipf categories, heavy-tailed counts, missing values and labels from a "
+                                    "planted model with feature interactions. .gz output when FILE ends in .gz.")
+    s.add_argument("--rows", type=int, required=True, help="number of rows")
+    s.add_argument("--out", required=True, help="output file (.tsv, .txt or .gz)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--no-label", action="store_true", help="the Kaggle test.txt layout: 39 columns, no label")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+    d = dsub.add_parser("download", help="download a public dataset (resumable, checksummed)",
+                        description="Download and extract a public CTR dataset: criteo-kaggle (the Criteo Display "
+                                    "Advertising Challenge, ~4.3 GB) or criteo-slot (PaddleRec's slot files). "
+                                    "Interrupted downloads resume.")
+    d.add_argument("name", help="criteo-kaggle or criteo-slot")
+    d.add_argument("--to", required=True, help="target directory")
+    d.add_argument("--mirror", help="base URL of a mirror (also env CTRLAB_DATA_MIRROR)")
+    d.add_argument("--sha256", help="expected sha256 of the archive (FILE=HASH,... for several files)")
+    d.add_argument("--no-extract", action="store_true", help="keep the archive, do not extract it")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_download)
+
+    c = dsub.add_parser("clean", help="delete downloads, extracted files and stores ctrlab created in DIR",
+                        description="List what ctrlab created in DIR (downloads, extracted files, stores, synthetic "
+                                    "data), ask, and delete it. Files ctrlab did not create are never touched.")
+    c.add_argument("directory")
+    c.add_argument("--yes", action="store_true", help="do not ask")
+    c.set_defaults(func=cmd_clean)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ..data.ledger import record_created
+    from ..data.synth import write_synthetic
+
+    if args.rows < 0:
+        raise ValueError(f"--rows must be >= 0, got {args.rows}")
+    out = Path(args.out)
+    res = write_synthetic(out, args.rows, seed=args.seed, progress=not args.quiet, label=not args.no_label)
+    record_created(out.parent, [out], "synthetic")
+    print(f"wrote {res['rows']:,} rows to {out} ({res['bytes']:,} bytes, positive rate {res['positive_rate']:.4f}, "
+          f"{res['rows_per_s']:,.0f} rows/s)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ..data.download import download
+
+    paths = download(args.name, args.to, base_url=args.mirror, sha256=args.sha256, extract=not args.no_extract,
+                     progress=not args.quiet)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from ..data.ledger import clean
+
+    clean(args.directory, yes=args.yes)
+    return 0

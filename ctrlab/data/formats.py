@@ -1,0 +1,156 @@
+"""Input formats: which layout a raw file has and the :class:`~ctrlab.schema.Schema` to read it
+with. The one home of format detection, for ``prepare`` (training input: :func:`file_schema`) and
+for prediction (:func:`input_schema`: labelled or not, and its feature columns must be the
+bundle's inputs).
+
+A format is a preset name (``criteo``, ``criteo_test``, ``criteo_kaggle_csv``, ``criteo_csv``,
+``slot``; :data:`~ctrlab.schema.PRESETS`) or ``csv``/``tsv`` (generic: columns from the header or
+from a declared schema). ``auto`` detects it from the file's first line (:func:`detect_format`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..schema import FORMAT_NAMES, LABEL, PRESETS, GenericSchemaConfig, Schema, generic_schema
+from .readers import DataError, first_line
+
+GENERIC_FORMATS = ("csv", "tsv")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess the preset of a file from its first line (and extension); raise when unsure."""
+    line = first_line(path)
+    lowered = line.lower().replace('"', "")
+    if lowered.startswith("click:") or " dense_feature:" in line:
+        return "slot"
+    if lowered.startswith("id,label,") or lowered.startswith("id,i1,"):
+        return "criteo_kaggle_csv"
+    if lowered.startswith("label,i1,") or lowered.startswith("i1,i2,"):
+        return "criteo_csv"
+    if "," not in line:
+        tabs = line.count("\t")
+        if tabs == 39:
+            return "criteo"
+        if tabs == 38:
+            return "criteo_test"
+    raise ValueError(
+        f"{path}: cannot tell the input format from its first line ({line[:80]!r}). "
+        f"Pass --format, one of: {', '.join(FORMAT_NAMES)} (csv/tsv take column names from the header, or from data.schema in the config)"
+    )
+
+
+def header_columns(path: str | os.PathLike, delimiter: str) -> list[str]:
+    """The column names on a delimited file's first line (quotes and spaces around them removed)."""
+    return [h.strip().strip('"') for h in first_line(path).split(delimiter)]
+
+
+def schema_for_file(path: str | os.PathLike, fmt: str) -> Schema:
+    """The preset schema for ``fmt``, adjusted to the file: a header without the label column
+    (e.g. the Kaggle test CSV) gives the label-less variant."""
+    schema = PRESETS[fmt]
+    if schema.header:
+        header = header_columns(path, schema.delimiter)
+        if schema.label is not None and schema.label not in header:
+            schema = schema.without_label()
+        if header != list(schema.columns):
+            raise DataError(path, 1, f"header {header[:6]}... does not match the {fmt} layout {list(schema.columns)[:6]}...")
+    return schema
+
+
+# --------------------------------------------------------------------------------------------
+# training input (prepare)
+# --------------------------------------------------------------------------------------------
+
+def file_schema(path: Path, fmt: str, generic: GenericSchemaConfig | None) -> tuple[str, Schema]:
+    """The format name and schema of one ``prepare`` input file. ``generic``: the declared
+    ``data.schema`` (then ``auto`` means csv or tsv, whichever delimiter the first line has more of)."""
+    if fmt == "auto":
+        if generic is not None:
+            fmt = "tsv" if first_line(path).count("\t") > first_line(path).count(",") else "csv"
+        else:
+            fmt = detect_format(path)
+    if fmt in GENERIC_FORMATS:
+        cfg = generic or GenericSchemaConfig()
+        header = None
+        if cfg.header:
+            header = header_columns(path, cfg.delimiter or ("\t" if fmt == "tsv" else ","))
+        return fmt, generic_schema(cfg, fmt, header)
+    return fmt, schema_for_file(path, fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# prediction input (a bundle's raw rows, labelled or not)
+# --------------------------------------------------------------------------------------------
+
+def input_schema(path: Path, fmt: str, bundle_schema: Schema, dense_inputs: Sequence[str],
+                 sparse_inputs: Sequence[str]) -> tuple[str, Schema]:
+    """How to read one prediction input: the format (detected from the first line when ``auto``;
+    a bundle trained on generic csv/tsv falls back to its own format) and its schema, labelled or
+    not. The file's feature columns must equal the bundle's inputs ``dense_inputs`` and
+    ``sparse_inputs`` (its pipeline's), in that order; a ValueError names the difference."""
+    generic = bundle_schema.name in GENERIC_FORMATS
+    if fmt == "auto":
+        try:
+            fmt = detect_format(path)
+        except ValueError:
+            if not generic:
+                raise
+            fmt = bundle_schema.name
+    if fmt in GENERIC_FORMATS:
+        schema = _generic_input_schema(path, fmt, bundle_schema)
+    elif fmt in PRESETS:
+        schema = schema_for_file(path, fmt)
+        if fmt == "slot" and not any(tok.startswith("click:") for tok in first_line(path).split()):
+            schema = schema.without_label()
+    else:
+        raise ValueError(f"unknown format {fmt!r}; valid: auto, {', '.join(FORMAT_NAMES)}")
+    dense_inputs, sparse_inputs = list(dense_inputs), list(sparse_inputs)
+    if list(schema.dense) != dense_inputs or list(schema.sparse) != sparse_inputs:
+        file_cols = list(schema.dense) + list(schema.sparse)
+        need = dense_inputs + sparse_inputs
+        lacking = [c for c in need if c not in file_cols]
+        extra = [c for c in file_cols if c not in need]
+        detail = f"lacking {lacking}, extra {extra}" if lacking or extra else "same names, other order or kinds"
+        raise ValueError(f"{path}: its feature columns ({fmt} layout: dense {list(schema.dense)}, sparse "
+                         f"{list(schema.sparse)}) differ from the bundle's inputs (dense {dense_inputs}, "
+                         f"sparse {sparse_inputs}): {detail}")
+    return fmt, schema
+
+
+def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema:
+    """A generic CSV/TSV input read with the bundle's column roles; the label and id columns
+    are optional (a label-less file is scored, not evaluated).
+
+    Columns come from the file's header (a bundle trained on a preset layout, or on generic data
+    with a header), or, for a bundle trained on header-less generic data, from its schema."""
+    generic_bundle = bundle_schema.name in GENERIC_FORMATS
+    delimiter = bundle_schema.delimiter if bundle_schema.name == fmt else ("\t" if fmt == "tsv" else ",")
+    has_header = bundle_schema.header or not generic_bundle
+    if has_header:
+        header = header_columns(path, delimiter)
+    else:
+        fields = first_line(path).split(delimiter)
+        header = list(bundle_schema.columns)
+        if bundle_schema.label and len(fields) == len(header) - 1:
+            header = [c for c in header if c != bundle_schema.label]
+    label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
+    id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
+    features = [c for c in header if c not in (label, id_column)]
+    need = list(bundle_schema.dense) + list(bundle_schema.sparse)
+    if sorted(features) != sorted(need):
+        lacking = [c for c in need if c not in features]
+        extra = [c for c in features if c not in need]
+        raise ValueError(f"{path}: its feature columns ({fmt} header: {column_list(features)}) differ from the "
+                         f"bundle's inputs ({column_list(need)}): lacking {lacking}, extra {extra}")
+    cfg = GenericSchemaConfig(columns=header, label=label, dense=list(bundle_schema.dense),
+                              sparse=list(bundle_schema.sparse), id_column=id_column, header=has_header,
+                              delimiter=delimiter)
+    return generic_schema(cfg, fmt, header)
+
+
+def column_list(columns: Sequence[str]) -> str:
+    """Column names for a message: all of them up to 12, else the first six and the last three."""
+    return ", ".join(columns) if len(columns) <= 12 else f"{', '.join(columns[:6])}, ..., {', '.join(columns[-3:])}"
