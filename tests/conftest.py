@@ -72,3 +72,24 @@ def synthetic_store(root: Path, rows: int, seed: int) -> tuple[Path, Path]:
     write_synthetic(raw, rows, seed=seed, progress=False)
     prepare(PrepareOptions(train=[str(raw)]), root / "store", progress=False, log=lambda _msg: None)
     return raw, root / "store"
+
+
+# a simulated crash, shared by the resume tests (train/) and the fault tests (export/)
+class Crash(Exception):
+    pass
+
+
+def crashing_iterator(epoch_index: int, after_batches: int):
+    """A BatchIterator that raises after ``after_batches`` training batches of 0-based epoch ``epoch_index``."""
+    import ctrlab.train.trainer as trainer_mod  # (torch: only the tests that crash a run need it)
+
+    base = trainer_mod.BatchIterator
+
+    class CrashingBatchIterator(base):
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                if self.shuffle and self.epoch == epoch_index and i == after_batches:
+                    raise Crash(f"simulated crash in epoch {epoch_index + 1}")
+                yield batch
+
+    return CrashingBatchIterator

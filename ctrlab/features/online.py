@@ -4,7 +4,7 @@
 inputs of at most :data:`SMALL_INPUT_ROWS` rows here. Serving scores a handful of rows per
 request, where the fixed cost of a dozen numpy/Arrow calls per column (uniques, hashes, probes,
 gathers) dwarfs the work; this lane is 5-13x faster at 1-5 rows. :class:`OnlineEncoder` is built
-from the fitted encoders' state and gives the vectorized path's bytes exactly (tests/test_online.py):
+from the fitted encoders' state and gives the vectorized path's bytes exactly (tests/features/test_online.py):
 
 * key hashes are :func:`~.keytable.hash_strings` / :func:`~.keytable.hash_ints` computed on
   Python ints (the same polynomial and splitmix64 finalizer, mod 2**64);

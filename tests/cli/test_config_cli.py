@@ -26,7 +26,7 @@ from ctrlab.config import (
 from ctrlab.data.store import Store
 from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------

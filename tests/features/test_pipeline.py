@@ -352,7 +352,7 @@ def test_hash_buckets_stable_across_processes():
     )
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(HASH_PROBE), capture_output=True,
                          text=True, check=True, env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert json.loads(out.stdout) == here
 
 

@@ -27,6 +27,7 @@ from ctrlab.models import build_model, list_models
 from ctrlab.metrics import LOGLOSS_EPS
 from ctrlab.train.run import parse_epoch_range, run_eval, run_training
 from ctrlab.train.trainer import Trainer, load_weights
+from conftest import Crash, crashing_iterator
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -223,24 +224,6 @@ def test_store_without_valid_split_uses_last_epoch(tmp_path):
 # --------------------------------------------------------------------------------------------
 # resume and seeds
 # --------------------------------------------------------------------------------------------
-
-
-class Crash(Exception):
-    pass
-
-
-def crashing_iterator(epoch_index: int, after_batches: int):
-    """A BatchIterator that raises after ``after_batches`` training batches of 0-based epoch ``epoch_index``."""
-    base = trainer_mod.BatchIterator
-
-    class CrashingBatchIterator(base):
-        def __iter__(self):
-            for i, batch in enumerate(super().__iter__()):
-                if self.shuffle and self.epoch == epoch_index and i == after_batches:
-                    raise Crash(f"simulated crash in epoch {epoch_index + 1}")
-                yield batch
-
-    return CrashingBatchIterator
 
 
 RESUME_OVERRIDES = (*TINY_DNN, "model.params.dropout=0.3", "train.epochs=3")  # dropout: the torch RNG matters

@@ -32,9 +32,9 @@ from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
 from ctrlab.inference import Predictor
 from ctrlab.train.run import run_training
 from conftest import synthetic_store
-from test_train import Crash, crashing_iterator  # the same simulated crash as the resume tests
+from conftest import Crash, crashing_iterator  # the same simulated crash as the resume tests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FULL = "no space left on device while writing"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

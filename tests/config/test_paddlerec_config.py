@@ -436,7 +436,7 @@ def test_sparse_feature_number_keeps_the_table_size(paddle_wide_deep, tmp_path):
 # PaddleRec's own rank configs build PaddleRec's networks (layer shapes from its net.py files)
 # --------------------------------------------------------------------------------------------
 
-RANK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "PaddlePaddle__PaddleRec" / "models" / "rank"
+RANK = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "PaddlePaddle__PaddleRec" / "models" / "rank"
 
 #: the PaddleRec rank models (folders with a config.yaml) that ctrlab maps onto its own models
 PADDLE_RANK_MODELS = ["dcn", "deepfefm", "deepfm", "dlrm", "dnn", "ffm", "fm", "gatenet", "logistic_regression",

@@ -25,7 +25,7 @@ import yaml
 
 from ctrlab.config import base_config_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p.name for p in (REPO / "ctrlab" / "config" / "presets").glob("*.yaml"))
 #: the oldest setuptools that reads pyproject's SPDX ``license = "Apache-2.0"`` (PEP 639)
 SETUPTOOLS_FOR_LICENSE = (77,)

@@ -21,7 +21,7 @@ from ctrlab.models import build_model, list_models
 from ctrlab.train.run import run_training
 from ctrlab.train.trainer import dense_scale_warning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: the models whose dense columns enter feature interactions as value * vector
 EMBED_DENSE = {"autoint", "autoint_plus", "deepfefm", "deepfm", "ffm", "fibinet", "finalmlp", "fm", "xdeepfm"}
 SPEC = FeatureSpec.criteo_like([5] * 26)

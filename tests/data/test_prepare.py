@@ -528,7 +528,7 @@ def test_batch_tensors_are_safe_to_modify_in_place(tmp_path):
         "print(float(np.load(path)[0, 0]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dense.npy")], capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+                            text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "1.0"  # the store itself is never written
 

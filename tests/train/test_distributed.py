@@ -38,7 +38,7 @@ from conftest import synthetic_store
 
 ROWS = 4000  # train split 3186 rows: even, so 2 ranks drop no remainder and match 1 process exactly
 BATCH = 256  # global; 13 steps per epoch, the last one partial
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

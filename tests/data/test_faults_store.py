@@ -27,7 +27,7 @@ from ctrlab.data.readers import DataError
 from ctrlab.data.store import SplitArrays, Store, StoreError
 from ctrlab.data.synth import write_synthetic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def quiet(_msg: str) -> None:
