@@ -224,6 +224,8 @@ def chosen_benchmarks(args: argparse.Namespace) -> list[Benchmark]:
 
 
 def load_average() -> str:
+    """The 1, 5 and 15 minute load averages ("n/a" where the platform has none): printed beside
+    timings so that a reader sees how busy the machine was (the other benchmarks import it)."""
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:

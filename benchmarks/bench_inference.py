@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from before_after import load_average  # (this script's folder is on sys.path)
 
 from ctrlab.config import base_config_for, load_config
 from ctrlab.data.formats import detect_format, schema_for_file
@@ -94,13 +94,6 @@ def single_row_latency(bundle: Path, data: Path, backend: str, rows: int) -> dic
             "p99_ms": round(p99, 4), "max_ms": round(float(ms.max()), 4),
             "mean_parse_ms": round(stages_ms[0], 4), "mean_transform_ms": round(stages_ms[1], 4),
             "mean_inference_ms": round(stages_ms[2], 4)}
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:

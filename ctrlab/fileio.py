@@ -8,15 +8,18 @@ a failed write names the path it was writing instead of a library's internal mes
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
-import json
+import glob
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_T = TypeVar("_T")
 
 
 class DiskFullError(OSError):
@@ -66,20 +69,22 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], _T]) -> _T:
     """Call ``write(tmp_path)`` then rename the result over ``path``; on any failure remove the
-    temporary and leave ``path`` as it was. Disk-full failures become :class:`DiskFullError`."""
+    temporary and leave ``path`` as it was. Disk-full failures become :class:`DiskFullError`.
+    Returns what ``write`` returned (a streaming writer's counts, say)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with disk_errors(path):
-            write(tmp)
+            result = write(tmp)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+    return result
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -129,8 +134,6 @@ _AT_FDCWD = -100
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically exchange two paths with Linux ``renameat2``; False where it is unavailable."""
-    import ctypes
-
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
@@ -157,8 +160,6 @@ def pid_alive(pid: int) -> bool:
 def stale_siblings(target: str | os.PathLike, tag: str) -> list[Path]:
     """Siblings ``.NAME.TAG-PID`` of ``target`` left behind by processes no longer running (the
     naming of :func:`atomic_write`'s and :func:`replace_dir`'s temporaries), oldest first."""
-    import glob
-
     target = Path(target)
     found = []
     for path in target.parent.glob(f".{glob.escape(target.name)}.{tag}-*"):

@@ -1,7 +1,8 @@
 """splitmix64, the 64-bit mixer under every counter-based hash in ctrlab.
 
 The category-key hashes (``features/keytable.py``, ``features/online.py``), prepare's seeded
-split (``data/prepare.py``) and the synthetic data generator (``data/synth.py``) all build on it.
+split (``data/prepare.py``) and the synthetic data generator (``data/synth.py``) all build on it;
+the last two turn hashes into uniform numbers with :func:`uniform53`.
 Each of them needs the same bits on every machine and from every chunking, so the constants and
 the finalizer live here once, in two forms that agree bit for bit (tested): numpy-vectorized over
 uint64 arrays (wrapping arithmetic), and scalar over a Python int holding a uint64, for the code
@@ -50,3 +51,11 @@ def mix64_int(z: int) -> int:
 def splitmix64_int(state: int) -> int:
     """One splitmix64 output: the finalizer of ``state + GOLDEN`` (mod 2**64); any int state."""
     return mix64_int((state + GOLDEN) & MASK64)
+
+
+def uniform53(z: np.ndarray) -> np.ndarray:
+    """Uniform float64[...] in [0, 1) from the top 53 bits of uint64[...] hashes (a float64 holds
+    53 bits exactly, so every value is a multiple of 2**-53 and the conversion rounds nothing)."""
+    u = (z >> np.uint64(11)).view(np.int64).astype(np.float64)  # < 2**53: the same as int64, and faster
+    u *= 2.0**-53
+    return u

@@ -19,6 +19,7 @@ or when the caller passes ``sha256``. A file that fails verification is moved as
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import gzip
@@ -39,6 +40,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Mapping
+
+from tqdm import tqdm
 
 from ..fileio import sha256_file, write_bytes_atomic
 from .ledger import (
@@ -157,8 +160,6 @@ def _expected_hashes(ds: Dataset, sha256: str | Mapping[str, str] | None) -> dic
 
 
 def _hash_file(path: Path, *, progress: bool, desc: str) -> str:
-    from tqdm import tqdm
-
     with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
               disable=not progress, leave=False) as bar:
         return sha256_file(path, bar.update)
@@ -239,8 +240,6 @@ def _fetch(
     print_fn: Callable[..., Any],
 ) -> str:
     """Download ``url`` into ``part`` (resuming it if present); return the sha256 of the whole file."""
-    from tqdm import tqdm
-
     failures = 0
     no_range = False  # set once the server showed it does not honour Range
     while True:
@@ -449,8 +448,6 @@ def _archive_kind(name: str) -> str | None:
 
 
 def _extract_into(archive: Path, kind: str, staging: Path, progress: bool) -> None:
-    from tqdm import tqdm
-
     size = archive.stat().st_size
     with open(archive, "rb") as raw, tqdm(
         total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extracting {archive.name}", disable=not progress
@@ -636,8 +633,6 @@ def download(
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin convenience wrapper
     """``python -m ctrlab.data.download NAME --to DIR [--mirror URL] [--sha256 H] [--no-extract]``."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m ctrlab.data.download")
     p.add_argument("name", choices=sorted(DATASETS))
     p.add_argument("--to", required=True)

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import __version__
-from ..hashing import GOLDEN, MASK64, mix64
+from ..hashing import GOLDEN, MASK64, mix64, uniform53
 from ..fileio import (DiskFullError, is_disk_full, recover_dir, replace_dir, stale_siblings, sync_tree,
                       write_json_atomic)
 from ..runtime import available_cores
@@ -64,8 +65,7 @@ def split_uniforms(row_index: np.ndarray, seed: int) -> np.ndarray:
     Counter-based, so a row's split depends only on its position and the seed."""
     with np.errstate(over="ignore"):
         z = row_index.astype(np.uint64) + np.uint64((seed * GOLDEN) & MASK64)
-    mix64(z, out=z)
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return uniform53(mix64(z, out=z))
 
 
 def assign_random_split(n: int, start: int, seed: int, ratios: dict[str, float]) -> np.ndarray:
@@ -146,8 +146,6 @@ def _carry_over(old: Path, new: Path) -> None:
 
 def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
     """Parse, fit, encode and write a whole store into the (new, empty) directory ``out``."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     roles = {"train": opts.train, "valid": opts.valid, "test": opts.test}
     sources = {role: resolve_inputs(paths) for role, paths in roles.items() if paths}
@@ -317,8 +315,6 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                      finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
     """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
     per-split statistics."""
-    from tqdm import tqdm
-
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
     present = [s for s in SPLITS if s in present]

@@ -54,13 +54,16 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+from tqdm.auto import tqdm
 
-from ..hashing import GOLDEN, MASK64, mix64, splitmix64_int
+from ..fileio import atomic_write
+from ..hashing import GOLDEN, MASK64, mix64, splitmix64_int, uniform53
 
 __all__ = [
     "CatField",
@@ -216,13 +219,6 @@ def _hash_values(values: np.ndarray, key: int) -> np.ndarray:
     return mix64(z, out=z)
 
 
-def _u53(z: np.ndarray) -> np.ndarray:
-    """Uniform float64 in [0, 1) from the top 53 bits of uint64 hashes."""
-    u = (z >> np.uint64(11)).view(np.int64).astype(np.float64)
-    u *= 2.0**-53
-    return u
-
-
 def _hash_normalish(values: np.ndarray, key: int) -> np.ndarray:
     """Zero-mean triangular weight on (-1, 1) per value, from its hash (variance 1/6)."""
     z = _hash_values(values, key)
@@ -368,7 +364,7 @@ class SynthGenerator:
     # -- per-row sampling -------------------------------------------------------------
     def _uniform(self, base: np.ndarray, key: int, tmp: np.ndarray) -> np.ndarray:
         z = np.add(base, np.uint64(key))
-        return _u53(mix64(z, out=z, scratch=tmp))
+        return uniform53(mix64(z, out=z, scratch=tmp))
 
     def _sample(self, start: int, n: int):
         base = np.arange(start, start + n, dtype=np.uint64)
@@ -548,48 +544,51 @@ def write_synthetic(
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
     path = os.fspath(path)
-    gz = path.endswith(".gz")
     t0 = time.perf_counter()
     gen = SynthGenerator(seed)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tqdm(total=rows, unit="rows", unit_scale=True, disable=not progress, desc=os.path.basename(path),
+              leave=False) as bar:
+        positives, raw_bytes = atomic_write(path, lambda tmp: _write_rows(
+            tmp, gen, rows, chunk_rows, label=label, gzip_level=gzip_level if path.endswith(".gz") else None, bar=bar))
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp_path = f"{path}.partial-{os.getpid()}"
-    raw_bytes = 0
-    positives = 0
+    seconds = time.perf_counter() - t0
+    return {
+        "path": path,
+        "rows": rows,
+        "positives": positives,
+        "positive_rate": positives / rows if rows else 0.0,
+        "bytes": os.path.getsize(path),
+        "raw_bytes": raw_bytes,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds if seconds > 0 else float("inf"),
+        "seed": int(seed),
+        "label": bool(label),
+    }
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=rows, unit="rows", unit_scale=True, disable=not progress, desc=os.path.basename(path), leave=False
-    )
-    if gz:
-        fh = open(tmp_path, "wb")
-        compressor = zlib.compressobj(gzip_level, zlib.DEFLATED, 31)  # 31: gzip container
-        sink = None
-    else:
-        fh = compressor = None
-        sink = pa.OSFile(tmp_path, "wb")  # pyarrow writes straight to the file
+def _write_rows(tmp: Path, gen: SynthGenerator, rows: int, chunk_rows: int, *, label: bool,
+                gzip_level: int | None, bar: tqdm) -> tuple[int, int]:
+    """Write rows ``0 .. rows - 1`` of ``gen`` to ``tmp`` (gzip at ``gzip_level`` unless None);
+    returns (positives, uncompressed bytes). Chunks of ``chunk_rows`` are generated on this thread
+    while one writer thread formats (and compresses) and writes the previous chunk."""
+    compressor = None if gzip_level is None else zlib.compressobj(gzip_level, zlib.DEFLATED, 31)  # 31: gzip
+    positives = raw_bytes = 0
+    # pyarrow writes plain text straight to the file; gzip output goes through zlib
+    with (pa.OSFile(str(tmp), "wb") if compressor is None else open(tmp, "wb")) as out:
 
-    def write(table: pa.Table) -> int:
-        """Runs on the writer thread; returns the uncompressed byte count."""
-        if sink is not None:
-            before = sink.tell()
-            pcsv.write_csv(table, sink, write_options=_WRITE_OPTIONS)
-            return sink.tell() - before
-        buf_stream = pa.BufferOutputStream()
-        pcsv.write_csv(table, buf_stream, write_options=_WRITE_OPTIONS)
-        buf = buf_stream.getvalue()
-        fh.write(compressor.compress(buf))
-        return buf.size
+        def write(table: pa.Table) -> int:
+            """Runs on the writer thread; returns the uncompressed byte count."""
+            if compressor is None:
+                before = out.tell()
+                pcsv.write_csv(table, out, write_options=_WRITE_OPTIONS)
+                return out.tell() - before
+            buf_stream = pa.BufferOutputStream()
+            pcsv.write_csv(table, buf_stream, write_options=_WRITE_OPTIONS)
+            buf = buf_stream.getvalue()
+            out.write(compressor.compress(buf))
+            return buf.size
 
-    def close() -> None:
-        if sink is not None and not sink.closed:
-            sink.close()
-        if fh is not None and not fh.closed:
-            fh.close()
-
-    try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             pending_rows = 0
@@ -614,30 +613,8 @@ def write_synthetic(
                 raw_bytes += pending.result()
                 bar.update(pending_rows)
         if compressor is not None:
-            fh.write(compressor.flush())
-        close()
-        os.replace(tmp_path, path)
-    except BaseException:
-        close()
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    finally:
-        bar.close()
-
-    seconds = time.perf_counter() - t0
-    return {
-        "path": path,
-        "rows": rows,
-        "positives": positives,
-        "positive_rate": positives / rows if rows else 0.0,
-        "bytes": os.path.getsize(path),
-        "raw_bytes": raw_bytes,
-        "seconds": seconds,
-        "rows_per_s": rows / seconds if seconds > 0 else float("inf"),
-        "seed": int(seed),
-        "label": bool(label),
-    }
+            out.write(compressor.flush())
+    return positives, raw_bytes
 
 
 def split_off_tail(path: str | os.PathLike, tail_path: str | os.PathLike, tail_rows: int) -> None:

@@ -30,10 +30,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
+from onnx import TensorProto, helper
 from torch import nn
 
-from ctrlab.fields import FeatureSpec
+from ..fields import FeatureSpec
 
 INPUT_NAMES = ("dense", "sparse")
 OUTPUT_NAMES = ("logits", "probabilities")
@@ -72,8 +75,6 @@ def export_onnx(
     The model's train/eval mode is restored afterwards. The graph is checked with
     ``onnx.checker``.
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -110,8 +111,6 @@ def export_onnx(
 
 def _declare_unused_dense_input(graph, spec: FeatureSpec) -> None:
     """Put back a pruned ``dense`` input as ``float32[batch, n_dense]`` so the signature is stable."""
-    from onnx import TensorProto, helper
-
     dense_input = helper.make_tensor_value_info("dense", TensorProto.FLOAT, [BATCH_AXIS, spec.n_dense])
     graph.graph.input.insert(0, dense_input)
 
@@ -136,8 +135,6 @@ def onnx_parity(
     Compares both ``logits`` and ``probabilities`` and returns the larger difference.
     The model's train/eval mode is restored afterwards.
     """
-    import onnxruntime
-
     dense_t = torch.as_tensor(dense, dtype=torch.float32)
     sparse_t = torch.as_tensor(sparse, dtype=torch.int64)
     was_training = model.training

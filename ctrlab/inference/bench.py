@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from ..data.formats import input_schema
 from ..data.readers import RowReader
-from ..export.bundle import library_versions, load_manifest, variants
+from ..export.manifest import library_versions, load_manifest, variants
 from ..runtime import available_cores
 from .predictor import BACKENDS, VARIANTS, Predictor
 

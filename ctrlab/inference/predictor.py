@@ -37,7 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..export.bundle import PIPELINE, graph_file, load_manifest, onnx_session, torch_model, version_notes
+from ..export.load import onnx_session, torch_model
+from ..export.manifest import PIPELINE, graph_file, load_manifest, version_notes
 from ..features.pipeline import FeaturePipeline, InputError
 from ..fields import MISSING_ID, OOV_ID
 from ..runtime import configure_torch_threads
@@ -131,7 +132,7 @@ class Predictor:
     the available cores; for torch this sets torch's process-wide thread count). providers:
     onnxruntime execution providers (default CPU). graph_optimization: onnxruntime graph
     optimizations on (default) or off. spinning: onnxruntime's idle threads busy-wait (see
-    :func:`~ctrlab.export.bundle.onnx_session`; off by default). variant: ``fp32`` or ``int8`` (the quantized
+    :func:`~ctrlab.export.load.onnx_session`; off by default). variant: ``fp32`` or ``int8`` (the quantized
     graph, when the bundle has one; onnx only). device: torch device (``cpu``, ``cuda``). verify: check the
     files' sha256 against the manifest (default on).
     """

@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..config import ConfigError, ServeConfig, from_dict, to_dict
-from ..export.bundle import load_manifest
+from ..export.manifest import load_manifest
 from ..fileio import is_disk_full
 from ..runtime import available_cores
 from .limits import BodyLimitMiddleware, BodyTooLarge, ClientError, decode_json

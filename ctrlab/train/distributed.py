@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.store import SplitArrays
+from ..runtime import available_cores
 from .evaluate import predict_split
 
 #: test hook: the rank ``CTRLAB_TEST_DIE_RANK`` (default 1) exits abruptly at this global step
@@ -115,8 +116,6 @@ def default_threads(threads: int | None, ctx: DistContext | None) -> int | None:
     ranks of this machine (2 processes on 2 cores: 1 thread each, no oversubscription)."""
     if threads or ctx is None:
         return threads
-    from ..runtime import available_cores
-
     return max(1, available_cores() // max(1, ctx.local_world_size))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctrlab.hashing import GOLDEN, MASK64, mix64, mix64_int, splitmix64_int
+from ctrlab.hashing import GOLDEN, MASK64, mix64, mix64_int, splitmix64_int, uniform53
 
 
 def test_splitmix64_reference_outputs():
@@ -36,3 +36,11 @@ def test_mix64_vectorized_equals_scalar_and_in_place_forms():
     out = np.empty_like(z)
     assert np.array_equal(mix64(z, out=out), mixed) and np.array_equal(z, before)
     assert splitmix64_int(-1) == mix64_int(GOLDEN - 1)  # any int state, taken mod 2**64
+
+
+def test_uniform53_is_the_top_53_bits_exactly():
+    z = np.concatenate([np.array([0, 2**11 - 1, 2**11, 2**63, MASK64], dtype=np.uint64),
+                        mix64(np.arange(1000, dtype=np.uint64))])
+    u = uniform53(z)
+    assert u.dtype == np.float64 and u[:5].tolist() == [0.0, 0.0, 2.0**-53, 0.5, 1.0 - 2.0**-53]
+    assert u.tolist() == [(v >> 11) / 2**53 for v in z.tolist()]  # Python ints: exact

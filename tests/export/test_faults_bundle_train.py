@@ -28,7 +28,8 @@ import ctrlab.train.trainer as trainer_mod
 from ctrlab.config import load_config
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
-from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
+from ctrlab.export.bundle import export_bundle
+from ctrlab.export.manifest import BundleError, load_manifest
 from ctrlab.inference import Predictor
 from ctrlab.train.run import run_training
 from conftest import synthetic_store

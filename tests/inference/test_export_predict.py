@@ -1,4 +1,4 @@
-"""Tests for the deployable bundle (ctrlab.export.bundle), the Predictor and offline predict
+"""Tests for the deployable bundle (ctrlab.export), the Predictor and offline predict
 (ctrlab.inference), and the ``export``/``predict`` commands (ctrlab.cli.deploy):
 
 * every registered model exports (tiny params) and passes the ONNX parity check;
@@ -37,8 +37,10 @@ from ctrlab.data.formats import detect_format, schema_for_file
 from ctrlab.data.readers import DataError, RowReader
 from ctrlab.data.store import SPLITS, Store
 from ctrlab.data.synth import write_synthetic
-from ctrlab.export.bundle import BundleError, export_bundle, load_manifest
+from ctrlab.export.bundle import export_bundle
+from ctrlab.export.manifest import FORMAT_VERSION, BundleError, load_manifest
 from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
+from ctrlab.fileio import sha256_file
 from ctrlab.models import build_model, hyperparameter_defaults, list_models
 from ctrlab.inference import InputError, Predictor, predict_file
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
@@ -155,7 +157,7 @@ def test_every_model_exports_and_passes_parity(model, criteo, raw_table, tmp_pat
 def test_manifest_contents(criteo):
     manifest = criteo.manifest
     store = Store(criteo.store)
-    assert manifest["format_version"] == bundle_mod.FORMAT_VERSION
+    assert manifest["format_version"] == FORMAT_VERSION
     assert set(manifest["versions"]) >= {"ctrlab", "torch", "onnx", "onnxruntime", "numpy", "pyarrow"}
     assert manifest["schema"] == store.meta["schema"]
     spec = store.spec
@@ -170,7 +172,7 @@ def test_manifest_contents(criteo):
     assert manifest["created"] and manifest["source"]["epoch"] == criteo.summary["best_epoch"]
     assert set(manifest["files"]) == {"pipeline.json", "config.yaml", "model.pt", "model.onnx"}
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == bundle_mod.sha256_of(criteo.bundle / name)
+        assert entry["sha256"] == sha256_file(criteo.bundle / name)
     assert (criteo.bundle / "pipeline.json").read_bytes() == (criteo.store / "pipeline.json").read_bytes()
     assert load_config(criteo.bundle / "config.yaml").model.name == "deepfm"
     # metrics of the exported (best) epoch: its epochs.jsonl record and the run's test metrics
@@ -215,9 +217,7 @@ def test_onnx_graph_has_dynamic_batch(criteo):
 
 
 def test_export_refuses_when_parity_fails_and_writes_nothing(criteo, tmp_path, monkeypatch):
-    import ctrlab.export.onnx_export as onnx_export
-
-    monkeypatch.setattr(onnx_export, "onnx_parity", lambda *a, **k: 0.5)
+    monkeypatch.setattr(bundle_mod, "onnx_parity", lambda *a, **k: 0.5)
     with pytest.raises(RuntimeError, match="export refused.*0.5.*no bundle was written"):
         export_bundle(criteo.run, tmp_path / "bad", log=quiet)
     assert not (tmp_path / "bad").exists()
@@ -243,7 +243,7 @@ def test_tampered_file_is_detected_with_expected_and_actual_hash(criteo, tmp_pat
         byte = fh.read(1)
         fh.seek(100)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    actual = bundle_mod.sha256_of(copy / "model.onnx")
+    actual = sha256_file(copy / "model.onnx")
     with pytest.raises(BundleError) as err:
         Predictor(copy)
     message = str(err.value)
