@@ -74,6 +74,23 @@ def synthetic_store(root: Path, rows: int, seed: int) -> tuple[Path, Path]:
     return raw, root / "store"
 
 
+def tiny_bundle(root: Path, rows: int, seed: int) -> tuple[Path, Path]:
+    """``synthetic_store`` plus a 1-epoch tiny DeepFM trained on it and exported to ``root/bundle``:
+    the bundle the serving tests start from. Returns (raw file, bundle)."""
+    from ctrlab.config import load_config
+    from ctrlab.export.bundle import export_bundle
+    from ctrlab.train.run import run_training
+
+    raw, store = synthetic_store(root, rows, seed)
+    cfg = load_config(None, {"data.store": str(store), "run_dir": str(root / "run"), "model.name": "deepfm",
+                             "model.params.embedding_dim": 4, "model.params.hidden_units": [8],
+                             "train.threads": 1, "train.epochs": 1, "train.batch_size": 256,
+                             "train.log_every": 1000, "train.eval_batch_size": 500})
+    run_training(cfg, progress=False, log=lambda _m: None)
+    export_bundle(root / "run", root / "bundle", epoch=1, log=lambda _m: None)
+    return raw, root / "bundle"
+
+
 # a simulated crash, shared by the resume tests (train/) and the fault tests (export/)
 class Crash(Exception):
     pass

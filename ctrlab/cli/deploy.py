@@ -246,6 +246,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="intra-op threads per worker (default: the available cores divided by --workers)")
     p.add_argument("--max-rows", type=int, help=f"rows per request (default {ServeConfig.max_rows})")
     p.add_argument("--max-body-bytes", type=int, default=None, help="request body cap in bytes (default 32 MiB)")
+    p.add_argument("--batch-window-ms", type=float, default=None,
+                   help="score /v1/predict requests that arrive within this many ms of each other in one model "
+                        "call, each still answered with its own scores and errors (default 0: off)")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs latency)")
     p.add_argument("--log-level", help=f"uvicorn log level (default {ServeConfig.log_level})")
     p.set_defaults(func=cmd_serve)
@@ -255,5 +258,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.app import serve
 
     serve(section_from_flags(ServeConfig, args, ["bundle", "host", "port", "workers", "backend", "threads",
-                                                 "max_rows", "max_body_bytes", "access_log", "log_level"]))
+                                                 "max_rows", "max_body_bytes", "batch_window_ms", "access_log",
+                                                 "log_level"]))
     return 0

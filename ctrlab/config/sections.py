@@ -127,6 +127,9 @@ class ServeConfig:
     threads: int | None = None  # intra-op threads per worker (default: available cores / workers)
     max_rows: int = 50_000  # rows per request
     max_body_bytes: int = 32 << 20  # 32 MiB: a 50k-row JSON request of Criteo dicts is ~30 MB
+    # /v1/predict requests arriving within this many ms of each other are scored in one model call
+    # (each still gets its own scores and errors); 0: off, every request scored alone
+    batch_window_ms: float = 0.0
     access_log: bool = False
     log_level: str = "info"
 
@@ -299,6 +302,7 @@ LIMITS: dict[tuple[type, str], Range] = {
     (ServeConfig, "threads"): AT_LEAST_1,
     (ServeConfig, "max_rows"): AT_LEAST_1,
     (ServeConfig, "max_body_bytes"): AT_LEAST_1,
+    (ServeConfig, "batch_window_ms"): Range(0, 100),
 }
 
 

@@ -16,6 +16,11 @@ from the fitted encoders' state and gives the vectorized path's bytes exactly (t
 A value the scalar forms do not mirror (an infinity, a bucket key beyond 2**62) sends its column
 through the encoder's own vectorized ``transform``, as does a hash encoder with 2**31 or more
 buckets (ids beyond int32).
+
+Each column's lane remembers the results of recent values (requests repeat values; see
+:data:`MEMO_VALUES`). :meth:`OnlineEncoder.encode_columns` takes checked Python values straight
+from request rows (:func:`ctrlab.inference.rows.checked_columns`): a request of a few rows is
+encoded with no Arrow table at all; :meth:`OnlineEncoder.encode` takes a table's columns.
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ import pyarrow as pa
 
 from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
 from ..hashing import MASK64, splitmix64_int
-from .encoders import BucketizedNumeric, HashBuckets, NumericTransform, Values, Vocabulary, column_values
+from .encoders import BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, column_values
 from .keytable import POLY
 
 #: Inputs of up to this many rows take the online lane; measured crossover on Criteo-shaped
 #: rows: ~40 rows.
 SMALL_INPUT_ROWS = 32
 
-Lane = Callable[[Values], Any]  # one column's values (see column_values) -> n encoded values
+#: Each column's lane remembers the results of up to this many distinct recent values, strings of
+#: up to MEMO_LENGTH characters (requests repeat values: a remembered one skips its hash and lookup
+#: or its logarithm, ~1-3 us in Python). At most 4096 * 100 characters per column.
+MEMO_VALUES = 1 << 12
+MEMO_LENGTH = 100
+
+Lane = Callable[[list], list]  # one column's n raw values (None = missing) -> n encoded values
 Ids = Callable[[list], list]  # per-row key hashes (None = missing) -> per-row ids
 
 
@@ -89,7 +100,8 @@ def log_square_bucket_one(v: float) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _numeric_lane(t: NumericTransform) -> Lane:
-    """float64 values -> float32 features, as :meth:`NumericTransform.transform`."""
+    """float values (None or NaN = missing) -> features (Python floats, to be cast to float32),
+    as :meth:`NumericTransform.transform`."""
     fill = t.fill_value
     logged = t.kind in ("log1p", "log1p_standardize")
     standardize = t.kind == "log1p_standardize"
@@ -97,8 +109,8 @@ def _numeric_lane(t: NumericTransform) -> Lane:
     mean, std, low = t.mean_, t.std_, t.min_
     span = ((t.max_ - t.min_) or 1.0) if minmax else 1.0  # type: ignore[operator]
 
-    def one(x: float) -> float:
-        if x != x:
+    def one(x: float | None) -> float:
+        if x is None or x != x:
             return fill
         v = x
         if logged:
@@ -111,13 +123,21 @@ def _numeric_lane(t: NumericTransform) -> Lane:
             v = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v  # np.clip (keeps -0.0, as np.clip does)
         return v
 
-    def lane(x: np.ndarray) -> np.ndarray:
-        values = x.tolist()
-        if not all(v != v or abs(v) < math.inf for v in values):  # an infinity
-            return t.transform(x)
-        return np.array([one(v) for v in values], dtype=np.float64).astype(np.float32)
+    def lane(values: list) -> list:
+        if not all(v is None or v != v or abs(v) < math.inf for v in values):  # an infinity
+            return t.transform(_floats(values)).tolist()
+        return [one(v) for v in values]
 
     return lane
+
+
+#: the numeric transforms whose features of 0.0 and -0.0 differ (in sign)
+SIGNED_ZEROS = ("passthrough", "minmax")
+
+
+def _floats(values: list) -> np.ndarray:
+    """Python floats (None = missing) -> float64[n] with NaN for missing, as ``column_values`` gives."""
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _vocabulary_ids(vocab: Vocabulary) -> Ids:
@@ -151,15 +171,16 @@ def _bucket_ids(buckets: int) -> Ids:
 
 
 def _sparse_lane(encoder: Any) -> Lane:
-    """A column's values -> int ids, as ``encoder.transform``."""
+    """A column's values (floats for a bucketized numeric column, str for others; None = missing)
+    -> int ids, as ``encoder.transform``."""
     if isinstance(encoder, BucketizedNumeric):
         vocab_ids = _vocabulary_ids(encoder.vocab)
 
-        def bucketized(x: np.ndarray) -> list | np.ndarray:
-            values = x.tolist()
-            if not all(v != v or abs(v) < 2.0**62 for v in values):  # beyond int64 keys: numpy's cast
-                return encoder.transform(x)
-            return vocab_ids([None if v != v else hash_int_one(log_square_bucket_one(v)) for v in values])
+        def bucketized(values: list) -> list:
+            if not all(v is None or v != v or abs(v) < 2.0**62 for v in values):  # beyond int64 keys: numpy's cast
+                return encoder.transform(_floats(values)).tolist()
+            return vocab_ids([None if v is None or v != v else hash_int_one(log_square_bucket_one(v))
+                              for v in values])
 
         return bucketized
     if isinstance(encoder, Vocabulary):
@@ -167,12 +188,41 @@ def _sparse_lane(encoder: Any) -> Lane:
     elif isinstance(encoder, HashBuckets) and encoder.buckets < 2**31 - NUM_RESERVED_IDS:
         ids = _bucket_ids(encoder.buckets)
     else:
-        return encoder.transform
+        return lambda values: encoder.transform(pa.array(values, type=pa.string())).tolist()
 
-    def strings(values: pa.ChunkedArray) -> list:
-        return ids([None if v is None else hash_string_one(v) for v in values.to_pylist()])
+    def strings(values: list) -> list:
+        return ids([None if v is None else hash_string_one(v) for v in values])
 
     return strings
+
+
+def _memoized(lane: Lane, signed_zeros: bool = False) -> Lane:
+    """``lane`` remembering the results of up to MEMO_VALUES distinct recent values (forgotten all
+    at once when full): a remembered value skips its hash, lookup or logarithm. Every lane's
+    result for a value depends on that value alone, so a remembered result is the one ``lane``
+    gives. 0.0 and -0.0 are one dict key: zeros are not remembered where their results differ in
+    sign (``signed_zeros``: passthrough, minmax). NaN (one key per object) and long strings are
+    not remembered either; missing (None) is, from the start. Safe to share between threads: each
+    entry is final, and a dict's get, set and clear are atomic."""
+    missing = lane([None])[0]
+    memo: dict[Any, Any] = {None: missing}
+
+    def remembering(values: list) -> list:
+        out = list(map(memo.get, values))
+        if None in out:  # values not seen lately
+            todo = [i for i, found in enumerate(out) if found is None]
+            if len(memo) > MEMO_VALUES:
+                memo.clear()
+                memo[None] = missing
+            for i, found in zip(todo, lane([values[i] for i in todo])):
+                out[i] = found
+                value = values[i]
+                if value == value and (value or not signed_zeros) and (type(value) is float
+                                                                       or len(value) <= MEMO_LENGTH):
+                    memo[value] = found
+        return out
+
+    return remembering
 
 
 class OnlineEncoder:
@@ -187,9 +237,12 @@ class OnlineEncoder:
     def __init__(self, encoders: Mapping[str, Any], dense_outputs: Sequence[str], sparse_outputs: Sequence[str],
                  numeric_inputs: Collection[str]):
         self._columns = [*dense_outputs, *sparse_outputs]
+        self.dense_outputs = list(dense_outputs)
         self._encoders = [encoders[col] for col in self._columns]
-        self._dense = [(col, _numeric_lane(encoders[col])) for col in dense_outputs]
-        self._sparse = [(col, col in numeric_inputs, _sparse_lane(encoders[col])) for col in sparse_outputs]
+        self._dense = [(col, _memoized(_numeric_lane(encoders[col]), encoders[col].kind in SIGNED_ZEROS))
+                       for col in dense_outputs]
+        self._sparse = [(col, _memoized(_sparse_lane(encoders[col]))) for col in sparse_outputs]
+        self._numeric = set(numeric_inputs)  # (each output column is encoded from the input of its name)
 
     @classmethod
     def from_pipeline(cls, pipeline: Any) -> "OnlineEncoder":
@@ -204,12 +257,20 @@ class OnlineEncoder:
     def encode(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows -> (dense float32[N, n_dense], sparse int32[N, n_sparse]); no checks (the
         pipeline's ``transform`` checks the columns and the features' finiteness)."""
-        n = table.num_rows
-        dense = np.empty((n, len(self._dense)), dtype=np.float32)
+        columns = {}
+        for col in self._columns:
+            values = column_values(table, col, col in self._numeric)
+            columns[col] = values.tolist() if isinstance(values, np.ndarray) else values.to_pylist()
+        return self.encode_columns(columns, table.num_rows)
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Checked raw values, one sequence of n per input column (floats for numeric columns, str for
+        categorical ones; None = missing: what :func:`ctrlab.inference.rows.checked_columns`
+        gives) -> (dense float32[N, n_dense], sparse int32[N, n_sparse]), with no Arrow table in
+        between: the lane of a request of a few rows."""
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
-            for j, (col, numeric_lane) in enumerate(self._dense):
-                dense[:, j] = numeric_lane(column_values(table, col, True))
-        sparse = np.empty((n, len(self._sparse)), dtype=np.int32)
-        for j, (col, numeric, sparse_lane) in enumerate(self._sparse):
-            sparse[:, j] = sparse_lane(column_values(table, col, numeric))
-        return dense, sparse
+            dense = [lane(columns[col]) for col, lane in self._dense]
+            dense_out = np.array(dense, dtype=np.float64).reshape(len(dense), n).T.astype(np.float32, order="C")
+        sparse = [lane(columns[col]) for col, lane in self._sparse]
+        sparse_out = np.ascontiguousarray(np.array(sparse, dtype=np.int32).reshape(len(sparse), n).T)
+        return dense_out, sparse_out

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -190,7 +190,17 @@ class FeaturePipeline:
             dense, sparse = self._online_encoder().encode(table)
         else:
             dense, sparse = self.encode_vectorized(table)
-        check_finite(dense, self.dense_outputs, table)
+        check_finite(dense, self.dense_outputs, lambda col, row: table.column(col)[row].as_py())
+        return dense, sparse
+
+    def transform_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`transform` of n rows given as checked Python values, n per input column
+        (floats / str, None = missing: :func:`ctrlab.inference.rows.checked_columns`), through the
+        online lane with no Arrow table in between (a request of a few rows): the same bytes."""
+        self._check_fitted()
+        online = self._online_encoder()
+        dense, sparse = online.encode_columns(columns, n)
+        check_finite(dense, online.dense_outputs, lambda col, row: columns[col][row])
         return dense, sparse
 
     def _online_encoder(self) -> OnlineEncoder:
@@ -242,14 +252,15 @@ class FeaturePipeline:
             return cls.from_dict(json.load(fh))
 
 
-def check_finite(dense: np.ndarray, names: list[str], table: pa.Table) -> None:
+def check_finite(dense: np.ndarray, names: list[str], raw_value: Callable[[str, int], Any]) -> None:
     """Raise :class:`InputError` naming the first row and field whose feature is not finite (a
-    value whose transform overflows float32, e.g. 1e39 passed through): a model would score NaN."""
+    value whose transform overflows float32, e.g. 1e39 passed through): a model would score NaN.
+    raw_value(column, row): the raw input value, for the message."""
     finite = np.isfinite(dense)
     if finite.all():
         return
     row, j = (int(i) for i in np.argwhere(~finite)[0])
-    raw = table.column(names[j])[row].as_py()
+    raw = raw_value(names[j], row)
     reason = f"value {raw!r} encodes to a non-finite feature ({dense[row, j]})"
     raise InputError(f"row {row}, field {names[j]!r}: {reason}", row=row, field=names[j], reason=reason)
 

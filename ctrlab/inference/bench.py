@@ -275,7 +275,7 @@ def run_bench(bundle_dir: str | os.PathLike, data: str | os.PathLike, opts: Benc
         "bundle": {"path": str(Path(bundle_dir).resolve()), "model": manifest["model"],
                    "files": {k: v["bytes"] for k, v in manifest["files"].items()}},
         "data": {"path": str(Path(data).resolve()), "rows_loaded": table.num_rows},
-        "environment": {"cores": available_cores(), "cpu": _cpu_name(), "platform": platform.platform(),
+        "environment": {"cores": available_cores(), "cpu": cpu_name(), "platform": platform.platform(),
                         "versions": library_versions(), "onnxruntime_providers": available,
                         "cuda": torch.cuda.is_available()},
         "options": asdict(opts),
@@ -307,7 +307,8 @@ def onnx_torch_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo; elsewhere what platform says): printed beside benchmark figures."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:

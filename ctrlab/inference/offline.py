@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from ..data.formats import input_schema
-from ..data.readers import ID, DataError, RowReader, SkipReport, describe, resolve_inputs
+from ..data.readers import BLOCK_BYTES, ID, DataError, RowReader, SkipReport, describe, resolve_inputs
 from ..features.pipeline import InputError
 from ..fileio import atomic_write
 from ..metrics import evaluate_scores
@@ -102,7 +102,9 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
                 report.skipped.merge_from(reader.skipped)
 
     done = 0
-    for chunk, dense, sparse, labels, ids, transform_s in prefetch(encoded(), depth=2):
+    # inputs of one block (a small upload) are encoded in this thread: a thread costs more than it overlaps
+    small = sum(os.path.getsize(path) for path in paths) <= BLOCK_BYTES
+    for chunk, dense, sparse, labels, ids, transform_s in encoded() if small else prefetch(encoded(), depth=2):
         n = len(dense)
         t0 = time.perf_counter()
         probs = np.empty(n, dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+from itertools import chain
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,60 +58,85 @@ def _sparse_value(value: Any, row: int, col: str) -> str | None:
     raise _bad_value(row, col, f"expected a string (or an integer id, or None), got {type(value).__name__} {value!r:.40}")
 
 
-def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
-    """A list of dicts (keyed by column name) or of lists (values in ``dense + sparse`` order) ->
-    an Arrow table with the canonical types (float64 dense, string sparse; null = missing)."""
-    columns = list(dense_columns) + list(sparse_columns)
-    n_dense = len(dense_columns)
-    n = len(rows)
-    if n == 0:
-        return pa.table({c: pa.array([], type=pa.float64() if i < n_dense else pa.string())
-                         for i, c in enumerate(columns)})
+def _raw_columns(rows: Sequence[Any], columns: list[str]) -> list[Sequence[Any]]:
+    """A list of dicts (keyed by column name) or of lists (values in ``columns`` order), each row
+    checked for its shape -> one sequence of the n raw (unchecked) values per column."""
+    if not rows:
+        return [() for _ in columns]
     first = rows[0]
     if isinstance(first, dict):
         known = set(columns).union(IGNORED_KEYS)
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise InputError(f"row {i}: expected a dict like row 0, got {type(row).__name__}")
-            if not known.issuperset(row):
-                unknown = sorted(str(k) for k in row if k not in known)
-                raise InputError(f"row {i}: unknown column(s) {unknown}; the bundle's columns are "
-                                 f"{column_list(columns)} (plus optional {', '.join(IGNORED_KEYS)})")
-        try:  # every row has every column (the usual case): the values are gathered in C
-            by_column = list(zip(*map(operator.itemgetter(*columns), rows))) if len(columns) > 1 else None
-        except KeyError:  # some row leaves a column out: missing
-            by_column = None
-        if by_column is not None:
-            dense_flat = [v for col in by_column[:n_dense] for v in col]
-            sparse_flat = [v for col in by_column[n_dense:] for v in col]
-        else:
-            dense_flat = [row.get(c) for c in dense_columns for row in rows]
-            sparse_flat = [row.get(c) for c in sparse_columns for row in rows]
-    elif isinstance(first, (list, tuple)):
+        if not (all(type(row) is dict for row in rows) and all(map(known.issuperset, rows))):  # (checked in C)
+            for i, row in enumerate(rows):  # which row, and why
+                if not isinstance(row, dict):
+                    raise InputError(f"row {i}: expected a dict like row 0, got {type(row).__name__}")
+                if not known.issuperset(row):
+                    unknown = sorted(str(k) for k in row if k not in known)
+                    raise InputError(f"row {i}: unknown column(s) {unknown}; the bundle's columns are "
+                                     f"{column_list(columns)} (plus optional {', '.join(IGNORED_KEYS)})")
+        if len(columns) > 1:
+            try:  # every row has every column (the usual case): the values are gathered in C
+                return list(zip(*map(operator.itemgetter(*columns), rows)))
+            except KeyError:  # some row leaves a column out: missing
+                pass
+        return [[row.get(c) for row in rows] for c in columns]
+    if isinstance(first, (list, tuple)):
         for i, row in enumerate(rows):
             if not isinstance(row, (list, tuple)):
                 raise InputError(f"row {i}: expected a list like row 0, got {type(row).__name__}")
             if len(row) != len(columns):
                 raise InputError(f"row {i}: expected {len(columns)} values (in the order {column_list(columns)}), "
                                  f"got {len(row)}")
-        by_column = list(zip(*rows))
-        dense_flat = [v for col in by_column[:n_dense] for v in col]
-        sparse_flat = [v for col in by_column[n_dense:] for v in col]
-    else:
-        raise InputError(f"rows must be an Arrow table, a list of dicts or a list of lists; row 0 is a "
-                         f"{type(first).__name__}")
+        return list(zip(*rows))
+    raise InputError(f"rows must be an Arrow table, a list of dicts or a list of lists; row 0 is a "
+                     f"{type(first).__name__}")
+
+
+def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
+    """A list of dicts (keyed by column name) or of lists (values in ``dense + sparse`` order) ->
+    an Arrow table with the canonical types (float64 dense, string sparse; null = missing)."""
+    columns = list(dense_columns) + list(sparse_columns)
+    n_dense = len(dense_columns)
+    n = len(rows)
+    by_column = _raw_columns(rows, columns)
     # one Arrow array for all dense values and one for all sparse values (column-major), sliced
     # into columns: two conversions instead of one per column (a single row costs microseconds)
-    dense_all = _checked_array(dense_flat, n, list(dense_columns), numeric=True)
-    sparse_all = _checked_array(sparse_flat, n, list(sparse_columns), numeric=False)
+    dense_all = _checked_array(list(chain.from_iterable(by_column[:n_dense])), n, list(dense_columns), numeric=True)
+    sparse_all = _checked_array(list(chain.from_iterable(by_column[n_dense:])), n, list(sparse_columns),
+                                numeric=False)
     arrays = [dense_all.slice(j * n, n) for j in range(n_dense)]
     arrays += [sparse_all.slice(j * n, n) for j in range(len(sparse_columns))]
     return pa.Table.from_arrays(arrays, names=columns)
 
 
+def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str],
+                    sparse_columns: Sequence[str]) -> dict[str, Sequence[Any]]:
+    """Rows as :func:`rows_to_table` takes them -> {column: its n values}, checked as there (the
+    same errors, the first bad value in the same order) but as Python values: float or None for
+    dense columns, str or None for sparse ones (what the online encoder takes, with no Arrow table
+    in between: the lane of a request of a few rows)."""
+    n_dense = len(dense_columns)
+    by_column = _raw_columns(rows, list(dense_columns) + list(sparse_columns))
+    dense_flat = list(chain.from_iterable(by_column[:n_dense]))
+    sparse_flat = list(chain.from_iterable(by_column[n_dense:]))
+    # all plain (finite floats or None; non-empty strings or None): the values pass as they are.
+    # (A sum of the floats is finite when each one is, unless it overflows: then the careful path.)
+    total = sum(filter(None, dense_flat), 0.0) if set(map(type, dense_flat)) <= _FLOATS else math.nan
+    if total - total == 0.0 and set(map(type, sparse_flat)) <= _PLAIN_STRINGS and "" not in sparse_flat:
+        return dict(zip([*dense_columns, *sparse_columns], by_column))
+    checked: dict[str, Sequence[Any]] = {}
+    for col, values in zip(dense_columns, by_column):
+        checked[col] = [v if type(v) is float and v - v == 0.0 else _dense_value(v, i, col)
+                        for i, v in enumerate(values)]
+    for col, values in zip(sparse_columns, by_column[n_dense:]):
+        checked[col] = [v if type(v) is str and v else _sparse_value(v, i, col) for i, v in enumerate(values)]
+    return checked
+
+
 _NONE = type(None)
 _PLAIN_NUMBERS = {float, int, _NONE}
 _PLAIN_STRINGS = {str, _NONE}
+_FLOATS = {float, _NONE}
 
 
 def _checked_array(flat: list[Any], n: int, names: list[str], numeric: bool) -> pa.Array:

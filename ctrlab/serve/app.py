@@ -3,13 +3,15 @@
 
 Endpoints::
 
-    POST /v1/predict     {"rows": [...]} (dicts keyed by column, or lists in schema order)
+    POST /v1/predict     {"rows": [...]} (dicts keyed by column, or lists in schema order), or the
+                         columnar {"columns": {"I1": [...], "C1": [...]}}
                          -> {"probabilities": [...], "model_version": "...", "timing_ms": {...}}
     POST /upload         multipart file of raw lines in any format ``ctrlab predict`` reads (detected
                          from the content) -> {"code": 200, "dtype": "float32", "data": [[p], ...],
                          "user_id": ...}  (the PaddleRec serving tutorial's answer)
     GET  /health         liveness;  GET /ready: a model is loaded;  GET /metadata: the manifest
-    GET  /metrics        Prometheus text: requests by endpoint and status, latency histogram, rows, errors
+    GET  /metrics        Prometheus text: requests by endpoint and status, latency histogram, rows, errors,
+                         this worker's resident memory
     POST /admin/reload   {"bundle": PATH}: load a new bundle fully, then swap one reference
                          (Bearer token from the env var ``reload_token_env``; 404 when it is unset)
 
@@ -19,8 +21,10 @@ object, so a reload never fails or mixes a request: in-flight requests finish on
 Bad input is a 4xx whose ``detail`` names the row and field, never a 500 (:mod:`.scoring`); request
 bodies are capped (Content-Length is checked first, then the stream is counted as it is read) before
 any parsing, and a JSON body's nesting depth, rows and values are counted on its raw bytes before it
-is parsed (:mod:`.limits`). Bodies over ``INLINE_BODY_BYTES`` are parsed and scored in worker
-threads, at most ``LARGE_BODY_SLOTS`` at a time, so the event loop (``/health``) stays free.
+is parsed (:mod:`.limits`). Bodies (and uploaded files) over ``INLINE_BODY_BYTES`` are parsed and
+scored in worker threads, at most ``LARGE_BODY_SLOTS`` at a time, so the event loop (``/health``)
+stays free; smaller /v1/predict requests may be scored together (``batch_window_ms``,
+:mod:`.batching`). JSON is read and written by :mod:`.codec` (orjson, same values as ``json``).
 Clients never name server files: uploads are written to a private temporary file. Metrics:
 :mod:`.metrics`.
 
@@ -42,7 +46,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -52,8 +56,10 @@ from ..config import ConfigError, ServeConfig, from_dict, to_dict
 from ..export.manifest import load_manifest
 from ..fileio import is_disk_full
 from ..runtime import available_cores
+from . import codec
+from .batching import MicroBatcher
 from .limits import BodyLimitMiddleware, BodyTooLarge, ClientError, decode_json
-from .metrics import Metrics, MetricsMiddleware, input_metrics
+from .metrics import Metrics, MetricsMiddleware, input_metrics, process_metrics
 from .model import ServerState, load_model
 from .scoring import check_upload_text, parse_predict_body, score_rows, score_upload
 
@@ -70,6 +76,11 @@ LARGE_BODY_SLOTS = 2
 CONFIG_ENV = "CTRLAB_SERVE_CONFIG"
 
 
+def _json(value: Any) -> Response:
+    """A 200 JSON answer, written by :mod:`.codec` (the same values as ``json.dumps``, faster)."""
+    return Response(codec.dumps(value), media_type="application/json")
+
+
 def _error(status: int, detail: str) -> Response:
     # ASCII JSON: a message that quotes the client's text stays valid even for a lone surrogate
     body = json.dumps({"detail": detail, "code": status})
@@ -82,13 +93,21 @@ def _error(status: int, detail: str) -> Response:
 
 _PREDICT_BODY = {
     "required": True,
+    "description": 'Either {"rows": [...]} or the columnar form {"columns": {"I1": [...], "C1": [...]}} (one '
+                   "list per column, all of one length: row i takes the i-th value of each; a column left out is "
+                   "missing). Both are checked value by value the same way; errors name the row and field.",
     "content": {"application/json": {"schema": {
-        "type": "object", "required": ["rows"], "additionalProperties": False,
+        "type": "object", "additionalProperties": False,
+        "oneOf": [{"required": ["rows"]}, {"required": ["columns"]}],
         "properties": {"rows": {
             "type": "array", "minItems": 1,
             "description": "rows as objects keyed by column name (a column left out is missing) or as lists "
                            "of values in the bundle's column order (GET /metadata: columns)",
-            "items": {"oneOf": [{"type": "object"}, {"type": "array"}]}}}},
+            "items": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
+            "columns": {
+            "type": "object", "minProperties": 1,
+            "description": "columnar form: column name -> list of values, one per row (all lists of one length)",
+            "additionalProperties": {"type": "array"}}}},
         "example": {"rows": [{"I1": 3, "I2": None, "C1": "05db9164"}]}}},
 }
 _UPLOAD_BODY = {
@@ -103,18 +122,21 @@ _UPLOAD_BODY = {
 
 def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.backend,
                max_rows: int = ServeConfig.max_rows, max_body_bytes: int = ServeConfig.max_body_bytes,
-               reload_token_env: str = "CTRLAB_RELOAD_TOKEN", threads: int | None = None) -> FastAPI:
+               reload_token_env: str = "CTRLAB_RELOAD_TOKEN", threads: int | None = None,
+               batch_window_ms: float = ServeConfig.batch_window_ms) -> FastAPI:
     """A FastAPI app serving the bundle at ``bundle_dir`` (loaded now: errors surface at startup).
 
     ``threads``: intra-op threads of the model (default: the available cores).
     ``max_rows``: rows per request (/v1/predict rows, /upload lines); ``max_body_bytes``: request body cap.
     ``reload_token_env``: the env var holding the /admin/reload token, read per request (unset or
-    empty: reload is disabled, 404)."""
+    empty: reload is disabled, 404). ``batch_window_ms``: small /v1/predict requests arriving within
+    this window are scored in one model call (:mod:`.batching`; 0: each alone)."""
     if max_rows < 1 or max_body_bytes < 1:
         raise ValueError(f"max_rows and max_body_bytes must be >= 1, got {max_rows} and {max_body_bytes}")
     state = ServerState(load_model(bundle_dir, backend, threads), backend, threads)
     metrics = Metrics()
     large_body_slots = asyncio.Semaphore(LARGE_BODY_SLOTS)
+    batcher = MicroBatcher(batch_window_ms / 1e3) if batch_window_ms > 0 else None
     app = FastAPI(title="ctrlab serving", version=__version__,
                   description="Click-through-rate probabilities for raw rows, from a ctrlab bundle.")
     app.state.serve = state
@@ -151,7 +173,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         if len(body) <= INLINE_BODY_BYTES:
             rows = parse_predict_body(body, max_rows, columns)
             t_json = time.perf_counter()
-            probs, timing = score_rows(loaded, rows)
+            probs, timing = await batcher.score(loaded, rows) if batcher else score_rows(loaded, rows)
         else:
             def work():
                 rows = parse_predict_body(body, max_rows, columns)
@@ -160,8 +182,8 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         metrics.add_rows("/v1/predict", len(rows))
         timing = {"read": (t_read - started) * 1e3, "json": (t_json - t_read) * 1e3, **timing}
         timing["total"] = (time.perf_counter() - started) * 1e3
-        return JSONResponse({"probabilities": probs.tolist(), "model_version": loaded.version,
-                             "timing_ms": {k: round(v, 3) for k, v in timing.items()}})
+        return _json({"probabilities": probs.tolist(), "model_version": loaded.version,
+                      "timing_ms": {k: round(v, 3) for k, v in timing.items()}})
 
     @app.post("/upload", openapi_extra={"requestBody": _UPLOAD_BODY},
               summary="Probabilities for an uploaded file of raw lines (PaddleRec serving answer)")
@@ -182,7 +204,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         def work():
             check_upload_text(data, max_rows)
             return score_upload(loaded, data)
-        probs, fmt = await in_worker(work)
+        probs, fmt = work() if len(data) <= INLINE_BODY_BYTES else await in_worker(work)
         metrics.add_rows("/upload", len(probs))
         answer: dict[str, Any] = {"code": 200, "dtype": "float32", "data": probs.reshape(-1, 1).tolist(),
                                   "user_id": user_id}
@@ -190,7 +212,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
             answer["debug"] = {"rows": int(len(probs)), "format": fmt, "model_version": loaded.version,
                                "timing_ms": {"read": round((t_read - started) * 1e3, 3),
                                              "total": round((time.perf_counter() - started) * 1e3, 3)}}
-        return JSONResponse(answer)
+        return _json(answer)
 
     @app.get("/health", summary="Liveness")
     async def health():
@@ -214,7 +236,8 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus():
-        return PlainTextResponse(metrics.render(state.current.version) + input_metrics(state.current.predictor),
+        text = metrics.render(state.current.version) + input_metrics(state.current.predictor) + process_metrics()
+        return PlainTextResponse(text,
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/admin/reload", summary="Swap to another bundle (admin; Bearer token)",
@@ -260,7 +283,7 @@ def server_app(cfg: ServeConfig) -> FastAPI:
     """The app of one server process for ``cfg`` (its bundle loaded), with the startup's objects
     frozen out of the garbage collector's reach."""
     app = create_app(cfg.bundle, backend=cfg.backend, max_rows=cfg.max_rows, max_body_bytes=cfg.max_body_bytes,
-                     threads=cfg.threads)
+                     threads=cfg.threads, batch_window_ms=cfg.batch_window_ms)
     # A server process: move everything allocated at startup (libraries, the model) out of the
     # garbage collector's reach, so that full collections stay short and do not stall requests.
     gc.collect()

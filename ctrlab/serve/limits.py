@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from . import codec
+
 # A valid body nests 3 levels ({"rows": [row]}, a row being an object or a list of scalars); the
 # margin keeps the messages about wrong values (a list where a string belongs) precise.
 MAX_JSON_DEPTH = 32
@@ -119,11 +121,9 @@ def decode_json(body: bytes, *, expected: str, max_depth: int = MAX_JSON_DEPTH, 
         if payload is not None:
             return payload
     try:
-        text = body.decode("utf-8")  # (json.loads on bytes would guess UTF-16/32 from the first bytes)
+        return codec.loads(body)  # (never guesses UTF-16/32 from the first bytes: UTF-8 only)
     except UnicodeDecodeError as exc:
         raise ClientError(400, f"request body is not UTF-8 text (byte {exc.start})") from None
-    try:
-        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ClientError(400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:  # (the scan refuses deeper bodies first; kept as a safety net)
@@ -149,10 +149,10 @@ def _parse_in_pieces(body: bytes, cuts: np.ndarray, key: str) -> dict[str, list[
     items: list[Any] = []
     try:
         for a, b in zip(edges, edges[1:]):
-            piece = body[a + 1:b].decode("utf-8")
+            piece = body[a + 1:b]
             if len(edges) > 2 and not piece.strip():  # "[1,,2]" or "[1,]": malformed, parsed whole
                 return None
-            items.extend(json.loads("[" + piece + "]"))
+            items.extend(codec.loads(b"[" + piece + b"]"))
     except (ValueError, RecursionError):  # a malformed piece, not UTF-8, or the list holds another shape
         return None
     return {key: items}

@@ -4,11 +4,14 @@ text exposition (no client library: a few counters and one histogram).
 :class:`Metrics` counts requests by endpoint, method and status, a latency histogram per endpoint,
 rows scored, error answers and reloads; :class:`MetricsMiddleware` (the outermost ASGI layer)
 observes every request from its first byte in to its last byte out; :func:`input_metrics` writes
-the predictor's per-field input counts beside the rates the bundle saw in training.
+the predictor's per-field input counts beside the rates the bundle saw in training;
+:func:`process_metrics` this worker process's memory (each worker of ``--workers N`` answers with
+its own).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from bisect import bisect_left
@@ -82,6 +85,23 @@ class Metrics:
         out += ["# HELP ctrlab_model_info The model being served.", "# TYPE ctrlab_model_info gauge",
                 f'ctrlab_model_info{{version="{esc(version)}"}} 1']
         return "\n".join(out) + "\n"
+
+
+def process_metrics() -> str:
+    """This process's resident memory and the part of it shared with other processes (file-backed
+    pages: libraries and memory-mapped files), in the Prometheus process collector's names; empty
+    where /proc is absent (not Linux)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            _size, resident, shared = (int(v) for v in fh.read().split()[:3])
+    except OSError:
+        return ""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return "\n".join([
+        "# HELP process_resident_memory_bytes Resident memory size in bytes (this worker process).",
+        "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {resident * page}",
+        "# HELP process_shared_memory_bytes Resident memory shared with other processes (file-backed pages).",
+        "# TYPE process_shared_memory_bytes gauge", f"process_shared_memory_bytes {shared * page}"]) + "\n"
 
 
 def input_metrics(predictor: Predictor) -> str:

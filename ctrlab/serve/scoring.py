@@ -1,9 +1,10 @@
 """Request bodies -> checked rows -> probabilities, for the server's routes.
 
-``/v1/predict``: :func:`parse_predict_body` (JSON ``{"rows": [...]}``, counted on its raw bytes
-first, :mod:`.limits`) then :func:`score_rows` (:meth:`Predictor.predict`: the one scoring path,
-whose stage timings the answer reports). ``/upload``: :func:`check_upload_text` then
-:func:`score_upload` (the file scoring of ``ctrlab predict``). Every bad input is a
+``/v1/predict``: :func:`parse_predict_body` (JSON ``{"rows": [...]}`` or ``{"columns": {...}}``,
+counted on its raw bytes first, :mod:`.limits`) then :func:`score_rows` (:meth:`Predictor.predict`: the one scoring path,
+whose stage timings the answer reports; several small requests may share one call,
+:mod:`.batching`). ``/upload``: :func:`check_upload_text` then :func:`score_upload` (the file
+scoring of ``ctrlab predict``). Every bad input is a
 :class:`~ctrlab.serve.limits.ClientError` (4xx) naming the row and field, never a 500.
 """
 
@@ -22,18 +23,22 @@ from .model import LoadedModel
 
 
 def parse_predict_body(body: bytes, max_rows: int, columns: list[str]) -> list[Any]:
-    """The ``rows`` of a /v1/predict JSON body, checked for shape and count (ClientError otherwise).
+    """The rows of a /v1/predict JSON body, checked for shape and count (ClientError otherwise):
+    ``{"rows": [row, ...]}`` or the columnar ``{"columns": {"I1": [...], "C1": [...]}}`` (turned into
+    row dicts here, so that every value is checked, and named by row and field, exactly as a row's).
     ``columns``: the model's input columns (a row holds at most these and IGNORED_KEYS)."""
     payload = decode_json(body, expected='{"rows": [...]}', max_items=max_rows,
                           max_values=max_rows * (len(columns) + len(IGNORED_KEYS)))
     if not isinstance(payload, dict):
         raise ClientError(422, f'expected a JSON object {{"rows": [...]}}, got {type(payload).__name__}')
-    extra = sorted(k for k in payload if k != "rows")
+    key = "columns" if "columns" in payload and "rows" not in payload else "rows"
+    extra = sorted(k for k in payload if k != key)
     if extra:
-        raise ClientError(422, f'unknown top-level field(s) {extra}; the body is {{"rows": [...]}}')
-    if "rows" not in payload:
+        raise ClientError(422, f'unknown top-level field(s) {extra}; the body is {{"rows": [...]}} '
+                               f'or {{"columns": {{...}}}}')
+    if key not in payload:
         raise ClientError(422, 'missing field "rows": send {"rows": [row, ...]}')
-    rows = payload["rows"]
+    rows = columns_to_rows(payload["columns"], max_rows) if key == "columns" else payload["rows"]
     if not isinstance(rows, list):
         raise ClientError(422, f'"rows" must be a list of rows, got {type(rows).__name__}')
     if not rows:
@@ -43,6 +48,27 @@ def parse_predict_body(body: bytes, max_rows: int, columns: list[str]) -> list[A
     if may_hold_surrogates(body):
         check_text(rows, columns)
     return rows
+
+
+def columns_to_rows(table: Any, max_rows: int) -> list[dict[str, Any]]:
+    """``{"I1": [v0, v1, ...], ...}`` -> ``[{"I1": v0, ...}, {"I1": v1, ...}, ...]``: every column a
+    list, all of one length (1..max_rows); ClientError naming the column otherwise."""
+    if not isinstance(table, dict) or not table:
+        raise ClientError(422, '"columns" must be a non-empty object {"I1": [...], "C1": [...]}')
+    lengths = {}
+    for name, values in table.items():
+        if not isinstance(values, list):
+            raise ClientError(422, f'"columns" field {name!r}: expected a list of values, got {type(values).__name__}')
+        lengths[name] = len(values)
+    n = max(lengths.values())
+    if n > max_rows:
+        raise too_many(f"{n:,}", max_rows)
+    short = [name for name, length in lengths.items() if length != n]
+    if short:
+        raise ClientError(422, f'"columns" field {short[0]!r} has {lengths[short[0]]:,} values, others {n:,}; '
+                               f"every column needs one value per row")
+    names = list(table)
+    return [dict(zip(names, values)) for values in zip(*table.values())]
 
 
 def check_text(rows: list[Any], columns: list[str]) -> None:

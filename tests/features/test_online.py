@@ -19,12 +19,13 @@ import pytest
 from ctrlab.data.formats import detect_format, schema_for_file
 from ctrlab.data.readers import RowReader
 from ctrlab.data.synth import write_synthetic
+from ctrlab.features import online
 from ctrlab.features.encoders import NumericTransform, log_square_bucket
 from ctrlab.features.keytable import hash_ints, hash_strings
 from ctrlab.features.online import (SMALL_INPUT_ROWS, OnlineEncoder, hash_int_one, hash_string_one,
                                     log_square_bucket_one)
-from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions
-from ctrlab.inference.rows import rows_to_table
+from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, InputError, NumericOptions
+from ctrlab.inference.rows import checked_columns, rows_to_table
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
 
 SPECIAL_NUMBERS = [math.nan, 0.0, -0.0, 0.5, 1.0, 1.9, 2.0, 2.0000001, 3.0, math.e, 7.38905609893065, -1.0, -2.5,
@@ -238,3 +239,113 @@ def test_hash_lane_beyond_int32_takes_the_vectorized_transform():
     pipeline = FeaturePipeline.from_options([], ["C1"], CategoricalOptions("hash", hash_buckets=2**31)).fit([table])
     online = OnlineEncoder.from_pipeline(pipeline)
     assert online.encode(table)[1].tobytes() == pipeline.encode_vectorized(table)[1].tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# the request lane: row dicts / lists -> checked columns -> online encoder, no Arrow table
+# --------------------------------------------------------------------------------------------
+
+REQUEST_NUMBERS = [None, "", 0, -0.0, 0.0, 3, -7, 2**40, 2**53 + 1, 0.5, 1e-300, 1e7, 1e300, -1e300, "3", "0", "-0",
+                   "1e3", "2.5", "-2", "7.38905609893065", np.float64(2.5), np.int64(12), np.float32(0.1)]
+REQUEST_STRINGS = [None, "", 0, 7, -3, 10**12, np.int64(42), *UNSEEN_STRINGS]
+
+
+def request_rows(rng, base: pa.Table, n: int) -> list[dict]:
+    """n row dicts as a client sends them: fitted values (50%), request forms of numbers and
+    strings (ints, numeric strings, "", None, numpy scalars, unseen text; 35%), left out (15%)."""
+    seen = {col: base.column(col).to_pylist() for col in base.column_names}
+    rows = []
+    for _ in range(n):
+        row = {}
+        for col in list(CRITEO_DENSE) + list(CRITEO_SPARSE):
+            u = rng.random()
+            if u < 0.15:
+                continue
+            forms = REQUEST_NUMBERS if col in CRITEO_DENSE else REQUEST_STRINGS
+            row[col] = seen[col][rng.integers(len(seen[col]))] if u < 0.65 else forms[rng.integers(len(forms))]
+        rows.append(row)
+    return rows
+
+
+def assert_request_lane_identical(pipeline: FeaturePipeline, rows: list, rng) -> None:
+    """Random groups of 1..SMALL_INPUT_ROWS rows through checked_columns + the online encoder give
+    the bytes of rows_to_table + the vectorized lane (finiteness is checked after either)."""
+    online = OnlineEncoder.from_pipeline(pipeline)
+    start = 0
+    while start < len(rows):
+        group = rows[start:start + int(rng.integers(1, SMALL_INPUT_ROWS + 1))]
+        dense, sparse = online.encode_columns(checked_columns(group, CRITEO_DENSE, CRITEO_SPARSE), len(group))
+        expected_dense, expected_sparse = pipeline.encode_vectorized(rows_to_table(group, CRITEO_DENSE, CRITEO_SPARSE))
+        assert dense.dtype == np.float32 and sparse.dtype == np.int32
+        assert dense.shape == expected_dense.shape and sparse.shape == expected_sparse.shape
+        assert dense.tobytes() == expected_dense.tobytes(), f"dense differs in rows {start}.."
+        assert sparse.tobytes() == expected_sparse.tobytes(), f"sparse differs in rows {start}.."
+        start += len(group)
+
+
+@pytest.mark.parametrize("options", ["defaults", "every_kind", "hash_and_buckets"])
+def test_request_lane_identical_to_arrow_path(synthetic_table, options):
+    kwargs = {"defaults": {}, "every_kind": {"overrides": OVERRIDES},
+              "hash_and_buckets": {"categorical": CategoricalOptions("hash", hash_buckets=1000),
+                                   "numeric": NumericOptions("log_square_bucket", min_count=2)}}[options]
+    pipeline = fitted(synthetic_table.slice(0, 3000), **kwargs)
+    rng = np.random.default_rng(37)
+    rows = request_rows(rng, synthetic_table, 3000)
+    assert_request_lane_identical(pipeline, rows, rng)  # (the lanes' memories fill as they go)
+    columns = list(CRITEO_DENSE) + list(CRITEO_SPARSE)
+    assert_request_lane_identical(pipeline, [{c: row.get(c) for c in columns} for row in rows[:300]], rng)  # every key
+    plain = synthetic_table.slice(3000, 300).to_pylist()  # floats, str and None only: passed as they are
+    plain[7]["I9"], plain[7]["I10"] = 1e308, 1e308  # finite values whose sum is not
+    assert list(checked_columns(plain[:3], CRITEO_DENSE, CRITEO_SPARSE)["C1"]) == [r["C1"] for r in plain[:3]]
+    assert_request_lane_identical(pipeline, plain, rng)
+    as_lists = [[row.get(c) for c in columns] for row in rows[:500]]
+    online = OnlineEncoder.from_pipeline(pipeline)
+    for group in (as_lists[:1], as_lists[1:6], as_lists[6:6 + SMALL_INPUT_ROWS]):  # lists in column order
+        dense, sparse = online.encode_columns(checked_columns(group, CRITEO_DENSE, CRITEO_SPARSE), len(group))
+        expected = pipeline.encode_vectorized(rows_to_table(group, CRITEO_DENSE, CRITEO_SPARSE))
+        assert dense.tobytes() == expected[0].tobytes() and sparse.tobytes() == expected[1].tobytes()
+
+
+def test_request_lane_identical_when_its_memory_overflows(synthetic_table, monkeypatch):
+    """A lane's memory of recent values is forgotten when full: the results stay the same."""
+    monkeypatch.setattr(online, "MEMO_VALUES", 3)
+    pipeline = fitted(synthetic_table.slice(0, 3000), overrides=OVERRIDES)
+    rng = np.random.default_rng(41)
+    assert_request_lane_identical(pipeline, request_rows(rng, synthetic_table, 600), rng)
+    zeros = [0.0, -0.0, -0.0, 0.0, 0.0, -0.0]  # one dict key; features that differ in sign are not remembered
+    rows = [{"I1": v, "I2": v, "I3": v, "I4": v, "I6": v, "C1": "" if v else "x"} for v in zeros]
+    for _ in range(2):
+        assert_request_lane_identical(pipeline, rows, rng)
+
+
+BAD_VALUES = [("I5", "abc"), ("I5", True), ("I2", math.inf), ("I2", math.nan), ("I3", "1e400"), ("I3", "nan"),
+              ("I3", "0x10"), ("I4", 2**2000), ("I7", [1]), ("C7", 2.5), ("C7", True), ("C8", b"x"), ("C9", {"a": 1})]
+
+
+def test_request_lane_errors_equal_arrow_path(synthetic_table):
+    """The same InputError (message, row, field) as rows_to_table, for bad values anywhere and
+    bad row shapes; a feature that overflows float32 is reported as by transform."""
+    pipeline = fitted(synthetic_table.slice(0, 3000), overrides=OVERRIDES)
+    rng = np.random.default_rng(43)
+    good = request_rows(rng, synthetic_table, 8)
+    cases = []
+    for col, value in BAD_VALUES:
+        for row in (0, 5):
+            rows = [dict(r) for r in good]
+            rows[row][col] = value
+            rows[7]["C1"] = 1.5  # a later bad value: the first in the checking order is named
+            cases.append(rows)
+    cases += [[good[0], [1, 2]], [good[0], dict(good[1], C99="x")], [[1, 2, 3]], [5], [good[0], None]]
+    for rows in cases:
+        with pytest.raises(InputError) as expected:
+            rows_to_table(rows, CRITEO_DENSE, CRITEO_SPARSE)
+        with pytest.raises(InputError) as got:
+            checked_columns(rows, CRITEO_DENSE, CRITEO_SPARSE)
+        assert (str(got.value), got.value.row, got.value.field) == (str(expected.value), expected.value.row,
+                                                                    expected.value.field)
+    rows = [dict(good[0]), dict(good[1], I2=1e39)]  # I2 passes through: 1e39 overflows float32
+    with pytest.raises(InputError) as expected:
+        pipeline.transform(rows_to_table(rows, CRITEO_DENSE, CRITEO_SPARSE))
+    with pytest.raises(InputError) as got:
+        pipeline.transform_columns(checked_columns(rows, CRITEO_DENSE, CRITEO_SPARSE), 2)
+    assert str(got.value) == str(expected.value) and "row 1, field 'I2'" in str(got.value)

@@ -42,7 +42,9 @@ from ctrlab.export.manifest import FORMAT_VERSION, BundleError, load_manifest
 from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
 from ctrlab.fileio import sha256_file
 from ctrlab.models import build_model, hyperparameter_defaults, list_models
-from ctrlab.inference import InputError, Predictor, predict_file
+import ctrlab.inference.predictor as predictor_mod
+from ctrlab.features.online import SMALL_INPUT_ROWS
+from ctrlab.inference import InputError, Predictor, predict_file, rows_to_table
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
 from ctrlab.metrics import LOGLOSS_EPS
 from ctrlab.train.run import run_training
@@ -572,6 +574,34 @@ def test_predictor_bad_inputs_name_row_and_field(onnx_predictor, raw_table):
     explicit = dict(row, I3=None, C4=None)
     np.testing.assert_array_equal(onnx_predictor.predict([partial]).scores, onnx_predictor.predict([explicit]).scores)
     onnx_predictor.predict([dict(row, label=1.0, id="x")])
+
+
+@pytest.mark.parametrize("n", [1, 5, SMALL_INPUT_ROWS])
+def test_small_requests_take_the_lane_with_the_table_paths_scores_and_counts(criteo, raw_table, monkeypatch, n):
+    """Up to SMALL_INPUT_ROWS rows skip the Arrow table (rows_to_table is never called) and give the
+    table path's scores, encodings and input counts (missing / OOV per field) exactly."""
+    rng = np.random.default_rng(n)
+    dicts = []
+    for row in raw_table.slice(40, n).to_pylist():
+        for col in list(row):
+            u = rng.random()
+            if u < 0.1:
+                del row[col]  # left out: missing
+            elif u < 0.2:
+                row[col] = "" if rng.random() < 0.5 else None
+            elif u < 0.3:
+                row[col] = "unseen-value" if col in CRITEO_SPARSE else "2.5"
+        dicts.append(row)
+    table_path, lane = Predictor(criteo.bundle, threads=1), Predictor(criteo.bundle, threads=1)
+    table = rows_to_table(dicts, CRITEO_DENSE, CRITEO_SPARSE)
+    expected, expected_encoding = table_path.predict(table).scores, table_path.encode(table)
+    monkeypatch.setattr(predictor_mod, "rows_to_table", None)  # the lane must not need it
+    scores, encoding = lane.predict(dicts).scores, lane.encode(dicts)
+    assert scores.tobytes() == expected.tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(encoding, expected_encoding))
+    assert lane.input_counts.snapshot() == table_path.input_counts.snapshot()
+    counts = lane.input_counts.snapshot()
+    assert counts["C1"]["rows"] == 2 * n and sum(c["missing"] for c in counts.values()) > 0
 
 
 def test_predictor_options_are_checked(criteo):

@@ -24,15 +24,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ctrlab.config import load_config
-from ctrlab.export.bundle import export_bundle
 from ctrlab.inference import Predictor
 from ctrlab.serve import limits
 from ctrlab.serve.app import create_app
 from ctrlab.serve import process as serve_process
 from ctrlab.serve.process import start_server, stop_server
-from ctrlab.train.run import run_training
-from conftest import synthetic_store
+from conftest import tiny_bundle
 
 TOKEN_ENV = "CTRLAB_TEST_FAULTS_RELOAD_TOKEN"
 MAX_ROWS = 100
@@ -43,14 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults_serve")
-    synthetic_store(root, 1000, seed=3)
-    cfg = load_config(None, [f"data.store={json.dumps(str(root / 'store'))}", f"run_dir={json.dumps(str(root / 'run'))}",
-                             "model.name=deepfm", "model.params.embedding_dim=4", "model.params.hidden_units=[8]",
-                             "train.threads=1", "train.epochs=1", "train.batch_size=256", "train.log_every=1000",
-                             "train.eval_batch_size=500"])
-    run_training(cfg, progress=False, log=lambda _m: None)
-    export_bundle(root / "run", root / "bundle", epoch=1, log=lambda _m: None)
-    return root / "bundle"
+    return tiny_bundle(root, 1000, seed=3)[1]
 
 
 @pytest.fixture(scope="module")

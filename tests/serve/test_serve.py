@@ -336,9 +336,11 @@ def test_reload_under_load(bundles, monkeypatch):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_subprocess(bundles, workers):
-    """One worker: the app object in the process; two: uvicorn's worker processes import the factory."""
+    """One worker: the app object in the process; two: uvicorn's worker processes import the factory
+    (with micro-batching on: a request alone in its window is scored exactly as without)."""
+    batching = ["--batch-window-ms", "1"] if workers == 2 else []
     proc, base = start_server(bundles.first, args=["--threads", "1", "--workers", str(workers),
-                                                   "--log-level", "warning"], timeout=30)
+                                                   "--log-level", "warning", *batching], timeout=30)
     try:
         expected = Predictor(bundles.first, threads=1).predict(list_rows(bundles.lines[:3])).scores
         with httpx.Client(base_url=base, timeout=10) as http:
@@ -369,4 +371,7 @@ def test_worker_factory_takes_one_checked_config(bundles, monkeypatch):
         app_from_env()
     monkeypatch.setenv(CONFIG_ENV, json.dumps(dict(to_dict(cfg), workers=0)))
     with pytest.raises(ConfigError, match=r"serve\.workers: 0 is out of range"):
+        app_from_env()
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(dict(to_dict(cfg), batch_window_ms=-1)))
+    with pytest.raises(ConfigError, match=r"serve\.batch_window_ms: -1"):
         app_from_env()
