@@ -389,8 +389,20 @@ def start_server(bundle: Path, port: int, setup: Setup, threads: int | None, bac
     args = [*setup.server_args(), "--backend", backend, "--log-level", "warning", *extra]
     if threads:
         args += ["--threads", str(threads)]
-    proc, _ = serve_process.start_server(bundle, port=port, args=args, capture=False)
+    previous = os.environ.get("PYTHONPATH")
+    if SERVER_SOURCE:  # the server process imports ctrlab from another checkout (an earlier revision)
+        os.environ["PYTHONPATH"] = SERVER_SOURCE
+    try:
+        proc, _ = serve_process.start_server(bundle, port=port, args=args, capture=False)
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
     return proc
+
+
+SERVER_SOURCE = ""  # --server-source
 
 
 def lever_setups(base: Setup, window_ms: float) -> list[Setup]:
@@ -482,6 +494,10 @@ def main() -> int:
                         help="the micro-batching window --levers tries when --batch-window-ms is 0 (default 2)")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="pass ARG to `ctrlab serve` (repeatable, e.g. --serve-arg=--max-rows --serve-arg=5000)")
+    parser.add_argument("--server-source", metavar="DIR", default="",
+                        help="run the server from the ctrlab source tree DIR (e.g. `git archive REV | tar -x -C DIR` of an "
+                             "earlier revision) while this script and the in-process baseline use this one: the same "
+                             "load against an older server, in the same invocation's conditions")
     parser.add_argument("--quick", action="store_true",
                         help="about 1-2 minutes: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in QUICK.items()))
     parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
@@ -492,6 +508,10 @@ def main() -> int:
             or args.upload_repeats < 1 or args.rate_factor <= 1 or args.workers < 1:
         parser.error("--seconds, --rate, --start-rate, --step-seconds, --bulk-seconds must be > 0, "
                      "--upload-repeats and --workers >= 1, --rate-factor > 1")
+    global SERVER_SOURCE
+    SERVER_SOURCE = str(Path(args.server_source).resolve()) if args.server_source else ""
+    if SERVER_SOURCE:
+        print(f"server source: {SERVER_SOURCE} (this script and the in-process baseline: {Path(__file__).resolve().parents[1]})")
     threads = args.threads or max(1, available_cores() // args.workers)  # what the server uses
 
     print(machine_line())
