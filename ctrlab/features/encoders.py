@@ -185,6 +185,30 @@ class Vocabulary:
         return vocab
 
 
+#: inputs of at most this many rows take :func:`vocabulary_ids` (above it, deduplicating each
+#: column first, as ``Vocabulary.transform`` does, saves more than the per-column fixed costs)
+BATCHED_VOCAB_ROWS = 4096
+
+
+def vocabulary_ids(vocabs: list[Vocabulary], columns: list[Values]) -> np.ndarray:
+    """ids int32[N, k] of k >= 1 Arrow string columns of N rows through their vocabularies: column j
+    equals ``vocabs[j].transform(columns[j])`` (tested), with one hash pass over all k*N values
+    instead of one dictionary encoding and hash pass per column: a request of a thousand rows
+    pays numpy's and Arrow's fixed costs once, not k times (nulls are missing; other values,
+    "" included, are looked up as in ``transform``)."""
+    n, k = len(columns[0]), len(columns)
+    chunks = [chunk for col in columns for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    joined = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
+    hashes = hash_strings(joined)  # column-major: column j's values at [j*n, (j+1)*n)
+    ids = np.empty((k, n), dtype=np.int32)
+    for j, vocab in enumerate(vocabs):
+        codes = vocab.lookup_table().lookup(hashes[j * n:(j + 1) * n])
+        ids[j] = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID)
+    if joined.null_count:
+        ids[~np.asarray(joined.is_valid()).reshape(k, n)] = MISSING_ID
+    return ids.T
+
+
 _JOIN_MIN_KEYS = 1000  # below this a vocabulary is saved as a readable JSON list
 
 

@@ -61,7 +61,7 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     """64-bit hashes of the strings of an Arrow string array (nulls hash like ""); never 0.
 
     A polynomial hash of the UTF-8 bytes (wrapping uint64 arithmetic, computed with one
-    ``np.add.reduceat``, or one matrix product when all strings have one length) plus the
+    ``np.add.reduceat``, or one matrix product when all nonempty strings have one length) plus the
     length, mixed by splitmix64.
     """
     if isinstance(values, pa.ChunkedArray):
@@ -75,23 +75,24 @@ def hash_strings(values: pa.Array) -> np.ndarray:
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[values.offset: values.offset + n + 1].astype(np.int64)
     start, end = int(offsets[0]), int(offsets[-1])
     lengths = np.diff(offsets)
-    width = int(lengths[0])
-    if width > 0 and end - start == width * n and (lengths == width).all():
-        # all keys of one length (e.g. Criteo's 8-hex-digit categories): the same polynomial as
-        # below as one matrix product, without the per-byte index arithmetic
-        data = np.frombuffer(data_buf, dtype=np.uint8)[start:end].reshape(n, width).astype(np.uint64)
+    width = int(lengths.max())
+    nonempty = lengths > 0
+    filled = int(np.count_nonzero(nonempty))
+    if width > 0 and end - start == width * filled:  # (then every nonempty key has the width)
+        # all keys of one length or empty (e.g. Criteo's 8-hex-digit categories, nulls among
+        # them): the same polynomial as below as one matrix product, without the per-byte
+        # index arithmetic
+        data = np.frombuffer(data_buf, dtype=np.uint8)[start:end].reshape(filled, width).astype(np.uint64)
         with np.errstate(over="ignore"):
-            sums = (data + np.uint64(1)) @ _powers(width)
-            h = mix64(sums * _POLY + np.uint64(width) + _GOLDEN)
-        h[h == 0] = 1
-        return h
-    if end > start:
+            part = (data + np.uint64(1)) @ _powers(width)
+        sums = np.zeros(n, dtype=np.uint64)
+        sums[nonempty] = part
+    elif end > start:
         data = np.frombuffer(data_buf, dtype=np.uint8)[start:end].astype(np.uint64)
         rel = offsets[:-1] - start
         position = np.arange(end - start, dtype=np.int64) - np.repeat(rel, lengths)
         with np.errstate(over="ignore"):
-            terms = (data + np.uint64(1)) * _powers(int(lengths.max()))[position]
-        nonempty = lengths > 0
+            terms = (data + np.uint64(1)) * _powers(width)[position]
         sums = np.zeros(n, dtype=np.uint64)
         sums[nonempty] = np.add.reduceat(terms, rel[nonempty])
     else:
@@ -123,9 +124,9 @@ class KeyTable:
     def nbytes(self) -> int:
         return self._keys.nbytes + self._codes.nbytes + self._by_code.nbytes
 
-    def _probe(self, hashes: np.ndarray, insert: bool) -> np.ndarray:
-        """The slot of every hash (-1 if absent and not inserting). A key inserted here gets its
-        slot claimed (key written, code left negative); ``insert`` numbers them."""
+    def _probe(self, hashes: np.ndarray) -> np.ndarray:
+        """The slot of every hash, claiming one for each absent hash (key written, code left
+        negative); ``insert`` numbers them. (``lookup`` has its own read-only loop.)"""
         keys, codes = self._keys, self._codes
         mask = len(keys) - 1
         found = np.full(len(hashes), -1, dtype=np.int64)
@@ -138,7 +139,7 @@ class KeyTable:
             empty = k == 0
             done = hit.copy()
             found[pending[hit]] = slot[hit]
-            if insert and empty.any():
+            if empty.any():
                 # several new keys may want one empty slot: each writes its mark into the slot's
                 # code and the one whose mark stays wins; the others look again next round (and
                 # move on, the slot being taken). Marks are negative: codes come later.
@@ -149,8 +150,6 @@ class KeyTable:
                 keys[slot[win]] = h[win]
                 found[pending[win]] = slot[win]
                 done[win] = True
-            elif not insert:
-                done |= empty  # an empty slot ends the search: absent
             advance = ~(hit | empty)  # occupied by another key: probe the next slot
             slot = np.where(advance, (slot + 1) & mask, slot)
             keep = ~done
@@ -179,7 +178,7 @@ class KeyTable:
         new keys are numbered in their order in ``hashes``."""
         hashes = np.asarray(hashes, dtype=np.uint64)
         self._grow_for(len(hashes))
-        slots = self._probe(hashes, insert=True)
+        slots = self._probe(hashes)
         codes = self._codes[slots]
         new = np.flatnonzero(codes < 0)
         codes[new] = np.arange(self.size, self.size + len(new))
@@ -200,6 +199,20 @@ class KeyTable:
         return self._keys, self._codes
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
-        """Codes for ``hashes``; -1 where absent."""
-        slots = self._probe(np.asarray(hashes, dtype=np.uint64), insert=False)
-        return np.where(slots >= 0, self._codes[np.maximum(slots, 0)], -1).astype(np.int32)
+        """Codes for ``hashes`` (nonzero uint64[N]) -> int32[N]; -1 where absent.
+
+        Read-only, so simpler than :meth:`_probe`: every hash steps along its probe sequence in
+        whole-array operations until it meets itself (found) or an empty slot (absent); a few
+        operations per round keep a lookup of a thousand keys cheap."""
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        keys = self._keys
+        mask = len(keys) - 1
+        slot = (hashes & np.uint64(mask)).astype(np.intp)
+        seen = keys[slot]
+        busy = np.flatnonzero((seen != hashes) & (seen != 0))  # occupied by another key: probe on
+        while busy.size:
+            step = (slot[busy] + 1) & mask
+            slot[busy] = step
+            seen[busy] = keys[step]
+            busy = busy[(seen[busy] != hashes[busy]) & (seen[busy] != 0)]
+        return np.where(seen == hashes, self._codes[slot], np.int32(-1)).astype(np.int32, copy=False)

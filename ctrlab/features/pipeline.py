@@ -28,7 +28,7 @@ import pyarrow as pa
 from ..fields import FeatureSpec
 from ..fileio import write_bytes_atomic
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
-                       Vocabulary, column_values, encoder_from_dict)
+                       BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, vocabulary_ids)
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
@@ -218,8 +218,15 @@ class FeaturePipeline:
             for j, col in enumerate(self.dense_outputs):
                 dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
         sparse = np.empty((n, len(self.sparse_outputs)), dtype=np.int32)
+        batched = [j for j, col in enumerate(self.sparse_outputs) if n <= BATCHED_VOCAB_ROWS
+                   and type(self.encoders[col]) is Vocabulary and col not in self.dense_inputs]
+        if batched:  # string vocabularies of a small input: one hash pass for all of them
+            cols = [self.sparse_outputs[j] for j in batched]
+            sparse[:, batched] = vocabulary_ids([self.encoders[c] for c in cols],
+                                                [column_values(table, c, False) for c in cols])
         for j, col in enumerate(self.sparse_outputs):
-            sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
+            if j not in batched:
+                sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
         return dense, sparse
 
     # persistence -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -33,6 +34,9 @@ from .predictor import InputCounts, Predictor, Timings, input_drift
 
 # rows per inference call when scoring files: cache-sized activations (measured faster than 16k or 64k)
 DEFAULT_BATCH_ROWS = 4096
+# rows per reader chunk when scoring files (prepare reads 128k): inference waits for the first chunk
+# to be parsed and encoded, so a smaller one starts it sooner; transform's per-call cost stays small
+READ_CHUNK_ROWS = 32768
 
 
 @dataclass
@@ -86,9 +90,9 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
     if report.inputs is None:
         report.inputs = InputCounts(predictor.pipeline)
 
-    def encoded() -> Iterator[tuple[Any, ...]]:
+    def encoded() -> Iterator[_Encoded]:
         for path, _, schema in plans:
-            reader = RowReader([path], schema, bad_lines=bad_lines)
+            reader = RowReader([path], schema, bad_lines=bad_lines, chunk_rows=READ_CHUNK_ROWS)
             try:
                 for chunk in reader:
                     t0 = time.perf_counter()
@@ -97,24 +101,86 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
                     report.inputs.add(table, sparse)  # type: ignore[union-attr]
                     labels = table.column(LABEL).to_numpy().astype(np.float32) if schema.label else None
                     ids = table.column(ID).combine_chunks() if schema.id_column else None
-                    yield chunk, dense, sparse, labels, ids, elapsed
+                    yield _Encoded(chunk, dense, sparse, labels, ids, elapsed)
             finally:
                 report.skipped.merge_from(reader.skipped)
 
     done = 0
     # inputs of one block (a small upload) are encoded in this thread: a thread costs more than it overlaps
     small = sum(os.path.getsize(path) for path in paths) <= BLOCK_BYTES
-    for chunk, dense, sparse, labels, ids, transform_s in encoded() if small else prefetch(encoded(), depth=2):
-        n = len(dense)
-        t0 = time.perf_counter()
-        probs = np.empty(n, dtype=np.float32)
-        for lo in range(0, n, batch_size):
-            hi = lo + batch_size
-            probs[lo:hi] = predictor.predict_encoded(dense[lo:hi], sparse[lo:hi])
-        timings = Timings(transform=transform_s, inference=time.perf_counter() - t0)
-        yield ScoredChunk(probs, labels, ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
-        done += n
+    for item in _scored(predictor, encoded() if small else prefetch(encoded(), depth=2), batch_size):
+        chunk = item.chunk
+        timings = Timings(transform=item.transform_s, inference=item.inference_s)
+        yield ScoredChunk(item.probs, item.labels, item.ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
+        done += len(item.probs)
         report.rows = done
+
+
+@dataclass
+class _Encoded:
+    """A reader's chunk encoded (dense float32[N, d], sparse int32[N, s]), its scores as they come."""
+
+    chunk: Any
+    dense: np.ndarray
+    sparse: np.ndarray
+    labels: np.ndarray | None
+    ids: pa.Array | None
+    transform_s: float
+    probs: np.ndarray = field(init=False)  # float32[N]
+    unscored: int = field(init=False)
+    inference_s: float = 0.0  # this chunk's share of the inference calls its rows were in
+
+    def __post_init__(self) -> None:
+        self.probs = np.empty(len(self.dense), dtype=np.float32)
+        self.unscored = len(self.dense)
+
+
+def _scored(predictor: Predictor, items: Iterable[_Encoded], batch_size: int) -> Iterator[_Encoded]:
+    """Encoded chunks in, the same chunks scored out, in order. Inference runs on batches of
+    ``batch_size`` rows counted from each file's first row, a batch spanning chunks where it falls
+    so: the scores do not depend on where the reader cut the chunks (onnxruntime's results differ
+    in the last bit with a batch's rows). A chunk comes out once all its rows are scored."""
+    waiting: deque[_Encoded] = deque()  # chunks with rows not yet scored, in order
+    batch: list[tuple[_Encoded, int, int]] = []  # the next batch: (chunk, lo, hi) row slices
+    queued = 0
+
+    def run() -> None:
+        nonlocal batch, queued
+        dense = [item.dense[lo:hi] for item, lo, hi in batch]
+        sparse = [item.sparse[lo:hi] for item, lo, hi in batch]
+        t0 = time.perf_counter()
+        if len(batch) == 1:  # (the usual case: a slice of one chunk, no copy)
+            probs = predictor.predict_encoded(dense[0], sparse[0])
+        else:
+            probs = predictor.predict_encoded(np.concatenate(dense), np.concatenate(sparse))
+        seconds = time.perf_counter() - t0
+        at = 0
+        for item, lo, hi in batch:
+            item.probs[lo:hi] = probs[at:at + hi - lo]
+            item.unscored -= hi - lo
+            item.inference_s += seconds * (hi - lo) / queued
+            at += hi - lo
+        batch, queued = [], 0
+
+    path = None
+    for item in items:
+        if item.chunk.path != path and batch:  # a file's rows start a batch
+            run()
+        path = item.chunk.path
+        waiting.append(item)
+        lo, n = 0, len(item.dense)
+        while lo < n:
+            hi = min(n, lo + batch_size - queued)
+            batch.append((item, lo, hi))
+            queued += hi - lo
+            lo = hi
+            if queued == batch_size:
+                run()
+        while waiting and not waiting[0].unscored:
+            yield waiting.popleft()
+    if batch:
+        run()
+    yield from waiting
 
 
 def _transform_chunk(predictor: Predictor, chunk: Any, bad_lines: str,

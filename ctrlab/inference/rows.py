@@ -65,21 +65,18 @@ def _raw_columns(rows: Sequence[Any], columns: list[str]) -> list[Sequence[Any]]
         return [() for _ in columns]
     first = rows[0]
     if isinstance(first, dict):
-        known = set(columns).union(IGNORED_KEYS)
-        if not (all(type(row) is dict for row in rows) and all(map(known.issuperset, rows))):  # (checked in C)
-            for i, row in enumerate(rows):  # which row, and why
-                if not isinstance(row, dict):
-                    raise InputError(f"row {i}: expected a dict like row 0, got {type(row).__name__}")
-                if not known.issuperset(row):
-                    unknown = sorted(str(k) for k in row if k not in known)
-                    raise InputError(f"row {i}: unknown column(s) {unknown}; the bundle's columns are "
-                                     f"{column_list(columns)} (plus optional {', '.join(IGNORED_KEYS)})")
+        if set(map(type, rows)) != _DICT:
+            _check_dicts(rows, columns)
+        by_column = None
         if len(columns) > 1:
             try:  # every row has every column (the usual case): the values are gathered in C
-                return list(zip(*map(operator.itemgetter(*columns), rows)))
+                by_column = list(zip(*map(operator.itemgetter(*columns), rows)))
             except KeyError:  # some row leaves a column out: missing
                 pass
-        return [[row.get(c) for row in rows] for c in columns]
+        # a row holding every column and no more keys holds no unknown one (checked in C)
+        if by_column is None or set(map(len, rows)) != {len(columns)}:
+            _check_dicts(rows, columns)
+        return by_column or [[row.get(c) for row in rows] for c in columns]
     if isinstance(first, (list, tuple)):
         for i, row in enumerate(rows):
             if not isinstance(row, (list, tuple)):
@@ -90,6 +87,24 @@ def _raw_columns(rows: Sequence[Any], columns: list[str]) -> list[Sequence[Any]]
         return list(zip(*rows))
     raise InputError(f"rows must be an Arrow table, a list of dicts or a list of lists; row 0 is a "
                      f"{type(first).__name__}")
+
+
+_DICT = {dict}
+
+
+def _check_dicts(rows: Sequence[Any], columns: list[str]) -> None:
+    """Every row a dict whose keys are columns (or ``IGNORED_KEYS``); else an error naming the
+    first row that is not, and why."""
+    known = set(columns).union(IGNORED_KEYS)
+    if all(type(row) is dict for row in rows) and all(map(known.issuperset, rows)):  # (checked in C)
+        return
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InputError(f"row {i}: expected a dict like row 0, got {type(row).__name__}")
+        if not known.issuperset(row):
+            unknown = sorted(str(k) for k in row if k not in known)
+            raise InputError(f"row {i}: unknown column(s) {unknown}; the bundle's columns are "
+                             f"{column_list(columns)} (plus optional {', '.join(IGNORED_KEYS)})")
 
 
 def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
@@ -153,8 +168,10 @@ def _checked_array(flat: list[Any], n: int, names: list[str], numeric: bool) -> 
             array = None
         if array is not None and (float not in kinds or pc.all(pc.is_finite(array)).as_py() is not False):
             return array
-    elif not numeric and kinds <= _PLAIN_STRINGS and "" not in flat:
-        return pa.array(flat, type=pa.string())
+    elif not numeric and kinds <= _PLAIN_STRINGS:
+        array = pa.array(flat, type=pa.string())
+        if not pc.any(pc.equal(array, "")).as_py():  # no "" (missing: the careful path): as it is
+            return array
     convert = _dense_value if numeric else _sparse_value
     values = [convert(v, k % n, names[k // n]) for k, v in enumerate(flat)]
     return pa.array(values, type=pa.float64() if numeric else pa.string())

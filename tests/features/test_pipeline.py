@@ -28,6 +28,7 @@ from ctrlab.features.encoders import (
     encoder_from_dict,
     log_square_bucket,
     signed_log1p,
+    vocabulary_ids,
 )
 from ctrlab.features.keytable import KeyTable, hash_ints, hash_strings
 from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions
@@ -132,6 +133,15 @@ def test_hash_strings_fixed_width_and_mixed_agree():
     assert OOV_ID not in vocab.transform(strings(fixed + ["longer-key", "k"])).tolist()[:4]
 
 
+def test_hash_strings_fixed_width_with_empties_equals_each_alone():
+    # one width plus ""/null (the matrix-product path) hashes each value as it hashes alone
+    values = ["05db9164", None, "68fd1e64", "", "8cf07265", None, "05db9164"]
+    expected = [hash_strings(pa.array([v], type=pa.string()))[0] for v in values]
+    assert hash_strings(pa.array(values)).tolist() == expected
+    assert hash_strings(pa.array(["xy"] + values).slice(1)).tolist() == expected
+    assert hash_strings(pa.array(["", None])).tolist() == [expected[3]] * 2
+
+
 def test_hash_strings_sliced_and_chunked():
     values = DISTINCT_STRINGS * 3
     full = hash_strings(pa.array(values))
@@ -204,6 +214,37 @@ def test_vocabulary_against_reference(min_count, max_size):
     got = vocab.transform(strings(other))
     assert got.dtype == np.int32
     assert got.tolist() == _reference_ids(ids, other)
+
+
+def test_vocabulary_ids_equal_each_vocabularys_transform():
+    rng = np.random.default_rng(14)
+    vocabs = [Vocabulary(min_count).fit(strings(_zipf_strings(rng, 3000))) for min_count in (1, 2, 5)]
+    fixed = [f"{v:08x}" for v in rng.integers(0, 2**32, 1000)]  # one width, nulls and "" among them
+    fixed[::7] = [None] * len(fixed[::7])
+    fixed[3::11] = [""] * len(fixed[3::11])
+    mixed = _zipf_strings(rng, 1000) + ["unseen", ""]  # other widths, unseen keys
+    columns = [pa.chunked_array([pa.array(mixed[:500]), pa.array(mixed[500:1000])]),  # chunked
+               pa.array(mixed[2:]),  # sliced by its start
+               pa.array(fixed)]
+    expected = np.stack([v.transform(c) for v, c in zip(vocabs, columns)], axis=1)
+    assert vocabulary_ids(vocabs, columns).tolist() == expected.tolist()
+    assert vocabulary_ids(vocabs[:1], [pa.array([None, None], type=pa.string())]).tolist() == [[MISSING_ID]] * 2
+
+
+def test_pipeline_batched_vocabularies_equal_per_column(tmp_path, monkeypatch):
+    """A small input's string vocabularies are encoded in one batch: the same bytes as one
+    column at a time (hash buckets and bucketized numbers stay per column)."""
+    import ctrlab.features.pipeline as pipeline_module
+
+    path = tmp_path / "synth.tsv"
+    write_synthetic(path, 1500, seed=3, progress=False)
+    table = pa.concat_tables(c.table for c in RowReader([path], schema_for_file(path, detect_format(path))))
+    pipe = _criteo_pipeline(overrides={"I1": NumericOptions(transform="log_square_bucket"),
+                                       "C3": CategoricalOptions(encoder="hash", hash_buckets=50)}).fit([table])
+    batched = pipe.encode_vectorized(table)
+    monkeypatch.setattr(pipeline_module, "BATCHED_VOCAB_ROWS", 0)
+    per_column = pipe.encode_vectorized(table)
+    assert batched[0].tobytes() == per_column[0].tobytes() and batched[1].tobytes() == per_column[1].tobytes()
 
 
 def test_vocabulary_ties_and_reserved_ids():

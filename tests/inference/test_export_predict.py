@@ -576,6 +576,28 @@ def test_predictor_bad_inputs_name_row_and_field(onnx_predictor, raw_table):
     onnx_predictor.predict([dict(row, label=1.0, id="x")])
 
 
+def test_many_row_dicts_keys_and_errors(onnx_predictor, raw_table):
+    """Past the small-request lane (rows_to_table): label/id keys are ignored, "" is missing, and
+    an unknown key is named whether or not its row also leaves a column out."""
+    n = SMALL_INPUT_ROWS + 40
+    dicts = raw_table.slice(0, n).to_pylist()
+    expected = onnx_predictor.predict(dicts).scores
+    with_ids = [dict(r, label=1.0, id=str(i)) if i % 3 == 0 else r for i, r in enumerate(dicts)]
+    np.testing.assert_array_equal(onnx_predictor.predict(with_ids).scores, expected)
+    empty = [dict(r, C5="", I4="") if i % 4 == 0 else r for i, r in enumerate(dicts)]
+    none = [dict(r, C5=None, I4=None) if i % 4 == 0 else r for i, r in enumerate(dicts)]
+    np.testing.assert_array_equal(onnx_predictor.predict(empty).scores, onnx_predictor.predict(none).scores)
+    partial = {k: v for k, v in dicts[-1].items() if k != "C2"}
+    cases = [
+        (dicts[:-1] + [dict(partial, C99="x")], rf"row {n - 1}: unknown column\(s\) \['C99'\]"),
+        (dicts[:7] + [dict(dicts[7], C99="x", label=0)] + dicts[8:], r"row 7: unknown column\(s\) \['C99'\]"),
+        (with_ids[:5] + [[1, 2]] + dicts[6:], r"row 5: expected a dict like row 0"),
+    ]
+    for rows, message in cases:
+        with pytest.raises(InputError, match=message):
+            onnx_predictor.predict(rows)
+
+
 @pytest.mark.parametrize("n", [1, 5, SMALL_INPUT_ROWS])
 def test_small_requests_take_the_lane_with_the_table_paths_scores_and_counts(criteo, raw_table, monkeypatch, n):
     """Up to SMALL_INPUT_ROWS rows skip the Arrow table (rows_to_table is never called) and give the

@@ -342,3 +342,31 @@ def test_prepare_refuses_a_feature_that_overflows(criteo_lines, tmp_path):
     opts.numeric = NumericOptions(transform="log1p")
     store = prepare(opts, tmp_path / "store", progress=False, log=quiet)
     assert np.isfinite(np.load(Path(store.path) / "train" / "dense.npy")).all()
+
+
+# --------------------------------------------------------------------------------------------
+# offline predict reads small chunks (inference starts sooner): the same bytes as whole chunks
+# --------------------------------------------------------------------------------------------
+
+def test_read_chunk_size_does_not_change_the_output(bundle, tmp_path, monkeypatch):
+    from ctrlab.data.readers import CHUNK_ROWS
+    from ctrlab.data.synth import write_synthetic
+    from ctrlab.inference import offline
+
+    raw = tmp_path / "rows.tsv"
+    write_synthetic(raw, 12_000, seed=3, progress=False)  # > 2 Arrow blocks: several chunks, prefetched
+    lines = raw.read_bytes().split(b"\n")
+    lines[6001] = b"1\tnot-a-number\t" + lines[6001].split(b"\t", 2)[-1]  # one bad line mid-file
+    raw.write_bytes(b"\n".join(lines))
+    outputs = {}
+    for chunk_rows in (1, CHUNK_ROWS):  # 1: every Arrow block is a chunk, batches span chunks
+        monkeypatch.setattr(offline, "READ_CHUNK_ROWS", chunk_rows)
+        chunks = list(offline.score_files(bundle.predictor, raw, bad_lines="skip", batch_size=1000))
+        assert (len(chunks) > 1) == (chunk_rows == 1)
+        assert [c.rows_before for c in chunks] == list(np.cumsum([0] + [len(c.probabilities) for c in chunks[:-1]]))
+        out = tmp_path / f"scores-{chunk_rows}.tsv"
+        predict_file(bundle.path, [raw], out, bad_lines="skip", id_column=True, batch_size=1000,
+                     predictor=bundle.predictor, log=quiet)
+        outputs[chunk_rows] = out.read_bytes()
+    assert outputs[1] == outputs[CHUNK_ROWS]
+    assert outputs[1].count(b"\n") == 12_000 and outputs[1].count(b"expected a number") == 1
