@@ -243,7 +243,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help=f"worker processes (default {ServeConfig.workers})")
     p.add_argument("--backend", choices=["onnx", "torch"], help=f"inference backend (default {ServeConfig.backend})")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads per worker (default: the available cores divided by --workers)")
+                   help="intra-op threads per worker (default 1: concurrent requests are scored in parallel; more threads help only a few large requests at a time)")
     p.add_argument("--max-rows", type=int, help=f"rows per request (default {ServeConfig.max_rows})")
     p.add_argument("--max-body-bytes", type=int, default=None, help="request body cap in bytes (default 32 MiB)")
     p.add_argument("--batch-window-ms", type=float, default=None,

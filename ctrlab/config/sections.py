@@ -124,7 +124,7 @@ class ServeConfig:
     port: int = 8867
     workers: int = 1
     backend: str = "onnx"
-    threads: int | None = None  # intra-op threads per worker (default: available cores / workers)
+    threads: int | None = None  # intra-op threads per worker (default 1: concurrent requests run in parallel)
     max_rows: int = 50_000  # rows per request
     max_body_bytes: int = 32 << 20  # 32 MiB: a 50k-row JSON request of Criteo dicts is ~30 MB
     # /v1/predict requests arriving within this many ms of each other are scored in one model call

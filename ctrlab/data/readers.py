@@ -35,7 +35,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -405,8 +405,10 @@ def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
     index = {c: i for i, c in enumerate(schema.columns)}
     if schema.label:
         value = fields[index[schema.label]]
-        if parse_number(value) not in (0.0, 1.0):
-            return "label not 0/1", f"expected a 0/1 label, got {repr(value[:40]) if value else 'empty'}", schema.label
+        label = parse_number(value)
+        if label not in (0.0, 1.0):  # (a number is shown as the fast path shows it: 2 -> 2.0)
+            shown = repr(label) if label is not None else repr(value[:40]) if value else "empty"
+            return "label not 0/1", f"expected a 0/1 label, got {shown}", schema.label
     for col in schema.dense:
         value = fields[index[col]]
         if value != "" and parse_number(value) is None:
@@ -454,11 +456,24 @@ class _ChunkBuilder:
         return bool(self.lines or self.skipped)
 
 
+def _checked_lines(path: Path, schema: Schema, resume_after: int = 0
+                   ) -> Iterator[tuple[int, list[str], tuple[str, str, str | None] | None]]:
+    """The line parser's rules, line by line after the header (and after line ``resume_after``):
+    (line number, fields, None) for a good line, (line number, [], (reason, message, field)) for
+    a bad one."""
+    header_lines = 1 if schema.header else 0
+    for line_no, text, problem in iter_lines(path):
+        if line_no <= max(header_lines, resume_after):
+            continue
+        fields = _split_line(text, schema) if text is not None else []
+        error = (*problem, None) if problem is not None else _line_error(fields, schema)
+        yield line_no, fields, error
+
+
 def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
                     resume_after: int = 0) -> Iterator[Chunk]:
     """Line-by-line parser: exact line numbers for every row and bad line; used when the fast
     path meets a line it cannot take. Lines up to ``resume_after`` were delivered already."""
-    header_lines = 1 if schema.header else 0
     index = {c: i for i, c in enumerate(schema.columns)}
     out_cols = list(_output_types(schema))
     types = _output_types(schema)
@@ -479,11 +494,7 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
         rows.clear()
         return builder.take(table)
 
-    for line_no, text, problem in iter_lines(path):
-        if line_no <= max(header_lines, resume_after):
-            continue
-        fields = _split_line(text, schema) if text is not None else []
-        error = (*problem, None) if problem is not None else _line_error(fields, schema)
+    for line_no, fields, error in _checked_lines(path, schema, resume_after):
         if error is not None:
             builder.bad(line_no, *error)
             continue
@@ -493,6 +504,30 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
             yield flush()
     if builder.pending:
         yield flush()
+
+
+def small_file_rows(path: str | os.PathLike, schema: Schema, columns: Sequence[str],
+                    max_rows: int) -> tuple[list[list[str | None]], list[int]] | None:
+    """The rows of a small delimited file as raw text fields in ``columns`` order ("" = missing),
+    with each row's line number: the line parser's rules, its first bad line raising the
+    :class:`DataError` that ``RowReader(bad_lines="error")`` raises. For a request of a few rows
+    (a small upload) that goes on to the small-request lane with no Arrow table and no reader
+    threads. None when the file is not delimited or holds more than ``max_rows`` rows (then
+    :class:`RowReader` reads it)."""
+    if schema.format == "slot":
+        return None
+    path = Path(path)
+    index = [schema.columns.index(c) for c in columns]
+    rows: list[list[str | None]] = []
+    lines: list[int] = []
+    for line_no, fields, error in _checked_lines(path, schema):
+        if error is not None:
+            raise DataError(path, line_no, error[1], field=error[2])
+        if len(rows) == max_rows:
+            return None
+        rows.append([fields[i] for i in index])
+        lines.append(line_no)
+    return rows, lines
 
 
 def _read_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,

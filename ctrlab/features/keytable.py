@@ -202,17 +202,31 @@ class KeyTable:
         """Codes for ``hashes`` (nonzero uint64[N]) -> int32[N]; -1 where absent.
 
         Read-only, so simpler than :meth:`_probe`: every hash steps along its probe sequence in
-        whole-array operations until it meets itself (found) or an empty slot (absent); a few
-        operations per round keep a lookup of a thousand keys cheap."""
+        whole-array operations until it meets itself (found) or an empty slot (absent). Linear
+        probing leaves a few long runs: once at most ``_SCALAR_PROBES`` hashes are still probing,
+        they finish one at a time in Python (a round of array operations costs as much as
+        stepping a dozen keys alone, and the longest run among a thousand keys is often 10-20)."""
         hashes = np.asarray(hashes, dtype=np.uint64)
         keys = self._keys
         mask = len(keys) - 1
         slot = (hashes & np.uint64(mask)).astype(np.intp)
         seen = keys[slot]
         busy = np.flatnonzero((seen != hashes) & (seen != 0))  # occupied by another key: probe on
-        while busy.size:
+        while busy.size > _SCALAR_PROBES:
             step = (slot[busy] + 1) & mask
             slot[busy] = step
             seen[busy] = keys[step]
             busy = busy[(seen[busy] != hashes[busy]) & (seen[busy] != 0)]
+        for i in busy.tolist():
+            h, s = hashes.item(i), (slot.item(i) + 1) & mask
+            while True:
+                k = keys.item(s)
+                if k == h or k == 0:
+                    break
+                s = (s + 1) & mask
+            slot[i], seen[i] = s, k
         return np.where(seen == hashes, self._codes[slot], np.int32(-1)).astype(np.int32, copy=False)
+
+
+#: a lookup finishes the last probing keys one at a time when at most this many are left
+_SCALAR_PROBES = 64

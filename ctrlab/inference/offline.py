@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from ..data.formats import input_schema
-from ..data.readers import BLOCK_BYTES, ID, DataError, RowReader, SkipReport, describe, resolve_inputs
+from ..data.readers import BLOCK_BYTES, ID, DataError, RowReader, SkipReport, describe, resolve_inputs, small_file_rows
+from ..features.online import SMALL_INPUT_ROWS
 from ..features.pipeline import InputError
 from ..fileio import atomic_write
 from ..metrics import evaluate_scores
@@ -114,6 +115,28 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         yield ScoredChunk(item.probs, item.labels, item.ids, chunk.path, done, timings, chunk.lines, chunk.skipped)
         done += len(item.probs)
         report.rows = done
+
+
+def score_small_file(predictor: Predictor, path: str | os.PathLike, fmt: str = "auto") -> tuple[np.ndarray, str] | None:
+    """The scores and format of a file of at most ``SMALL_INPUT_ROWS`` delimited rows (a small
+    upload) through the small-request lane: its lines split by the readers' line parser and
+    scored by one :meth:`Predictor.predict` call on the rows (no Arrow reader, no threads). The
+    same scores as :func:`score_files` (one inference batch either way; tested) and the same
+    errors for its first bad line (``bad_lines="error"``). None for any other file."""
+    pipeline = predictor.pipeline
+    file_fmt, schema = input_schema(Path(path), fmt, predictor.schema, pipeline.dense_inputs, pipeline.sparse_inputs)
+    read = small_file_rows(path, schema, pipeline.input_columns, SMALL_INPUT_ROWS)
+    if read is None:
+        return None
+    rows, lines = read
+    if not rows:
+        return np.zeros(0, dtype=np.float32), file_fmt
+    try:
+        return predictor.predict(rows).scores, file_fmt
+    except InputError as exc:  # (a feature that overflows float32): the file's line
+        if exc.row is None:
+            raise
+        raise DataError(path, lines[exc.row], exc.reason, field=exc.field) from None
 
 
 @dataclass

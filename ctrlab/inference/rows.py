@@ -51,6 +51,8 @@ def _sparse_value(value: Any, row: int, col: str) -> str | None:
     kind = type(value)
     if kind is str:
         return value or None  # "" is missing, as in the readers
+    if isinstance(value, str):  # a subclass (numpy's str_): its text
+        return str(value) or None
     if value is None:
         return None
     if kind is int or isinstance(value, np.integer):  # an integer id: its decimal text, as read from a file
@@ -149,7 +151,6 @@ def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str],
 
 
 _NONE = type(None)
-_PLAIN_NUMBERS = {float, int, _NONE}
 _PLAIN_STRINGS = {str, _NONE}
 _FLOATS = {float, _NONE}
 
@@ -158,23 +159,34 @@ def _checked_array(flat: list[Any], n: int, names: list[str], numeric: bool) -> 
     """Column-major values of ``names`` (n rows each) -> one float64 or string Arrow array.
 
     Plain values (floats/ints/None; strings/None) convert in one Arrow call; anything else (numeric
-    strings, "", numpy scalars, wrong types) goes value by value, and a bad value raises an error
-    naming its row and field."""
-    kinds = set(map(type, flat))
-    if numeric and kinds <= _PLAIN_NUMBERS:
+    strings, "", bools, bytes, wrong types) goes value by value, and a bad value raises an error
+    naming its row and field. (Strings are told plain by the type Arrow infers, cheaper than a
+    Python pass over 26 values a row; numbers by their Python types: Arrow takes a bool after a
+    float as 1.0.)"""
+    array = None
+    if numeric and set(map(type, flat)) <= _PLAIN_NUMBERS:
         try:
             array = pa.array(flat, type=pa.float64())
         except (pa.ArrowInvalid, OverflowError):  # an int beyond int64: the careful path says which
-            array = None
-        if array is not None and (float not in kinds or pc.all(pc.is_finite(array)).as_py() is not False):
-            return array
-    elif not numeric and kinds <= _PLAIN_STRINGS:
-        array = pa.array(flat, type=pa.string())
-        if not pc.any(pc.equal(array, "")).as_py():  # no "" (missing: the careful path): as it is
-            return array
+            pass
+        if array is not None and array.null_count < len(array) and not pc.all(pc.is_finite(array)).as_py():
+            array = None  # NaN or an infinity: the careful path says which
+    elif not numeric:
+        try:
+            array = pa.array(flat)  # str (and None) alone infer string; bytes infer binary
+        except (pa.ArrowException, TypeError, ValueError):  # mixed kinds: the careful path
+            pass
+        if array is not None and not (array.type == pa.null() or array.type == pa.string()
+                                      and not pc.any(pc.equal(array, "")).as_py()):
+            array = None  # bytes, or "" (missing: the careful path)
+    if array is not None:
+        return array if numeric else array.cast(pa.string())
     convert = _dense_value if numeric else _sparse_value
     values = [convert(v, k % n, names[k // n]) for k, v in enumerate(flat)]
     return pa.array(values, type=pa.float64() if numeric else pa.string())
+
+
+_PLAIN_NUMBERS = {float, int, type(None)}
 
 
 def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:

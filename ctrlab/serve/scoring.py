@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.readers import DataError
 from ..inference import IGNORED_KEYS, FileScoring, InputError, score_files
+from ..inference.offline import score_small_file
 from .limits import ClientError, decode_json, has_surrogate, may_hold_surrogates, too_many
 from .model import LoadedModel
 
@@ -119,6 +120,10 @@ def check_upload_text(data: bytes, max_rows: int) -> None:
         raise ClientError(413, f"the upload has {lines:,} lines; the limit is {max_rows:,} rows per request")
 
 
+#: uploads of up to this many bytes try the small-request lane (at most SMALL_INPUT_ROWS delimited lines)
+SMALL_UPLOAD_BYTES = 16 << 10
+
+
 def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
     """Score an uploaded file's raw lines: written to a private temporary file (the name is ours,
     never the client's) and read by the same readers as ``ctrlab predict`` (format detected).
@@ -130,6 +135,9 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
             fh.write(data)
         report = FileScoring()
         try:
+            small = score_small_file(loaded.predictor, name) if len(data) <= SMALL_UPLOAD_BYTES else None
+            if small is not None:  # a few delimited lines: the small-request lane
+                return small
             parts = [chunk.probabilities for chunk in score_files(loaded.predictor, name, fmt="auto", report=report)]
         except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
             raise ClientError(422, str(exc).replace(name, "upload")) from None
