@@ -248,7 +248,7 @@ def main() -> None:
     parser.add_argument("--dict-rows", type=int, default=50_000, help="rows scored as 1000-row lists of dicts")
     parser.add_argument("--baseline-rows", type=int, default=200_000,
                         help="rows encoded once for the session-alone baseline (default 200k, at most --rows)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each throughput figure (best kept)")
+    parser.add_argument("--repeats", type=int, default=4, help="alternating runs of each throughput figure and its baseline (best of each kept; default 4)")
     parser.add_argument("--skip-bench", action="store_true", help="skip the `ctrlab bench` table")
     parser.add_argument("--quick", action="store_true",
                         help="about a minute on 2 cores: " + ", ".join(f"--{k.replace('_', '-')} {v}"

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
-from .keytable import KeyTable, hash_ints, hash_strings
+from .keytable import STACK_MAX_SLOTS, KeyTable, StackedTables, hash_ints, hash_strings
 
 Values = Any  # a pyarrow string Array/ChunkedArray, or a float64 numpy array (NaN = missing)
 Finalize = Callable[[np.ndarray], np.ndarray]
@@ -190,23 +190,37 @@ class Vocabulary:
 BATCHED_VOCAB_ROWS = 4096
 
 
-def vocabulary_ids(vocabs: list[Vocabulary], columns: list[Values]) -> np.ndarray:
+def vocabulary_ids(vocabs: list[Vocabulary], columns: list[Values], stacked: StackedTables | None = None) -> np.ndarray:
     """ids int32[N, k] of k >= 1 Arrow string columns of N rows through their vocabularies: column j
     equals ``vocabs[j].transform(columns[j])`` (tested), with one hash pass over all k*N values
     instead of one dictionary encoding and hash pass per column: a request of a thousand rows
     pays numpy's and Arrow's fixed costs once, not k times (nulls are missing; other values,
-    "" included, are looked up as in ``transform``)."""
+    "" included, are looked up as in ``transform``). ``stacked``: the vocabularies' lookup tables
+    as one (:func:`stacked_tables`), to look all columns up in one pass too."""
     n, k = len(columns[0]), len(columns)
     chunks = [chunk for col in columns for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
     joined = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
     hashes = hash_strings(joined)  # column-major: column j's values at [j*n, (j+1)*n)
-    ids = np.empty((k, n), dtype=np.int32)
-    for j, vocab in enumerate(vocabs):
-        codes = vocab.lookup_table().lookup(hashes[j * n:(j + 1) * n])
-        ids[j] = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID)
+    if stacked is not None:
+        codes = stacked.lookup(hashes.reshape(k, n))
+        ids = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID).astype(np.int32, copy=False)
+    else:
+        ids = np.empty((k, n), dtype=np.int32)
+        for j, vocab in enumerate(vocabs):
+            codes = vocab.lookup_table().lookup(hashes[j * n:(j + 1) * n])
+            ids[j] = np.where(codes >= 0, codes + NUM_RESERVED_IDS, OOV_ID)
     if joined.null_count:
         ids[~np.asarray(joined.is_valid()).reshape(k, n)] = MISSING_ID
     return ids.T
+
+
+def stacked_tables(vocabs: list[Vocabulary]) -> StackedTables | None:
+    """The vocabularies' lookup tables stacked for :func:`vocabulary_ids`, or None when they hold
+    more than STACK_MAX_SLOTS slots (the copy would cost more memory than it saves time)."""
+    tables = [vocab.lookup_table() for vocab in vocabs]
+    if sum(t.capacity for t in tables) > STACK_MAX_SLOTS:
+        return None
+    return StackedTables(tables)
 
 
 _JOIN_MIN_KEYS = 1000  # below this a vocabulary is saved as a readable JSON list

@@ -230,3 +230,49 @@ class KeyTable:
 
 #: a lookup finishes the last probing keys one at a time when at most this many are left
 _SCALAR_PROBES = 64
+
+
+class StackedTables:
+    """Several KeyTables probed as one: their slot arrays copied end to end, so that k columns of
+    n hashes are looked up in one set of whole-array rounds instead of k (a request of a thousand
+    rows pays numpy's per-call costs once, not once per column). The same codes as each table's
+    :meth:`KeyTable.lookup` (tested). A copy: build it for tables that no longer change, and only
+    when their slots are few (:data:`STACK_MAX_SLOTS`)."""
+
+    def __init__(self, tables: list[KeyTable]):
+        self.tables = list(tables)
+        self._keys = np.concatenate([t.slots()[0] for t in tables])
+        self._codes = np.concatenate([t.slots()[1] for t in tables])
+        sizes = np.array([t.capacity for t in tables], dtype=np.intp)
+        self._offsets = (np.cumsum(sizes) - sizes)[:, None]  # [k, 1]
+        self._masks = (sizes - 1)[:, None]
+
+    def lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Codes int32[k, n] for hashes uint64[k, n] (row j through table j); -1 where absent."""
+        keys, offsets, masks = self._keys, self._offsets, self._masks
+        local = (hashes & masks.astype(np.uint64)).astype(np.intp)  # slot within its own table
+        flat_hashes, flat_local = hashes.ravel(), local.ravel()
+        flat_offsets = np.broadcast_to(offsets, hashes.shape).ravel()
+        flat_masks = np.broadcast_to(masks, hashes.shape).ravel()
+        seen = keys[flat_local + flat_offsets]
+        busy = np.flatnonzero((seen != flat_hashes) & (seen != 0))
+        while busy.size > _SCALAR_PROBES:
+            step = (flat_local[busy] + 1) & flat_masks[busy]
+            flat_local[busy] = step
+            seen[busy] = keys[step + flat_offsets[busy]]
+            busy = busy[(seen[busy] != flat_hashes[busy]) & (seen[busy] != 0)]
+        for i in busy.tolist():
+            h, mask, offset = flat_hashes.item(i), flat_masks.item(i), flat_offsets.item(i)
+            s = (flat_local.item(i) + 1) & mask
+            while True:
+                k = keys.item(s + offset)
+                if k == h or k == 0:
+                    break
+                s = (s + 1) & mask
+            flat_local[i], seen[i] = s, k
+        codes = np.where(seen == flat_hashes, self._codes[flat_local + flat_offsets], np.int32(-1))
+        return codes.astype(np.int32, copy=False).reshape(hashes.shape)
+
+
+#: the most slots (12 bytes each: key and code) a StackedTables copies: 48 MiB
+STACK_MAX_SLOTS = 1 << 22

@@ -17,8 +17,9 @@ A value the scalar forms do not mirror (an infinity, a bucket key beyond 2**62) 
 through the encoder's own vectorized ``transform``, as does a hash encoder with 2**31 or more
 buckets (ids beyond int32).
 
-Each column's lane remembers the results of recent values (requests repeat values; see
-:data:`MEMO_VALUES`). :meth:`OnlineEncoder.encode_columns` takes checked Python values straight
+The encoder remembers the results of recent values, per column, in one dictionary keyed by
+(column, value) (requests repeat values; see :data:`MEMO_VALUES`): a row's 39 values are
+looked up with one call rather than one per column. :meth:`OnlineEncoder.encode_columns` takes checked Python values straight
 from request rows (:func:`ctrlab.inference.rows.checked_columns`): a request of a few rows is
 encoded with no Arrow table at all; :meth:`OnlineEncoder.encode` takes a table's columns.
 """
@@ -42,9 +43,10 @@ from .keytable import POLY
 #: rows: ~40 rows.
 SMALL_INPUT_ROWS = 32
 
-#: Each column's lane remembers the results of up to this many distinct recent values, strings of
-#: up to MEMO_LENGTH characters (requests repeat values: a remembered one skips its hash and lookup
-#: or its logarithm, ~1-3 us in Python). At most 4096 * 100 characters per column.
+#: The encoder remembers the results of up to this many distinct recent values per column (all
+#: forgotten at once when the total is reached), strings of up to MEMO_LENGTH characters (requests
+#: repeat values: a remembered one skips its hash and lookup or its logarithm, ~1-3 us in Python).
+#: At most 4096 * 100 characters per column.
 MEMO_VALUES = 1 << 12
 MEMO_LENGTH = 100
 
@@ -196,35 +198,6 @@ def _sparse_lane(encoder: Any) -> Lane:
     return strings
 
 
-def _memoized(lane: Lane, signed_zeros: bool = False) -> Lane:
-    """``lane`` remembering the results of up to MEMO_VALUES distinct recent values (forgotten all
-    at once when full): a remembered value skips its hash, lookup or logarithm. Every lane's
-    result for a value depends on that value alone, so a remembered result is the one ``lane``
-    gives. 0.0 and -0.0 are one dict key: zeros are not remembered where their results differ in
-    sign (``signed_zeros``: passthrough, minmax). NaN (one key per object) and long strings are
-    not remembered either; missing (None) is, from the start. Safe to share between threads: each
-    entry is final, and a dict's get, set and clear are atomic."""
-    missing = lane([None])[0]
-    memo: dict[Any, Any] = {None: missing}
-
-    def remembering(values: list) -> list:
-        out = list(map(memo.get, values))
-        if None in out:  # values not seen lately
-            todo = [i for i, found in enumerate(out) if found is None]
-            if len(memo) > MEMO_VALUES:
-                memo.clear()
-                memo[None] = missing
-            for i, found in zip(todo, lane([values[i] for i in todo])):
-                out[i] = found
-                value = values[i]
-                if value == value and (value or not signed_zeros) and (type(value) is float
-                                                                       or len(value) <= MEMO_LENGTH):
-                    memo[value] = found
-        return out
-
-    return remembering
-
-
 class OnlineEncoder:
     """A fitted pipeline's encoding, one value at a time: for inputs of a few rows.
 
@@ -238,11 +211,16 @@ class OnlineEncoder:
                  numeric_inputs: Collection[str]):
         self._columns = [*dense_outputs, *sparse_outputs]
         self.dense_outputs = list(dense_outputs)
+        self._n_dense = len(dense_outputs)
         self._encoders = [encoders[col] for col in self._columns]
-        self._dense = [(col, _memoized(_numeric_lane(encoders[col]), encoders[col].kind in SIGNED_ZEROS))
-                       for col in dense_outputs]
-        self._sparse = [(col, _memoized(_sparse_lane(encoders[col]))) for col in sparse_outputs]
+        self._lanes = [_numeric_lane(encoders[col]) for col in dense_outputs]
+        self._lanes += [_sparse_lane(encoders[col]) for col in sparse_outputs]
+        # 0.0 and -0.0 are one dict key: zeros are not remembered where their results differ in sign
+        self._signed_zeros = [encoders[col].kind in SIGNED_ZEROS for col in dense_outputs] + [False] * len(sparse_outputs)
         self._numeric = set(numeric_inputs)  # (each output column is encoded from the input of its name)
+        # (column index, value) -> result, missing (None) from the start: see remembered()
+        self._missing = {(j, None): lane([None])[0] for j, lane in enumerate(self._lanes)}
+        self._memo: dict[tuple[int, Any], Any] = dict(self._missing)
 
     @classmethod
     def from_pipeline(cls, pipeline: Any) -> "OnlineEncoder":
@@ -268,9 +246,37 @@ class OnlineEncoder:
         categorical ones; None = missing: what :func:`ctrlab.inference.rows.checked_columns`
         gives) -> (dense float32[N, n_dense], sparse int32[N, n_sparse]), with no Arrow table in
         between: the lane of a request of a few rows."""
+        keys = [(j, value) for j, col in enumerate(self._columns) for value in columns[col]]  # column-major
+        found = list(map(self._memo.get, keys))
+        cut = self._n_dense * n
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
-            dense = [lane(columns[col]) for col, lane in self._dense]
-            dense_out = np.array(dense, dtype=np.float64).reshape(len(dense), n).T.astype(np.float32, order="C")
-        sparse = [lane(columns[col]) for col, lane in self._sparse]
-        sparse_out = np.ascontiguousarray(np.array(sparse, dtype=np.int32).reshape(len(sparse), n).T)
-        return dense_out, sparse_out
+            if None in found:  # values not seen lately
+                self._fill(keys, found)
+            dense = np.array(found[:cut], dtype=np.float64).reshape(self._n_dense, n)
+            dense_out = dense.T.astype(np.float32, order="C")
+        sparse_out = np.array(found[cut:], dtype=np.int32).reshape(len(self._columns) - self._n_dense, n)
+        return dense_out, np.ascontiguousarray(sparse_out.T)
+
+    def _fill(self, keys: list[tuple[int, Any]], found: list[Any]) -> None:
+        """Compute the results ``found`` lacks (None) with each column's lane, and remember them.
+
+        Every lane's result for a value depends on that value alone, so a remembered result is the
+        one the lane gives. Not remembered: NaN (one key per object), long strings, and zeros of the
+        columns whose features of 0.0 and -0.0 differ. Forgotten all at once when the memory holds
+        MEMO_VALUES per column. Safe to share between threads: each entry is final, and a dict's get,
+        set and clear are atomic."""
+        todo: dict[int, list[int]] = {}
+        for i in [i for i, result in enumerate(found) if result is None]:
+            todo.setdefault(keys[i][0], []).append(i)
+        memo = self._memo
+        if len(memo) > MEMO_VALUES * len(self._lanes):
+            memo.clear()
+            memo.update(self._missing)
+        for j, where in todo.items():
+            signed_zeros = self._signed_zeros[j]
+            for i, result in zip(where, self._lanes[j]([keys[i][1] for i in where])):
+                found[i] = result
+                value = keys[i][1]
+                if value == value and (value or not signed_zeros) and (type(value) is float
+                                                                       or len(value) <= MEMO_LENGTH):
+                    memo[keys[i]] = result

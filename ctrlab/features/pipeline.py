@@ -18,6 +18,7 @@ categorical columns (in schema order).
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -28,7 +29,8 @@ import pyarrow as pa
 from ..fields import FeatureSpec
 from ..fileio import write_bytes_atomic
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
-                       BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, vocabulary_ids)
+                       BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, stacked_tables,
+                       vocabulary_ids)
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
@@ -102,6 +104,7 @@ class FeaturePipeline:
             raise ValueError(f"no encoder for columns {missing}")
         self.fitted = False
         self._online: OnlineEncoder | None = None  # the small-input lane, built on first use
+        self._stacked: tuple[list[Any], Any] | None = None  # (vocabularies, their stacked tables), ditto
 
     # construction ----------------------------------------------------------------------------
     @classmethod
@@ -162,7 +165,7 @@ class FeaturePipeline:
     def _finish(self, accumulators: dict[str, Accumulator], map_each: Callable[..., Iterable[Any]]) -> dict[str, Finalize]:
         finals = dict(zip(accumulators, map_each(lambda acc: acc.finish(), accumulators.values())))
         self.fitted = True
-        self._online = None  # built from the new state on first use
+        self._online = self._stacked = None  # built from the new state on first use
         return finals
 
     def fit(self, tables: Iterable[pa.Table]) -> "FeaturePipeline":
@@ -209,6 +212,14 @@ class FeaturePipeline:
             online = self._online = OnlineEncoder.from_pipeline(self)
         return online
 
+    def _stacked_tables(self, vocabs: list[Vocabulary]) -> Any:
+        """The vocabularies' lookup tables stacked (:func:`~.encoders.stacked_tables`), built once
+        for these encoder objects (rebuilt if an encoder is replaced); None when too large."""
+        cached = self._stacked
+        if cached is None or len(cached[0]) != len(vocabs) or not all(map(operator.is_, cached[0], vocabs)):
+            cached = self._stacked = (list(vocabs), stacked_tables(vocabs))
+        return cached[1]
+
     def encode_vectorized(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """The vectorized lane alone, for any number of rows, without :meth:`transform`'s checks:
         dense float32[N, n_dense], sparse int32[N, n_sparse]."""
@@ -222,8 +233,9 @@ class FeaturePipeline:
                    and type(self.encoders[col]) is Vocabulary and col not in self.dense_inputs]
         if batched:  # string vocabularies of a small input: one hash pass for all of them
             cols = [self.sparse_outputs[j] for j in batched]
-            sparse[:, batched] = vocabulary_ids([self.encoders[c] for c in cols],
-                                                [column_values(table, c, False) for c in cols])
+            vocabs = [self.encoders[c] for c in cols]
+            sparse[:, batched] = vocabulary_ids(vocabs, [column_values(table, c, False) for c in cols],
+                                                self._stacked_tables(vocabs))
         for j, col in enumerate(self.sparse_outputs):
             if j not in batched:
                 sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))

@@ -28,9 +28,10 @@ from ctrlab.features.encoders import (
     encoder_from_dict,
     log_square_bucket,
     signed_log1p,
+    stacked_tables,
     vocabulary_ids,
 )
-from ctrlab.features.keytable import KeyTable, hash_ints, hash_strings
+from ctrlab.features.keytable import KeyTable, StackedTables, hash_ints, hash_strings
 from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions
 from ctrlab.fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE
@@ -228,6 +229,7 @@ def test_vocabulary_ids_equal_each_vocabularys_transform():
                pa.array(fixed)]
     expected = np.stack([v.transform(c) for v, c in zip(vocabs, columns)], axis=1)
     assert vocabulary_ids(vocabs, columns).tolist() == expected.tolist()
+    assert vocabulary_ids(vocabs, columns, stacked_tables(vocabs)).tolist() == expected.tolist()
     assert vocabulary_ids(vocabs[:1], [pa.array([None, None], type=pa.string())]).tolist() == [[MISSING_ID]] * 2
 
 
@@ -644,3 +646,33 @@ def test_streamed_codes_finalize_to_transform(tmp_path):
                                         "I2": NumericOptions(transform="minmax"),
                                         "C3": CategoricalOptions(encoder="hash", hash_buckets=50)})
     assert refit.fit([table.filter(pa.array(train))]).to_dict() == pipe.to_dict()
+
+
+@pytest.mark.parametrize("fill", [0.05, 0.45])
+def test_stacked_tables_equal_each_tables_lookup(fill):
+    """Tables of different sizes probed as one: every code (hits, misses, keys on long probe runs
+    that end one key at a time, runs that wrap past a table's last slot) equals that table's own
+    lookup, and so does a lookup whose long runs are all finished in whole-array rounds."""
+    import ctrlab.features.keytable as keytable
+
+    rng = np.random.default_rng(int(fill * 100))
+    tables, present = [], []
+    for capacity in (16, 1024, 64, 8192):
+        table = KeyTable(capacity)
+        keys = np.unique(rng.integers(1, 2**63, int(table.capacity * fill) + 1, dtype=np.int64).astype(np.uint64))
+        table.insert(keys)
+        tables.append(table)
+        present.append(keys)
+    n = 600
+    hashes = np.empty((len(tables), n), dtype=np.uint64)
+    for j, keys in enumerate(present):
+        absent = rng.integers(1, 2**63, n, dtype=np.int64).astype(np.uint64)
+        hashes[j] = np.where(rng.random(n) < 0.6, rng.choice(keys, n), absent)
+        hashes[j, :3] = tables[j].capacity - 1 + np.arange(3, dtype=np.uint64) * tables[j].capacity  # last slot
+    expected = np.stack([t.lookup(h) for t, h in zip(tables, hashes)])
+    assert (expected >= 0).any() and (expected < 0).any()
+    assert StackedTables(tables).lookup(hashes).tolist() == expected.tolist()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keytable, "_SCALAR_PROBES", 0)  # every run finished in whole-array rounds
+        assert StackedTables(tables).lookup(hashes).tolist() == expected.tolist()
+        assert np.stack([t.lookup(h) for t, h in zip(tables, hashes)]).tolist() == expected.tolist()
