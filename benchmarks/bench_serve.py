@@ -58,6 +58,7 @@ from ctrlab.data.synth import write_synthetic
 from ctrlab.inference import Predictor
 from ctrlab.runtime import available_cores
 from ctrlab.serve import process as serve_process
+from ctrlab.serve.app import SERVE_THREADS
 
 HOST = "127.0.0.1"
 P99_BOUND_MS = 10.0
@@ -384,6 +385,19 @@ class Setup:
                                                    if self.batch_window_ms else [])
 
 
+def server_threads(threads: int | None, workers: int) -> int:
+    """The intra-op threads per worker of the server under test: ``--threads``, else its default
+    (ctrlab.serve.app.SERVE_THREADS; an earlier revision without it, --server-source, divided the
+    cores among the workers)."""
+    if threads:
+        return threads
+    if SERVER_SOURCE:
+        app = Path(SERVER_SOURCE) / "ctrlab" / "serve" / "app.py"
+        if "SERVE_THREADS = " not in (app.read_text(encoding="utf-8") if app.exists() else ""):
+            return max(1, available_cores() // workers)
+    return SERVE_THREADS
+
+
 def start_server(bundle: Path, port: int, setup: Setup, threads: int | None, backend: str,
                  extra: list[str] = ()) -> subprocess.Popen:
     args = [*setup.server_args(), "--backend", backend, "--log-level", "warning", *extra]
@@ -429,7 +443,7 @@ def levers_table(levers: list[dict]) -> str:
 def measure_setup(bundle: Path, setup: Setup, args: argparse.Namespace, rows: list[dict], columns: list[str]) -> dict:
     """A server of its own for ``setup``: the 5-row rate search and the 1000-row rows/s."""
     port = free_port()
-    threads = args.threads or max(1, available_cores() // setup.workers)
+    threads = server_threads(args.threads, setup.workers)
     proc = start_server(bundle, port, setup, args.threads, args.backend, args.serve_arg)
     try:
         body5, body1000 = (request_body(r, columns, setup.columnar) for r in (rows[:5], rows))
@@ -512,7 +526,7 @@ def main() -> int:
     SERVER_SOURCE = str(Path(args.server_source).resolve()) if args.server_source else ""
     if SERVER_SOURCE:
         print(f"server source: {SERVER_SOURCE} (this script and the in-process baseline: {Path(__file__).resolve().parents[1]})")
-    threads = args.threads or max(1, available_cores() // args.workers)  # what the server uses
+    threads = server_threads(args.threads, args.workers)  # what the server uses
 
     print(machine_line())
     print("the load generator runs on this same machine and shares its cores with the server")
@@ -574,8 +588,9 @@ def main() -> int:
         print(f"\n1000-row requests, typed JSON values (2 connections): {r['rows_per_s']:,.0f} rows/s, "
               f"p50 {http[-1].get('p50_ms', 0):.1f} ms (last round), errors {r['errors'] or 0}; in process "
               f"{bulk_local['rows_per_s']:,.0f} rows/s ({rounds} alternating rounds of {BULK_SLICE_S:g} s each)")
-        ratios.append(Ratio("HTTP 1000 rows / in-process", r["rows_per_s"], bulk_local["rows_per_s"], "row/s", 0.7,
-                            False))
+        ratios.append(Ratio("HTTP 1000 rows / in-process", float(np.median([h["rows_per_s"] for h in http])),
+                            float(np.median(local)), "row/s", 0.7, False,
+                            tuple(h["rows_per_s"] / lo for h, lo in zip(http, local))))
 
         r = results["upload_vs_predict"] = asyncio.run(upload_vs_predict(port, upload5, body5, args.upload_repeats))
         print(f"\n/upload of 5 lines vs /v1/predict of 5 rows, alternating, sequential, {args.upload_repeats} each: "

@@ -57,6 +57,7 @@ from ..export.manifest import load_manifest
 from ..fileio import is_disk_full
 from . import codec
 from .batching import MicroBatcher
+from .fastlane import PredictLane
 from .limits import BodyLimitMiddleware, BodyTooLarge, ClientError, decode_json
 from .metrics import Metrics, MetricsMiddleware, input_metrics, process_metrics
 from .model import ServerState, load_model
@@ -166,13 +167,10 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         async with large_body_slots:
             return await run_in_threadpool(func, *args)
 
-    @app.post("/v1/predict", openapi_extra={"requestBody": _PREDICT_BODY},
-              summary="Probabilities for raw rows (JSON)")
-    async def predict(request: Request):
-        started = time.perf_counter()
+    async def predict_answer(body: bytes, started: float, t_read: float) -> dict[str, Any]:
+        """The /v1/predict answer for a read body (ClientError for bad input): the route's and
+        the fast lane's (:mod:`.fastlane`) one implementation."""
         loaded = state.current  # this request's model, whatever a reload does meanwhile
-        body = await request.body()
-        t_read = time.perf_counter()
         columns = loaded.predictor.columns
         if len(body) <= INLINE_BODY_BYTES:
             rows = parse_predict_body(body, max_rows, columns)
@@ -186,8 +184,17 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         metrics.add_rows("/v1/predict", len(rows))
         timing = {"read": (t_read - started) * 1e3, "json": (t_json - t_read) * 1e3, **timing}
         timing["total"] = (time.perf_counter() - started) * 1e3
-        return _json({"probabilities": probs.tolist(), "model_version": loaded.version,
-                      "timing_ms": {k: round(v, 3) for k, v in timing.items()}})
+        return {"probabilities": probs.tolist(), "model_version": loaded.version,
+                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": _PREDICT_BODY},
+              summary="Probabilities for raw rows (JSON)")
+    async def predict(request: Request):
+        """(Served by the fast lane, :class:`.fastlane.PredictLane`; this route documents it and
+        answers when the app runs without the lane.)"""
+        started = time.perf_counter()
+        body = await request.body()
+        return _json(await predict_answer(body, started, time.perf_counter()))
 
     @app.post("/upload", openapi_extra={"requestBody": _UPLOAD_BODY},
               summary="Probabilities for an uploaded file of raw lines (PaddleRec serving answer)")
@@ -274,6 +281,8 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
 
     endpoints = {"/v1/predict", "/upload", "/health", "/ready", "/metadata", "/metrics", "/admin/reload",
                  "/openapi.json", "/docs", "/redoc"}
+    app.add_middleware(PredictLane, path="/v1/predict", answer=predict_answer,  # (added first: innermost)
+                       max_body_bytes=INLINE_BODY_BYTES)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)  # added last: outermost
     return app

@@ -1,0 +1,80 @@
+"""The /v1/predict fast lane answers exactly as the FastAPI route it bypasses: same status, same
+error bodies, same answers (apart from the timings), and large or chunked bodies still go to the
+route."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import tiny_bundle
+
+from ctrlab.serve import fastlane
+from ctrlab.serve.app import INLINE_BODY_BYTES, create_app
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    raw, bundle = tiny_bundle(tmp_path_factory.mktemp("fastlane"), 2000, seed=9)
+    app = create_app(bundle, threads=1, max_rows=50, max_body_bytes=100_000)
+    lines = raw.read_text().splitlines()[:60]
+    with TestClient(app) as client:
+        columns = client.get("/metadata").json()["columns"]
+        rows = [dict(zip(columns, [float(v) if v and i < 13 else (v or None) for i, v in
+                                   enumerate(line.split("\t")[1:])])) for line in lines]
+        yield client, rows
+
+
+def _bodies(rows: list[dict]) -> dict[str, bytes]:
+    bad_value = [dict(rows[0]), dict(rows[1], I3="abc")]
+    return {
+        "5 rows": json.dumps({"rows": rows[:5]}).encode(),
+        "columnar": json.dumps({"columns": {k: [r[k] for r in rows[:3]] for k in rows[0]}}).encode(),
+        "lists": json.dumps({"rows": [list(r.values()) for r in rows[:2]]}).encode(),
+        "bad value": json.dumps({"rows": bad_value}).encode(),
+        "unknown column": json.dumps({"rows": [dict(rows[0], nope=1)]}).encode(),
+        "malformed": b'{"rows": [',
+        "empty": b"",
+        "not an object": b"[1, 2]",
+        "too many rows": json.dumps({"rows": rows[:51]}).encode(),
+        "nested": b'{"rows":[' + b"[" * 40 + b"]" * 40 + b"]}",
+        "not utf-8": b'{"rows": ["\xff"]}',
+        "large (route)": json.dumps({"rows": rows[:50]}).encode(),
+    }
+
+
+def _answer(client, body: bytes, chunked: bool = False) -> tuple[int, dict]:
+    content = iter([body]) if chunked else body  # an iterator: sent chunked, without Content-Length
+    response = client.post("/v1/predict", content=content, headers={"Content-Type": "application/json"})
+    payload = response.json()
+    payload.pop("timing_ms", None)
+    return response.status_code, payload
+
+
+def test_lane_answers_as_the_route(setup, monkeypatch):
+    client, rows = setup
+    bodies = _bodies(rows)
+    assert len(bodies["large (route)"]) > INLINE_BODY_BYTES >= len(bodies["5 rows"])
+    calls = []
+    original = fastlane.PredictLane._small
+    monkeypatch.setattr(fastlane.PredictLane, "_small", lambda self, h: calls.append(original(self, h)) or calls[-1])
+    by_lane = {name: _answer(client, body) for name, body in bodies.items()}
+    small = sum(len(body) <= INLINE_BODY_BYTES for body in bodies.values())
+    assert small >= 10 and calls.count(True) == small  # every small body took the lane, no large one
+    monkeypatch.setattr(fastlane.PredictLane, "_small", lambda self, h: False)
+    by_route = {name: _answer(client, body) for name, body in bodies.items()}
+    assert by_lane == by_route
+    assert by_lane["5 rows"][0] == 200 and len(by_lane["5 rows"][1]["probabilities"]) == 5
+    assert {name: status for name, (status, _) in by_lane.items()} == {
+        "5 rows": 200, "columnar": 200, "lists": 200, "bad value": 422, "unknown column": 422, "malformed": 400,
+        "empty": 400, "not an object": 422, "too many rows": 413, "nested": 400, "not utf-8": 400,
+        "large (route)": 200}
+    assert "row 1, field 'I3'" in by_lane["bad value"][1]["detail"]
+
+
+def test_chunked_bodies_take_the_route(setup):
+    client, rows = setup
+    body = _bodies(rows)["5 rows"]
+    assert _answer(client, body, chunked=True) == _answer(client, body)
