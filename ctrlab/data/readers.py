@@ -507,9 +507,10 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
 
 
 def small_file_rows(path: str | os.PathLike, schema: Schema, columns: Sequence[str],
-                    max_rows: int) -> tuple[list[list[str | None]], list[int]] | None:
-    """The rows of a small delimited file as raw text fields in ``columns`` order ("" = missing),
-    with each row's line number: the line parser's rules, its first bad line raising the
+                    max_rows: int) -> tuple[list[list[float | str | None]], list[int]] | None:
+    """The rows of a small delimited file as values in ``columns`` order (float for the schema's
+    dense columns, str for the others, None for missing: what the line parser's tables hold), with
+    each row's line number: the line parser's rules, its first bad line raising the
     :class:`DataError` that ``RowReader(bad_lines="error")`` raises. For a request of a few rows
     (a small upload) that goes on to the small-request lane with no Arrow table and no reader
     threads. None when the file is not delimited or holds more than ``max_rows`` rows (then
@@ -518,14 +519,17 @@ def small_file_rows(path: str | os.PathLike, schema: Schema, columns: Sequence[s
         return None
     path = Path(path)
     index = [schema.columns.index(c) for c in columns]
-    rows: list[list[str | None]] = []
+    dense = set(schema.dense)
+    numeric = [c in dense for c in columns]
+    rows: list[list[float | str | None]] = []
     lines: list[int] = []
     for line_no, fields, error in _checked_lines(path, schema):
         if error is not None:
             raise DataError(path, line_no, error[1], field=error[2])
         if len(rows) == max_rows:
             return None
-        rows.append([fields[i] for i in index])
+        values = [fields[i] for i in index]  # (dense values are numbers here: _line_error checked them)
+        rows.append([(float(v) if is_number else v) if v != "" else None for v, is_number in zip(values, numeric)])
         lines.append(line_no)
     return rows, lines
 
