@@ -20,11 +20,14 @@ to special-case it either way.
 Size: a graph over 2 GB (protobuf's limit; e.g. FFM, whose table is n_fields times wider)
 is written by the exporter with its large weights as external data files next to the
 ``.onnx`` file (checked: a 2.7 GB FFM exports and matches eager); keep that directory
-together.
+together. Smaller graphs keep their initializers of 1 MiB or more (the embedding tables) in one
+page-aligned external data file, ``model.onnx.data``, which onnxruntime memory-maps: server
+workers share those pages instead of holding a copy each (:func:`externalize_large_initializers`).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from pathlib import Path
@@ -105,8 +108,52 @@ def export_onnx(
     if "dense" not in {value.name for value in graph.graph.input}:
         _declare_unused_dense_input(graph, spec)
         onnx.save(graph, str(path))
+    if not any(t.data_location == TensorProto.EXTERNAL for t in graph.graph.initializer):
+        externalize_large_initializers(path)
     onnx.checker.check_model(str(path))  # by path: works for models over 2 GB too
     return path
+
+
+#: initializers of at least this many bytes (embedding tables) go to the external data file
+EXTERNAL_MIN_BYTES = 1 << 20
+
+
+def external_data_name(path: str | os.PathLike[str]) -> str:
+    """The external data file of a graph written by :func:`externalize_large_initializers`."""
+    return Path(path).name + ".data"
+
+
+def externalize_large_initializers(path: str | os.PathLike[str], min_bytes: int | None = None) -> bool:
+    """Move the graph's initializers of at least ``min_bytes`` into one external data file next to
+    it (:func:`external_data_name`), each at an offset aligned to the page size. onnxruntime then
+    memory-maps them rather than copying them into its own memory: the embedding tables are
+    file-backed pages, shared by every server worker (and every process) that loads the bundle,
+    instead of one copy per worker. Returns whether any initializer moved."""
+    path = Path(path)
+    min_bytes = EXTERNAL_MIN_BYTES if min_bytes is None else min_bytes
+    model = onnx.load(str(path))
+    large = [t for t in model.graph.initializer if t.HasField("raw_data") and len(t.raw_data) >= min_bytes]
+    if not large:
+        return False
+    name = external_data_name(path)
+    page = mmap.ALLOCATIONGRANULARITY
+    offset = 0
+    with open(path.parent / name, "wb") as fh:
+        for tensor in large:
+            padding = -offset % page
+            fh.write(b"\0" * padding)
+            offset += padding
+            raw = tensor.raw_data
+            fh.write(raw)
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+    onnx.save(model, str(path))
+    return True
 
 
 def _declare_unused_dense_input(graph, spec: FeatureSpec) -> None:
