@@ -57,7 +57,7 @@ from ..export.manifest import load_manifest
 from ..fileio import is_disk_full
 from . import codec
 from .batching import MicroBatcher
-from .fastlane import PredictLane
+from .fastlane import FastLane, single_file_part, upload_query
 from .limits import BodyLimitMiddleware, BodyTooLarge, ClientError, decode_json
 from .metrics import Metrics, MetricsMiddleware, input_metrics, process_metrics
 from .model import ServerState, load_model
@@ -190,27 +190,15 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
     @app.post("/v1/predict", openapi_extra={"requestBody": _PREDICT_BODY},
               summary="Probabilities for raw rows (JSON)")
     async def predict(request: Request):
-        """(Served by the fast lane, :class:`.fastlane.PredictLane`; this route documents it and
-        answers when the app runs without the lane.)"""
+        """(Small bodies are served by the fast lane, :class:`.fastlane.FastLane`, with the same
+        answer function.)"""
         started = time.perf_counter()
         body = await request.body()
         return _json(await predict_answer(body, started, time.perf_counter()))
 
-    @app.post("/upload", openapi_extra={"requestBody": _UPLOAD_BODY},
-              summary="Probabilities for an uploaded file of raw lines (PaddleRec serving answer)")
-    async def upload(request: Request, user_id: str = "", debug: bool = False):
-        started = time.perf_counter()
+    async def upload_answer(data: bytes, user_id: str, debug: bool, started: float, t_read: float) -> dict[str, Any]:
+        """The /upload answer for an uploaded file's bytes: the route's and the fast lane's."""
         loaded = state.current
-        form = await request.form(max_files=1, max_fields=16)
-        try:
-            files = [v for v in form.values() if isinstance(v, UploadFile)]
-            if not files:
-                raise ClientError(400, "no file in the request: send multipart/form-data with a file field "
-                                       "(curl -F file=@rows.txt)")
-            data = await files[0].read()
-        finally:
-            await form.close()
-        t_read = time.perf_counter()
 
         def work():
             check_upload_text(data, max_rows)
@@ -223,7 +211,30 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
             answer["debug"] = {"rows": int(len(probs)), "format": fmt, "model_version": loaded.version,
                                "timing_ms": {"read": round((t_read - started) * 1e3, 3),
                                              "total": round((time.perf_counter() - started) * 1e3, 3)}}
-        return _json(answer)
+        return answer
+
+    @app.post("/upload", openapi_extra={"requestBody": _UPLOAD_BODY},
+              summary="Probabilities for an uploaded file of raw lines (PaddleRec serving answer)")
+    async def upload(request: Request, user_id: str = "", debug: bool = False):
+        """(A small upload of one file part is served by the fast lane, with the same answer function.)"""
+        started = time.perf_counter()
+        form = await request.form(max_files=1, max_fields=16)
+        try:
+            files = [v for v in form.values() if isinstance(v, UploadFile)]
+            if not files:
+                raise ClientError(400, "no file in the request: send multipart/form-data with a file field "
+                                       "(curl -F file=@rows.txt)")
+            data = await files[0].read()
+        finally:
+            await form.close()
+        return _json(await upload_answer(data, user_id, debug, started, time.perf_counter()))
+
+    async def upload_lane(body: bytes, scope: dict, started: float, t_read: float) -> dict[str, Any] | None:
+        """/upload in the fast lane: one file part and a plain query, else None (the route)."""
+        data, query = single_file_part(body, scope["headers"]), upload_query(scope)
+        if data is None or query is None:
+            return None
+        return await upload_answer(data, *query, started, t_read)
 
     @app.get("/health", summary="Liveness")
     async def health():
@@ -281,8 +292,9 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
 
     endpoints = {"/v1/predict", "/upload", "/health", "/ready", "/metadata", "/metrics", "/admin/reload",
                  "/openapi.json", "/docs", "/redoc"}
-    app.add_middleware(PredictLane, path="/v1/predict", answer=predict_answer,  # (added first: innermost)
-                       max_body_bytes=INLINE_BODY_BYTES)
+    lanes = {"/v1/predict": lambda body, _scope, started, t_read: predict_answer(body, started, t_read),
+             "/upload": upload_lane}
+    app.add_middleware(FastLane, handlers=lanes, max_body_bytes=INLINE_BODY_BYTES)  # (added first: innermost)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)  # added last: outermost
     return app
