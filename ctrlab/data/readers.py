@@ -24,6 +24,7 @@ read with a :class:`DataError` naming the file, whatever the policy (what follow
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import gzip
 import io
@@ -176,8 +177,25 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
-def open_binary(path: str | os.PathLike) -> Any:
-    """Open a plain or gzip file for reading bytes, whatever its extension says."""
+class MemoryFile:
+    """A small file held in memory under a name (an upload): what :func:`iter_lines`,
+    :func:`first_line`, format detection and :func:`small_file_rows` read like a path, with no
+    file written; messages name it as they name a path."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name = name
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def open_binary(path: str | os.PathLike | MemoryFile) -> Any:
+    """Open a plain or gzip file (or a :class:`MemoryFile`) for reading bytes, whatever its
+    extension says."""
+    if isinstance(path, MemoryFile):
+        stream = io.BytesIO(path.data)
+        return gzip.GzipFile(fileobj=stream, mode="rb") if path.data[:2] == b"\x1f\x8b" else stream
     path = Path(path)
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
@@ -393,6 +411,11 @@ def _open_arrow_csv(stream, schema: Schema, header_lines: int, block_bytes: int,
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _column_index(columns: tuple[str, ...]) -> dict[str, int]:
+    return {c: i for i, c in enumerate(columns)}
+
+
 def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None] | None:
     """Why a split line is bad (reason, message, field), or None. The same rules and reason
     names as the fast path (Arrow's parser + _check_rows)."""
@@ -402,7 +425,7 @@ def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
     if len(fields) != expected:
         reason = f"wrong field count (got {len(fields)}, expected {expected})"
         return reason, reason, None
-    index = {c: i for i, c in enumerate(schema.columns)}
+    index = _column_index(tuple(schema.columns))
     if schema.label:
         value = fields[index[schema.label]]
         label = parse_number(value)
@@ -506,7 +529,7 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
         yield flush()
 
 
-def small_file_rows(path: str | os.PathLike, schema: Schema, columns: Sequence[str],
+def small_file_rows(path: str | os.PathLike | MemoryFile, schema: Schema, columns: Sequence[str],
                     max_rows: int) -> tuple[list[list[float | str | None]], list[int]] | None:
     """The rows of a small delimited file as values in ``columns`` order (float for the schema's
     dense columns, str for the others, None for missing: what the line parser's tables hold), with
@@ -517,7 +540,6 @@ def small_file_rows(path: str | os.PathLike, schema: Schema, columns: Sequence[s
     :class:`RowReader` reads it)."""
     if schema.format == "slot":
         return None
-    path = Path(path)
     index = [schema.columns.index(c) for c in columns]
     dense = set(schema.dense)
     numeric = [c in dense for c in columns]

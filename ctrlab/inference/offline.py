@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from ..data.formats import input_schema
-from ..data.readers import BLOCK_BYTES, ID, DataError, RowReader, SkipReport, describe, resolve_inputs, small_file_rows
+from ..data.readers import (BLOCK_BYTES, ID, DataError, MemoryFile, RowReader, SkipReport, describe, resolve_inputs,
+                            small_file_rows)
 from ..features.online import SMALL_INPUT_ROWS
 from ..features.pipeline import InputError
 from ..fileio import atomic_write
@@ -117,15 +118,17 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         report.rows = done
 
 
-def score_small_file(predictor: Predictor, path: str | os.PathLike, fmt: str = "auto") -> tuple[np.ndarray, str] | None:
+def score_small_file(predictor: Predictor, path: str | os.PathLike | MemoryFile,
+                     fmt: str = "auto") -> tuple[np.ndarray, str] | None:
     """The scores and format of a file of at most ``SMALL_INPUT_ROWS`` delimited rows (a small
     upload) through the small-request lane: its lines split by the readers' line parser and
     scored by one :meth:`Predictor.predict` call on the rows (no Arrow reader, no threads). The
     same scores as :func:`score_files` (one inference batch either way; tested) and the same
     errors for its first bad line (``bad_lines="error"``). None for any other file."""
     pipeline = predictor.pipeline
-    file_fmt, schema = input_schema(Path(path), fmt, predictor.schema, pipeline.dense_inputs, pipeline.sparse_inputs)
-    read = small_file_rows(path, schema, pipeline.input_columns, SMALL_INPUT_ROWS)
+    source = path if isinstance(path, MemoryFile) else Path(path)  # (an upload: no file written)
+    file_fmt, schema = input_schema(source, fmt, predictor.schema, pipeline.dense_inputs, pipeline.sparse_inputs)
+    read = small_file_rows(source, schema, pipeline.input_columns, SMALL_INPUT_ROWS)
     if read is None:
         return None
     rows, lines = read

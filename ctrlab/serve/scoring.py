@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.readers import DataError
+from ..data.readers import DataError, MemoryFile
 from ..inference import IGNORED_KEYS, FileScoring, InputError, score_files
 from ..inference.offline import score_small_file
 from .limits import ClientError, decode_json, has_surrogate, may_hold_surrogates, too_many
@@ -125,19 +125,24 @@ SMALL_UPLOAD_BYTES = 16 << 10
 
 
 def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
-    """Score an uploaded file's raw lines: written to a private temporary file (the name is ours,
-    never the client's) and read by the same readers as ``ctrlab predict`` (format detected).
+    """Score an uploaded file's raw lines with the same readers as ``ctrlab predict`` (format
+    detected). A small upload of a few delimited lines is read in memory and scored in the
+    small-request lane (:func:`~ctrlab.inference.offline.score_small_file`); any other is written
+    to a private temporary file (the name is ours, never the client's) and scored as a file.
     Returns the probabilities float32[N] and the detected format."""
-
+    if len(data) <= SMALL_UPLOAD_BYTES:
+        try:
+            small = score_small_file(loaded.predictor, MemoryFile("upload", data))
+        except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
+            raise ClientError(422, str(exc)) from None
+        if small is not None:
+            return small
     fd, name = tempfile.mkstemp(prefix="ctrlab-upload-", suffix=".txt")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         report = FileScoring()
         try:
-            small = score_small_file(loaded.predictor, name) if len(data) <= SMALL_UPLOAD_BYTES else None
-            if small is not None:  # a few delimited lines: the small-request lane
-                return small
             parts = [chunk.probabilities for chunk in score_files(loaded.predictor, name, fmt="auto", report=report)]
         except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
             raise ClientError(422, str(exc).replace(name, "upload")) from None

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_bundle
 
-from ctrlab.data.readers import DataError
+from ctrlab.data.readers import DataError, MemoryFile
 from ctrlab.features.online import SMALL_INPUT_ROWS
 from ctrlab.inference import Predictor, score_files
 from ctrlab.inference.offline import score_small_file
@@ -48,6 +48,8 @@ def test_small_file_scores_equal_file_scoring(setup, tmp_path, rows):
         expected = _file_scores(predictor, path)
         assert len(scores) == rows
         assert scores.tobytes() == expected.tobytes(), layout
+        in_memory = score_small_file(predictor, MemoryFile("upload", path.read_bytes()))
+        assert in_memory[1] == layout and in_memory[0].tobytes() == expected.tobytes()
 
 
 def test_more_rows_or_slot_files_take_the_reader(setup, tmp_path):
@@ -93,3 +95,6 @@ def test_small_file_errors_equal_file_scoring(setup, tmp_path, case):
         _file_scores(predictor, path)
     assert str(small.value) == str(files.value)
     assert small.value.line == files.value.line and small.value.line is not None
+    with pytest.raises(DataError) as in_memory:
+        score_small_file(predictor, MemoryFile("upload", path.read_bytes()))
+    assert str(in_memory.value) == str(files.value).replace(str(path), "upload")
