@@ -403,12 +403,17 @@ def start_server(bundle: Path, port: int, setup: Setup, threads: int | None, bac
     args = [*setup.server_args(), "--backend", backend, "--log-level", "warning", *extra]
     if threads:
         args += ["--threads", str(threads)]
-    previous = os.environ.get("PYTHONPATH")
+    previous, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
+    bundle = Path(bundle).resolve()
     if SERVER_SOURCE:  # the server process imports ctrlab from another checkout (an earlier revision)
         os.environ["PYTHONPATH"] = SERVER_SOURCE
+        # and starts there: `python -m` puts the working directory first on sys.path, ahead of
+        # PYTHONPATH, so started from this checkout's root it would import this checkout's ctrlab
+        os.chdir(SERVER_SOURCE)
     try:
         proc, _ = serve_process.start_server(bundle, port=port, args=args, capture=False)
     finally:
+        os.chdir(cwd)
         if previous is None:
             os.environ.pop("PYTHONPATH", None)
         else:
