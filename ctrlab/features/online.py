@@ -17,9 +17,9 @@ A value the scalar forms do not mirror (an infinity, a bucket key beyond 2**62) 
 through the encoder's own vectorized ``transform``, as does a hash encoder with 2**31 or more
 buckets (ids beyond int32).
 
-The encoder remembers the results of recent values, per column, in one dictionary keyed by
-(column, value) (requests repeat values; see :data:`MEMO_VALUES`): a row's 39 values are
-looked up with one call rather than one per column. :meth:`OnlineEncoder.encode_columns` takes checked Python values straight
+The encoder remembers the results of recent values, one dictionary per column (requests repeat
+values; see :data:`MEMO_VALUES`); a row's 39 values are looked up in their columns' dictionaries
+with one ``map`` call rather than one call per column. :meth:`OnlineEncoder.encode_columns` takes checked Python values straight
 from request rows (:func:`ctrlab.inference.rows.checked_columns`): a request of a few rows is
 encoded with no Arrow table at all; :meth:`OnlineEncoder.encode` takes a table's columns.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from itertools import chain, repeat
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -43,8 +44,8 @@ from .keytable import POLY
 #: rows: ~40 rows.
 SMALL_INPUT_ROWS = 32
 
-#: The encoder remembers the results of up to this many distinct recent values per column (all
-#: forgotten at once when the total is reached), strings of up to MEMO_LENGTH characters (requests
+#: The encoder remembers the results of up to this many distinct recent values per column (a
+#: column's all forgotten at once when it is full), strings of up to MEMO_LENGTH characters (requests
 #: repeat values: a remembered one skips its hash and lookup or its logarithm, ~1-3 us in Python).
 #: At most 4096 * 100 characters per column.
 MEMO_VALUES = 1 << 12
@@ -218,9 +219,9 @@ class OnlineEncoder:
         # 0.0 and -0.0 are one dict key: zeros are not remembered where their results differ in sign
         self._signed_zeros = [encoders[col].kind in SIGNED_ZEROS for col in dense_outputs] + [False] * len(sparse_outputs)
         self._numeric = set(numeric_inputs)  # (each output column is encoded from the input of its name)
-        # (column index, value) -> result, missing (None) from the start: see remembered()
-        self._missing = {(j, None): lane([None])[0] for j, lane in enumerate(self._lanes)}
-        self._memo: dict[tuple[int, Any], Any] = dict(self._missing)
+        # per column: value -> result, missing (None) from the start (see _fill)
+        self._missing = [lane([None])[0] for lane in self._lanes]
+        self._memos: list[dict[Any, Any]] = [{None: missing} for missing in self._missing]
 
     @classmethod
     def from_pipeline(cls, pipeline: Any) -> "OnlineEncoder":
@@ -246,37 +247,38 @@ class OnlineEncoder:
         categorical ones; None = missing: what :func:`ctrlab.inference.rows.checked_columns`
         gives) -> (dense float32[N, n_dense], sparse int32[N, n_sparse]), with no Arrow table in
         between: the lane of a request of a few rows."""
-        keys = [(j, value) for j, col in enumerate(self._columns) for value in columns[col]]  # column-major
-        found = list(map(self._memo.get, keys))
+        values = list(chain.from_iterable(map(columns.__getitem__, self._columns)))  # column-major
+        memos = self._memos if n == 1 else list(chain.from_iterable(repeat(m, n) for m in self._memos))
+        found = list(map(dict.get, memos, values))  # (each value looked up in its column's memory, in C)
         cut = self._n_dense * n
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
             if None in found:  # values not seen lately
-                self._fill(keys, found)
+                self._fill(values, found, n)
             dense = np.array(found[:cut], dtype=np.float64).reshape(self._n_dense, n)
             dense_out = dense.T.astype(np.float32, order="C")
         sparse_out = np.array(found[cut:], dtype=np.int32).reshape(len(self._columns) - self._n_dense, n)
         return dense_out, np.ascontiguousarray(sparse_out.T)
 
-    def _fill(self, keys: list[tuple[int, Any]], found: list[Any]) -> None:
-        """Compute the results ``found`` lacks (None) with each column's lane, and remember them.
+    def _fill(self, values: list[Any], found: list[Any], n: int) -> None:
+        """Compute the results ``found`` lacks (None) with each column's lane, and remember them
+        (``values``: column-major, n per column).
 
         Every lane's result for a value depends on that value alone, so a remembered result is the
         one the lane gives. Not remembered: NaN (one key per object), long strings, and zeros of the
-        columns whose features of 0.0 and -0.0 differ. Forgotten all at once when the memory holds
-        MEMO_VALUES per column. Safe to share between threads: each entry is final, and a dict's get,
-        set and clear are atomic."""
+        columns whose features of 0.0 and -0.0 differ. A column's memory is forgotten all at once
+        when it holds MEMO_VALUES values. Safe to share between threads: each entry is final, and a
+        dict's get, set and clear are atomic."""
         todo: dict[int, list[int]] = {}
         for i in [i for i, result in enumerate(found) if result is None]:
-            todo.setdefault(keys[i][0], []).append(i)
-        memo = self._memo
-        if len(memo) > MEMO_VALUES * len(self._lanes):
-            memo.clear()
-            memo.update(self._missing)
+            todo.setdefault(i // n, []).append(i)
         for j, where in todo.items():
-            signed_zeros = self._signed_zeros[j]
-            for i, result in zip(where, self._lanes[j]([keys[i][1] for i in where])):
+            memo, signed_zeros = self._memos[j], self._signed_zeros[j]
+            if len(memo) > MEMO_VALUES:
+                memo.clear()
+                memo[None] = self._missing[j]
+            for i, result in zip(where, self._lanes[j]([values[i] for i in where])):
                 found[i] = result
-                value = keys[i][1]
+                value = values[i]
                 if value == value and (value or not signed_zeros) and (type(value) is float
                                                                        or len(value) <= MEMO_LENGTH):
-                    memo[keys[i]] = result
+                    memo[value] = result

@@ -63,10 +63,25 @@ class InputCounts:
         self._sparse = list(pipeline.sparse_outputs)
         self._dense = list(pipeline.dense_outputs)
         self.fields = self._sparse + self._dense
-        self.rows = 0
-        self.missing = np.zeros(len(self.fields), dtype=np.int64)
-        self.oov = np.zeros(len(self._sparse), dtype=np.int64)
+        self._rows = 0
+        self._missing = np.zeros(len(self.fields), dtype=np.int64)
+        self._oov = np.zeros(len(self._sparse), dtype=np.int64)
         self._lock = threading.Lock()
+        # small inputs, counted together later: (ids int32[n, n_sparse], the dense columns' values)
+        self._pending: list[tuple[np.ndarray, list[Sequence[Any]]]] = []
+        self._pending_rows = 0
+
+    @property
+    def rows(self) -> int:
+        return self._counted()[0]
+
+    @property
+    def missing(self) -> np.ndarray:
+        return self._counted()[1]
+
+    @property
+    def oov(self) -> np.ndarray:
+        return self._counted()[2]
 
     def add(self, table: pa.Table, sparse: np.ndarray) -> None:
         """Count a checked table's rows, given their encoded ids sparse int32[N, n_sparse]."""
@@ -75,27 +90,46 @@ class InputCounts:
                   np.count_nonzero(sparse == OOV_ID, axis=0))
 
     def add_columns(self, columns: dict[str, Sequence[Any]], sparse: np.ndarray) -> None:
-        """:meth:`add` for a few rows given as checked columns (:func:`~.rows.checked_columns`),
-        counted in Python (fewer fixed costs than numpy's at a few values)."""
-        ids = sparse.T.tolist()
-        self._add(len(sparse), [c.count(MISSING_ID) for c in ids] + [columns[c].count(None) for c in self._dense],
-                  [c.count(OOV_ID) for c in ids])
+        """:meth:`add` for a few rows given as checked columns (:func:`~.rows.checked_columns`):
+        kept and counted together with others later (at PENDING_ROWS rows, or when read), a
+        single row costing a list append rather than a dozen numpy calls."""
+        with self._lock:
+            self._pending.append((sparse, [columns[c] for c in self._dense]))
+            self._pending_rows += len(sparse)
+            full = self._pending_rows >= PENDING_ROWS
+        if full:
+            self._counted()
+
+    def _counted(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """The counts with the pending small inputs added (rows, missing, oov)."""
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+            if pending:
+                ids = np.concatenate([sparse for sparse, _ in pending])
+                dense_missing = [sum(values[k].count(None) for _, values in pending) for k in range(len(self._dense))]
+                self._rows += len(ids)
+                self._missing += np.array(np.count_nonzero(ids == MISSING_ID, axis=0).tolist() + dense_missing,
+                                          dtype=np.int64)
+                self._oov += np.count_nonzero(ids == OOV_ID, axis=0)
+            return self._rows, self._missing.copy(), self._oov.copy()
 
     def _add(self, rows: int, missing: list[int], oov: Any) -> None:
         """missing: per field (sparse, then dense); oov: per sparse field."""
         missing_array, oov_array = np.array(missing, dtype=np.int64), np.asarray(oov, dtype=np.int64)
         with self._lock:
-            self.rows += rows
-            self.missing += missing_array
-            self.oov += oov_array
+            self._rows += rows
+            self._missing += missing_array
+            self._oov += oov_array
 
     def snapshot(self) -> dict[str, dict[str, int | None]]:
         """{field: {"rows", "missing", "oov" (None for numeric features)}}."""
-        with self._lock:
-            oov = list(self.oov.tolist()) + [None] * len(self._dense)
-            return {f: {"rows": self.rows, "missing": int(m), "oov": o}
-                    for f, m, o in zip(self.fields, self.missing.tolist(), oov)}
+        rows, missing, oov_counts = self._counted()
+        oov = list(oov_counts.tolist()) + [None] * len(self._dense)
+        return {f: {"rows": rows, "missing": int(m), "oov": o} for f, m, o in zip(self.fields, missing.tolist(), oov)}
 
+
+#: small inputs' counts are kept until this many rows are pending, then counted in one go
+PENDING_ROWS = 1024
 
 #: an input's rate is "far above" the training rate when it exceeds it by this much and twice over
 DRIFT_MARGIN = 0.2

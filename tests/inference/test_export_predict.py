@@ -703,3 +703,25 @@ def test_cli_help_has_examples(main, command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_small_requests_counted_together_equal_counted_alone(criteo, raw_table, monkeypatch):
+    """Counts of small inputs wait (up to PENDING_ROWS rows) and are counted together: the same
+    totals as counting every request at once, whether read before or after a flush."""
+    monkeypatch.setattr(predictor_mod, "PENDING_ROWS", 7)
+    dicts = raw_table.slice(0, 40).to_pylist()
+    for i, row in enumerate(dicts):
+        if i % 3 == 0:
+            row["C2"] = None
+        if i % 4 == 0:
+            row["C5"] = "unseen-value"
+    one_by_one, together = Predictor(criteo.bundle, threads=1), Predictor(criteo.bundle, threads=1)
+    for i, row in enumerate(dicts):
+        one_by_one.predict([row])
+        if i == 20:  # read midway: pending rows are counted, later ones still add up
+            midway = one_by_one.input_counts.snapshot()
+            assert midway["C1"]["rows"] == 21
+    together.predict(rows_to_table(dicts, CRITEO_DENSE, CRITEO_SPARSE))
+    assert one_by_one.input_counts.snapshot() == together.input_counts.snapshot()
+    counts = together.input_counts.snapshot()
+    assert counts["C2"]["missing"] >= 14 and counts["C5"]["oov"] >= 10
