@@ -17,6 +17,52 @@ CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
 
 
+LIST_KINDS = ("sequence", "multi")
+POOLINGS = ("sum", "mean", "max")
+
+
+@dataclass(frozen=True)
+class ListColumn:
+    """A categorical column holding several values in one field (issue 15).
+
+    kind: ``sequence`` (ordered oldest to newest; at most ``max_length`` values are kept, the most
+        recent, and a longer one is truncated and counted) or ``multi`` (an unordered set, pooled
+        with ``pooling``: sum, mean or max).
+    separator: between values in the field (``Action|Comedy``); an empty field is an empty list.
+    weight_separator: when set, a value may carry a weight (``tag:0.7``; no weight = 1.0); a weight
+        that is not a finite number is a bad line naming the file, line and field.
+    vocab_of: another categorical column whose vocabulary (and embedding table) this one shares
+        (a clicked-items history shares the target ``item_id``'s).
+    """
+
+    name: str
+    kind: str = "sequence"
+    separator: str = "|"
+    max_length: int | None = None
+    weight_separator: str | None = None
+    pooling: str = "mean"
+    vocab_of: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"list column {self.name!r}"
+        if self.kind not in LIST_KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(LIST_KINDS)}, got {self.kind!r}")
+        if not self.separator:
+            raise ValueError(f"{where}: separator must not be empty")
+        if self.kind == "sequence" and (self.max_length is None or self.max_length < 1):
+            raise ValueError(f"{where}: a sequence needs max_length >= 1, got {self.max_length!r}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"{where}: max_length must be >= 1, got {self.max_length}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"{where}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.weight_separator is not None and (not self.weight_separator or self.weight_separator == self.separator):
+            raise ValueError(f"{where}: weight_separator must be non-empty and differ from the separator")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "separator": self.separator, "max_length": self.max_length,
+                "weight_separator": self.weight_separator, "pooling": self.pooling, "vocab_of": self.vocab_of}
+
+
 @dataclass(frozen=True)
 class Schema:
     """How to read one layout of raw rows.
@@ -30,6 +76,7 @@ class Schema:
     header: whether the first line is a header row.
     delimiter: field separator for delimited formats.
     quoted: whether fields may be quoted with '"' (CSV) or never (Criteo TSV).
+    lists: the list-valued categorical columns (:class:`ListColumn`; not among ``sparse``).
     """
 
     name: str
@@ -42,18 +89,35 @@ class Schema:
     header: bool = False
     delimiter: str = "\t"
     quoted: bool = False
+    lists: tuple[ListColumn, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("columns", "dense", "sparse"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "lists", tuple(c if isinstance(c, ListColumn) else ListColumn(**c) for c in self.lists))
+        list_names = [c.name for c in self.lists]
         if self.format == "delimited":
             known = set(self.columns)
-            for col in (self.label, self.id_column, *self.dense, *self.sparse):
+            for col in (self.label, self.id_column, *self.dense, *self.sparse, *list_names):
                 if col is not None and col not in known:
                     raise ValueError(f"schema {self.name!r}: column {col!r} is not among its columns {list(self.columns)}")
+        elif self.lists:
+            raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited files only")
         overlap = set(self.dense) & set(self.sparse)
         if overlap:
             raise ValueError(f"schema {self.name!r}: columns both dense and sparse: {sorted(overlap)}")
+        twice = (set(self.dense) | set(self.sparse)) & set(list_names)
+        if twice or len(set(list_names)) != len(list_names):
+            raise ValueError(f"schema {self.name!r}: list columns also declared dense/sparse or twice: "
+                             f"{sorted(twice) or list_names}")
+        for column in self.lists:
+            if column.vocab_of is not None and column.vocab_of not in (*self.sparse, *list_names):
+                raise ValueError(f"schema {self.name!r}: list column {column.name!r} takes its vocabulary from "
+                                 f"{column.vocab_of!r}, which is not a categorical column")
+
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.lists)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -80,6 +144,7 @@ class Schema:
             "header": self.header,
             "delimiter": self.delimiter,
             "quoted": self.quoted,
+            **({"lists": [c.to_dict() for c in self.lists]} if self.lists else {}),
         }
 
     @classmethod
@@ -133,6 +198,9 @@ class GenericSchemaConfig:
     id_column: str | None = None
     header: bool = True
     delimiter: str | None = None
+    # list-valued columns: name -> {kind: sequence|multi, separator, max_length, weight_separator,
+    # pooling, vocab_of} (see ListColumn); they are neither dense nor sparse
+    lists: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str] | None) -> Schema:
@@ -148,10 +216,19 @@ def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str]
             f"generic {fmt} input needs its columns: set data.schema.columns, or data.schema.header: true "
             "for a file whose first line names them"
         )
-    taken = {cfg.label, cfg.id_column, *cfg.dense}
+    taken = {cfg.label, cfg.id_column, *cfg.dense, *cfg.lists}
     sparse = list(cfg.sparse) if cfg.sparse is not None else [c for c in columns if c not in taken]
+    lists = []
+    for name, options in cfg.lists.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"data.schema.lists.{name}: expected a mapping of options, got {options!r}")
+        unknown = sorted(set(options) - {"kind", "separator", "max_length", "weight_separator", "pooling", "vocab_of"})
+        if unknown:
+            raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: kind, separator, "
+                             "max_length, weight_separator, pooling, vocab_of")
+        lists.append(ListColumn(name=name, **options))
     return Schema(
         name=fmt, format="delimited", columns=tuple(columns), label=cfg.label, dense=tuple(cfg.dense),
         sparse=tuple(sparse), id_column=cfg.id_column, header=cfg.header, delimiter=delimiter,
-        quoted=delimiter == ",",
+        quoted=delimiter == ",", lists=tuple(lists),
     )

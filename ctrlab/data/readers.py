@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from ..fileio import sha256_file
@@ -142,6 +143,7 @@ class SourceInfo:
     sha256: str | None = None
     rows: int = 0
     skipped: int = 0
+    truncated: dict[str, int] = field(default_factory=dict)  # list column -> rows cut to its max_length
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,11 +278,90 @@ def _output_types(schema: Schema) -> dict[str, pa.DataType]:
         types[schema.label] = pa.float64()
     types.update({c: pa.float64() for c in schema.dense})
     types.update({c: pa.string() for c in schema.sparse})
+    types.update({c: pa.string() for c in schema.list_names})  # split by _split_lists
     return types
 
 
+#: a list column with weights has them in a column of this suffix: list<float64>, one per value
+WEIGHTS_SUFFIX = ".weights"
+
+
+class _ListValueError(ValueError):
+    pass
+
+
+def _split_lists(table: pa.Table, schema: Schema, info: SourceInfo) -> pa.Table:
+    """The list-valued columns (raw text) -> list<string> columns, plus list<float64> weights
+    (``name`` + WEIGHTS_SUFFIX) where declared; an empty field is an empty list; a sequence keeps
+    its ``max_length`` most recent (last) values, the rows truncated counted in ``info.truncated``.
+    Raises _ListValueError on an empty value inside a list or a weight that is not a finite
+    number (the line parser then names the line: :func:`_list_error`)."""
+    for column in schema.lists:
+        raw = table.column(column.name).combine_chunks().fill_null("")
+        parts = pc.split_pattern(raw, column.separator)
+        lengths = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
+        values = parts.flatten()
+        empty_field = np.asarray(pc.equal(raw, ""))
+        keep_value = np.repeat(~empty_field, lengths)  # an empty field splits into [""]: no value
+        lengths = np.where(empty_field, 0, lengths)
+        values = values.filter(pa.array(keep_value))
+        if len(values) and pc.any(pc.equal(values, "")).as_py():
+            raise _ListValueError(f"empty value in list column {column.name!r}")
+        weights = None
+        if column.weight_separator is not None:
+            pairs = pc.split_pattern(values, column.weight_separator, max_splits=1, reverse=True)
+            has_weight = np.asarray(pc.list_value_length(pairs)) == 2
+            values = pc.list_element(pairs, 0)
+            texts = pc.list_element(pairs.filter(pa.array(has_weight)), 1)
+            weights = np.ones(len(values), dtype=np.float64)
+            try:
+                parsed = pc.cast(texts, pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid as exc:
+                raise _ListValueError(str(exc)) from None
+            if not np.isfinite(parsed).all():
+                raise _ListValueError(f"a weight in list column {column.name!r} is not finite")
+            weights[has_weight] = parsed
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if column.max_length is not None and (lengths > column.max_length).any():
+            too_long = lengths > column.max_length
+            info.truncated[column.name] = info.truncated.get(column.name, 0) + int(np.count_nonzero(too_long))
+            start = offsets[:-1] + np.maximum(lengths - column.max_length, 0)  # keep the most recent (last)
+            lengths = np.minimum(lengths, column.max_length)
+            index = np.repeat(start, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                                        lengths))
+            values = values.take(pa.array(index))
+            weights = weights[index] if weights is not None else None
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+        offsets32 = pa.array(offsets.astype(np.int32))
+        position = table.column_names.index(column.name)
+        table = table.set_column(position, column.name, pa.ListArray.from_arrays(offsets32, values))
+        if weights is not None:
+            table = table.append_column(column.name + WEIGHTS_SUFFIX,
+                                        pa.ListArray.from_arrays(offsets32, pa.array(weights, type=pa.float64())))
+    return table
+
+
+def _list_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None] | None:
+    """The line parser's rules for list columns (the same as :func:`_split_lists`)."""
+    index = _column_index(tuple(schema.columns))
+    for column in schema.lists:
+        text = fields[index[column.name]]
+        if text == "":
+            continue
+        for value in text.split(column.separator):
+            if value == "":
+                return "bad list", f"empty value in the list {text[:40]!r}", column.name
+            if column.weight_separator is not None and column.weight_separator in value:
+                weight = value.rsplit(column.weight_separator, 1)[1]
+                if parse_number(weight) is None:
+                    return "bad list", f"expected a number as the weight of {value[:40]!r}", column.name
+    return None
+
+
 def _canonical(table: pa.Table, schema: Schema) -> pa.Table:
-    """Select and rename to canonical columns: id, label, dense..., sparse..."""
+    """Select and rename to canonical columns: id, label, dense..., sparse..., lists (as text)."""
     names, arrays = [], []
     if schema.id_column:
         names.append(ID)
@@ -288,7 +369,7 @@ def _canonical(table: pa.Table, schema: Schema) -> pa.Table:
     if schema.label:
         names.append(LABEL)
         arrays.append(table.column(schema.label))
-    for col in schema.dense + schema.sparse:
+    for col in schema.dense + schema.sparse + schema.list_names:
         names.append(col)
         arrays.append(table.column(col))
     return pa.Table.from_arrays(arrays, names=names)
@@ -327,6 +408,11 @@ def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, 
             problems.append((bad, "not a number", col,
                              lambda i, c=col: number_error(str(table.column(c)[i].as_py()))))
     last = first_line_no + n - 1
+    if schema.lists:
+        try:
+            table = _split_lists(table, schema, info)
+        except _ListValueError as exc:  # the line parser names the line
+            raise _FallbackNeeded(str(exc)) from None
     if not problems:
         return Chunk(table, path, lines, [], last)
     if bad_lines == "error":
@@ -344,7 +430,7 @@ def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, 
             skipped += [(first_line_no + int(i), describe(reason_fn(int(i)), col)) for i in rows]
         drop |= mask
     skipped.sort()
-    return Chunk(table.filter(pa.array(~drop)), path, lines[~drop], skipped, last)
+    return Chunk(table.filter(pa.array(~drop)), path, lines[~drop], skipped, last)  # (lists split above)
 
 
 class _FallbackNeeded(Exception):
@@ -490,6 +576,8 @@ def _checked_lines(path: Path, schema: Schema, resume_after: int = 0
             continue
         fields = _split_line(text, schema) if text is not None else []
         error = (*problem, None) if problem is not None else _line_error(fields, schema)
+        if error is None and schema.lists:
+            error = _list_error(fields, schema)
         yield line_no, fields, error
 
 
@@ -514,6 +602,8 @@ def _slow_delimited(path: Path, schema: Schema, bad_lines: str, report: SkipRepo
             else:
                 arrays.append(pa.array([float(v) if v != "" else None for v in values], type=pa.float64()))
         table = _canonical(pa.Table.from_arrays(arrays, names=out_cols), schema)
+        if schema.lists:  # (every list passed _list_error: this cannot fail)
+            table = _split_lists(table, schema, info)
         rows.clear()
         return builder.take(table)
 
@@ -538,7 +628,7 @@ def small_file_rows(path: str | os.PathLike | MemoryFile, schema: Schema, column
     (a small upload) that goes on to the small-request lane with no Arrow table and no reader
     threads. None when the file is not delimited or holds more than ``max_rows`` rows (then
     :class:`RowReader` reads it)."""
-    if schema.format == "slot":
+    if schema.format == "slot" or schema.lists:  # (list columns: the reader's tables)
         return None
     index = [schema.columns.index(c) for c in columns]
     dense = set(schema.dense)

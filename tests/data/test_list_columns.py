@@ -1,0 +1,90 @@
+"""List-valued categorical columns (issue 15, first step): declared in the generic schema, read by
+RowReader as list<string> (plus list<float64> weights), sequences cut to their most recent
+max_length values and counted, bad lists named by file, line and field; prepare refuses them
+clearly until it can encode them."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctrlab.data.formats import file_schema
+from ctrlab.data.prepare import PrepareOptions, prepare
+from ctrlab.data.readers import WEIGHTS_SUFFIX, DataError, RowReader, _slow_delimited, SkipReport, SourceInfo
+from ctrlab.schema import GenericSchemaConfig, ListColumn, Schema
+
+HEADER = "label\tuser\tprice\thist\ttags"
+ROWS = [
+    "1\tu1\t3.5\ti1|i2|i3|i4|i5\tcomedy:0.5|drama",
+    "0\tu2\t\t\t",
+    "1\tu3\t1\ti9\taction:2",
+    "0\tu1\t2\ti2|i3\tdrama|comedy|news",
+]
+LISTS = {"hist": {"kind": "sequence", "separator": "|", "max_length": 3},
+         "tags": {"kind": "multi", "separator": "|", "weight_separator": ":", "pooling": "sum"}}
+
+
+def _schema(tmp_path, lines: list[str]) -> tuple:
+    path = tmp_path / "rows.tsv"
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    cfg = GenericSchemaConfig(dense=["price"], sparse=["user"], lists=LISTS)
+    return path, file_schema(path, "tsv", cfg)[1]
+
+
+def test_lists_are_read_split_truncated_and_weighted(tmp_path):
+    path, schema = _schema(tmp_path, ROWS)
+    assert schema.list_names == ("hist", "tags") and schema.sparse == ("user",)
+    reader = RowReader([path], schema)
+    table = next(iter(reader)).table
+    assert table.column("hist").to_pylist() == [["i3", "i4", "i5"], [], ["i9"], ["i2", "i3"]]  # most recent 3
+    assert table.column("tags").to_pylist() == [["comedy", "drama"], [], ["action"], ["drama", "comedy", "news"]]
+    assert table.column("tags" + WEIGHTS_SUFFIX).to_pylist() == [[0.5, 1.0], [], [2.0], [1.0, 1.0, 1.0]]
+    assert reader.sources[0].truncated == {"hist": 1}
+    assert table.column("user").to_pylist() == ["u1", "u2", "u3", "u1"]
+
+
+def test_line_parser_reads_lists_like_the_fast_path(tmp_path):
+    path, schema = _schema(tmp_path, ROWS)
+    fast = next(iter(RowReader([path], schema))).table
+    info = SourceInfo(str(path), path.stat().st_size)
+    slow = next(_slow_delimited(path, schema, "error", SkipReport(), info)).table
+    assert slow.equals(fast)
+    assert info.truncated == {"hist": 1}
+
+
+@pytest.mark.parametrize("bad, field, words", [
+    ("1\tu4\t1\ti1||i2\tnews", "hist", "empty value"),
+    ("1\tu4\t1\ti1\tnews:lots", "tags", "weight of 'news:lots'"),
+    ("1\tu4\t1\ti1\tnews:inf", "tags", "weight"),
+])
+def test_bad_lists_name_file_line_and_field(tmp_path, bad, field, words):
+    path, schema = _schema(tmp_path, ROWS[:2] + [bad] + ROWS[2:])
+    with pytest.raises(DataError) as error:
+        list(RowReader([path], schema))
+    assert error.value.line == 4 and error.value.field == field and words in str(error.value)
+    assert str(path) in str(error.value)
+    reader = RowReader([path], schema, bad_lines="skip")
+    rows = sum(chunk.table.num_rows for chunk in reader)
+    assert rows == len(ROWS) and reader.skipped.total == 1
+
+
+def test_list_declarations_are_checked():
+    with pytest.raises(ValueError, match="needs max_length"):
+        ListColumn("hist", kind="sequence")
+    with pytest.raises(ValueError, match="pooling"):
+        ListColumn("tags", kind="multi", pooling="median")
+    with pytest.raises(ValueError, match="not a categorical column"):
+        Schema("tsv", "delimited", ("label", "item", "hist"), "label", (), ("item",),
+               lists=(ListColumn("hist", max_length=5, vocab_of="nope"),))
+    with pytest.raises(ValueError, match="also declared"):
+        Schema("tsv", "delimited", ("label", "hist"), "label", (), ("hist",), lists=(ListColumn("hist", max_length=5),))
+    shared = Schema("tsv", "delimited", ("label", "item", "hist"), "label", (), ("item",),
+                    lists=(ListColumn("hist", max_length=5, vocab_of="item"),))
+    assert Schema.from_dict(shared.to_dict()) == shared
+
+
+def test_prepare_refuses_list_columns_clearly(tmp_path):
+    path, _ = _schema(tmp_path, ROWS)
+    opts = PrepareOptions(train=[str(path)], format="tsv",
+                          schema=GenericSchemaConfig(dense=["price"], sparse=["user"], lists=LISTS))
+    with pytest.raises(ValueError, match="not yet encoded by prepare"):
+        prepare(opts, tmp_path / "store", progress=False, log=lambda _m: None)
