@@ -113,14 +113,24 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="{synth,download,clean}")
     dsub.required = True
 
-    s = dsub.add_parser("synth", help="write synthetic Criteo-shaped rows",
-                        description="Write Criteo-layout rows (label, 13 counts, 26 hex categories; tab separated) "
-                                    "with Zipf categories, heavy-tailed counts, missing values and labels from a "
-                                    "planted model with feature interactions. .gz output when FILE ends in .gz.")
+    s = dsub.add_parser("synth", help="write synthetic Criteo-shaped or behaviour-sequence rows",
+                        description="--kind criteo (default): Criteo-layout rows (label, 13 counts, 26 hex "
+                                    "categories; tab separated, no header) with Zipf categories, heavy-tailed counts, "
+                                    "missing values and labels from a planted model with feature interactions; .gz "
+                                    "output when FILE ends in .gz. --kind sequence: a TSV with a header, label, "
+                                    "user_id, item_id, cate_id, price, hist_item_id, hist_cate_id ('|'-joined "
+                                    "history, oldest first), tags ('|'-joined, optional 'tag:weight'), clicks "
+                                    "planted on the match between the target and the recent history.")
     s.add_argument("--rows", type=int, required=True, help="number of rows")
     s.add_argument("--out", required=True, help="output file (.tsv, .txt or .gz)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--no-label", action="store_true", help="the Kaggle test.txt layout: 39 columns, no label")
+    s.add_argument("--kind", choices=["criteo", "sequence"], default="criteo",
+                   help="criteo: Criteo Kaggle layout (default); sequence: user behaviour histories for DIN-style "
+                        "models")
+    s.add_argument("--max-history", type=int, default=None, metavar="N",
+                   help="--kind sequence only: longest history per row (default 50)")
+    s.add_argument("--no-label", action="store_true", help="--kind criteo only: the Kaggle test.txt layout, "
+                                                           "39 columns, no label")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
 
@@ -151,6 +161,25 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.rows < 0:
         raise ValueError(f"--rows must be >= 0, got {args.rows}")
     out = Path(args.out)
+    if args.kind == "sequence":
+        from ..data.synth_sequence import write_sequence_synthetic
+
+        if args.no_label:
+            raise ValueError("--no-label is only for --kind criteo (sequence rows always carry a label)")
+        max_history = 50 if args.max_history is None else args.max_history
+        if max_history < 1:
+            raise ValueError(f"--max-history must be >= 1, got {max_history}")
+        if str(out).endswith(".gz"):
+            raise ValueError("--kind sequence writes plain text; drop the .gz from --out")
+        res = write_sequence_synthetic(out, args.rows, seed=args.seed, max_history=max_history,
+                                       progress=not args.quiet)
+        record_created(out.parent, [out], "synthetic")
+        print(f"wrote {res['rows']:,} sequence rows to {out} ({res['bytes']:,} bytes, positive rate "
+              f"{res['positive_rate']:.4f}, mean history {res['mean_history_length']:.1f} of max {max_history}, "
+              f"{res['rows_per_s']:,.0f} rows/s)")
+        return 0
+    if args.max_history is not None:
+        raise ValueError("--max-history is only for --kind sequence")
     res = write_synthetic(out, args.rows, seed=args.seed, progress=not args.quiet, label=not args.no_label)
     record_created(out.parent, [out], "synthetic")
     print(f"wrote {res['rows']:,} rows to {out} ({res['bytes']:,} bytes, positive rate {res['positive_rate']:.4f}, "

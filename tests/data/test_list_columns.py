@@ -88,3 +88,28 @@ def test_prepare_refuses_list_columns_clearly(tmp_path):
                           schema=GenericSchemaConfig(dense=["price"], sparse=["user"], lists=LISTS))
     with pytest.raises(ValueError, match="not yet encoded by prepare"):
         prepare(opts, tmp_path / "store", progress=False, log=lambda _m: None)
+
+
+def test_generated_behaviour_rows_read_with_their_list_schema(tmp_path):
+    """`ctrlab data synth --kind sequence` rows through the declared schema: histories of at most
+    max_length items, categories aligned with their items, weighted tags."""
+    from ctrlab.data.synth_sequence import write_sequence_synthetic
+
+    path = tmp_path / "seq.tsv"
+    write_sequence_synthetic(path, 3000, seed=4, max_history=20)
+    lists = {"hist_item_id": {"kind": "sequence", "max_length": 8, "vocab_of": "item_id"},
+             "hist_cate_id": {"kind": "sequence", "max_length": 8, "vocab_of": "cate_id"},
+             "tags": {"kind": "multi", "weight_separator": ":"}}
+    schema = file_schema(path, "tsv", GenericSchemaConfig(dense=["price"], lists=lists))[1]
+    assert schema.sparse == ("user_id", "item_id", "cate_id")
+    reader = RowReader([path], schema)
+    tables = [chunk.table for chunk in reader]
+    rows = sum(t.num_rows for t in tables)
+    assert rows == 3000
+    items = [x for t in tables for x in t.column("hist_item_id").to_pylist()]
+    cates = [x for t in tables for x in t.column("hist_cate_id").to_pylist()]
+    assert max(map(len, items)) == 8 and min(map(len, items)) == 0
+    assert [len(a) for a in items] == [len(c) for c in cates]
+    assert reader.sources[0].truncated["hist_item_id"] == reader.sources[0].truncated["hist_cate_id"] > 0
+    weights = [w for t in tables for row in t.column("tags" + WEIGHTS_SUFFIX).to_pylist() for w in row]
+    assert weights and any(w != 1.0 for w in weights) and all(w > 0 for w in weights)
