@@ -11,6 +11,15 @@ from ctrlab.nn.gates import EmbeddingGate, GatedMLP
 from ctrlab.nn.linear import FirstOrder
 from ctrlab.nn.mlp import MLP, make_activation
 from ctrlab.nn.pairs import num_pairs, pair_indices, projected_pairs
+from ctrlab.nn.sequence import (
+    AUGRU,
+    BSTLayer,
+    Dice,
+    TargetAttention,
+    dien_auxiliary_loss,
+    masked_pool,
+    sequence_mask,
+)
 from ctrlab.nn.two_stream import FeatureSelection, InteractionAggregation
 
 __all__ = [
@@ -38,4 +47,11 @@ __all__ = [
     "num_pairs",
     "pair_indices",
     "projected_pairs",
+    "AUGRU",
+    "BSTLayer",
+    "Dice",
+    "TargetAttention",
+    "dien_auxiliary_loss",
+    "masked_pool",
+    "sequence_mask",
 ]
