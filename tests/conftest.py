@@ -26,6 +26,7 @@ REAL_FILES = {
     "deepctr_sample": "shenweichen__DeepCTR/examples/criteo_sample.txt",
     "frappe_valid": "reczoo_Frappe_x1_from_AFN/valid.csv",
     "frappe_test": "reczoo_Frappe_x1_from_AFN/test.csv",
+    "paddle_din": "PaddlePaddle__PaddleRec/models/rank/din/data/train_data/sample_data.txt",
 }
 
 
