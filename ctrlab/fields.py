@@ -17,6 +17,31 @@ NUM_RESERVED_IDS = 2
 
 
 @dataclass(frozen=True)
+class ListField:
+    """A list-valued categorical field (multi-valued set or behaviour sequence), encoded as
+    ``length`` further columns of the sparse matrix: its ids first, oldest to newest, then the
+    missing id 0 as padding (values are never 0: a valid value is >= 1, OOV included), so a
+    model masks padding with ``ids != MISSING_ID``.
+
+    vocab_size: ids of its own table; with ``shares`` set, the named field's (a history of
+        clicked items shares the target ``item_id``'s ids and embedding table).
+    kind: ``sequence`` (ordered) or ``multi`` (a set); pooling: ``sum``, ``mean`` or ``max``
+        (how a model that takes it as one more field pools it).
+    """
+
+    name: str
+    length: int
+    vocab_size: int
+    shares: str | None = None
+    kind: str = "sequence"
+    pooling: str = "mean"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "length": self.length, "vocab_size": self.vocab_size, "shares": self.shares,
+                "kind": self.kind, "pooling": self.pooling}
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     """Layout of the encoded features.
 
@@ -24,16 +49,28 @@ class FeatureSpec:
     sparse_names: names of the categorical columns, in order.
     vocab_sizes: per sparse column, the number of distinct ids (reserved ids included),
         so valid ids of column j are ``0 .. vocab_sizes[j] - 1``.
+    lists: list-valued fields (:class:`ListField`), whose blocks of ``length`` columns follow
+        the single-valued ones in the sparse matrix: ``sparse: int64[B, sparse_width]``.
     """
 
     dense_names: tuple[str, ...]
     sparse_names: tuple[str, ...]
     vocab_sizes: tuple[int, ...]
+    lists: tuple[ListField, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dense_names", tuple(self.dense_names))
         object.__setattr__(self, "sparse_names", tuple(self.sparse_names))
         object.__setattr__(self, "vocab_sizes", tuple(int(v) for v in self.vocab_sizes))
+        object.__setattr__(self, "lists", tuple(f if isinstance(f, ListField) else ListField(**f) for f in self.lists))
+        names = list(self.sparse_names) + [f.name for f in self.lists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"FeatureSpec: field names repeat: {names}")
+        for f in self.lists:
+            if f.length < 1 or f.vocab_size < 1:
+                raise ValueError(f"FeatureSpec: list field {f.name!r} needs length and vocab_size >= 1")
+            if f.shares is not None and f.shares not in names:
+                raise ValueError(f"FeatureSpec: list field {f.name!r} shares the table of unknown field {f.shares!r}")
         if len(self.sparse_names) != len(self.vocab_sizes):
             raise ValueError(
                 f"FeatureSpec: {len(self.sparse_names)} sparse names but {len(self.vocab_sizes)} vocab sizes"
@@ -53,16 +90,24 @@ class FeatureSpec:
     def total_vocab(self) -> int:
         return sum(self.vocab_sizes)
 
+    @property
+    def sparse_width(self) -> int:
+        """Columns of the sparse matrix: the single-valued fields, then every list field's block."""
+        return self.n_sparse + sum(f.length for f in self.lists)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "dense_names": list(self.dense_names),
             "sparse_names": list(self.sparse_names),
             "vocab_sizes": list(self.vocab_sizes),
         }
+        if self.lists:  # (flat specs keep their bytes)
+            out["lists"] = [f.to_dict() for f in self.lists]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
-        return cls(data["dense_names"], data["sparse_names"], data["vocab_sizes"])
+        return cls(data["dense_names"], data["sparse_names"], data["vocab_sizes"], data.get("lists", ()))
 
     @classmethod
     def criteo_like(cls, vocab_sizes: list[int] | None = None, n_dense: int = 13) -> "FeatureSpec":

@@ -63,7 +63,7 @@ def example_inputs(spec: FeatureSpec, batch_size: int = 2) -> tuple[torch.Tensor
     """Valid all-zero inputs for ``spec`` (id 0 = missing is valid in every field)."""
     return (
         torch.zeros(batch_size, spec.n_dense, dtype=torch.float32),
-        torch.zeros(batch_size, spec.n_sparse, dtype=torch.int64),
+        torch.zeros(batch_size, spec.sparse_width, dtype=torch.int64),
     )
 
 

@@ -12,7 +12,13 @@ returns.
 
 Output layout: dense features are the numeric columns kept numeric, in schema order; sparse
 features are the numeric columns that were bucketized (in schema order) followed by the
-categorical columns (in schema order).
+categorical columns (in schema order), then, for each list column (``lists``: multi-valued and
+sequence columns, issue 15), a block of ``max_length`` columns with its ids (values first, padding
+with the missing id 0; :func:`~.lists.list_ids`). A list column encodes through its own
+:class:`~.encoders.Vocabulary` or, with ``vocab_of``, through that categorical column's (the same
+ids). A pipeline with list columns has no online lane: :meth:`FeaturePipeline.transform` takes the
+vectorized path for any number of rows and :meth:`FeaturePipeline.transform_columns` refuses; nor
+a streaming fit (:meth:`FeaturePipeline.accumulators`): fit it with :meth:`FeaturePipeline.fit`.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..fields import FeatureSpec
+from ..fields import FeatureSpec, ListField
 from ..fileio import write_bytes_atomic
+from ..schema import ListColumn
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
                        BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, stacked_tables,
                        vocabulary_ids)
+from .lists import _flat, list_ids
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
@@ -88,20 +96,64 @@ def _numeric_encoder(opts: NumericOptions):
     return NumericTransform(opts.transform, opts.fill_value)
 
 
+def _check_list_columns(lists: Sequence[ListColumn], dense_inputs: list[str], sparse_inputs: list[str],
+                       encoders: dict[str, Any]) -> None:
+    """What the pipeline can encode of list columns (for now): a fixed length, no weights, a
+    shared vocabulary only of a single-valued categorical column with a Vocabulary."""
+    seen: set[str] = set()
+    for column in lists:
+        where = f"list column {column.name!r}"
+        if not isinstance(column, ListColumn):
+            raise TypeError(f"lists: expected ListColumn, got {column!r}")
+        if column.name in seen or column.name in dense_inputs or column.name in sparse_inputs:
+            raise ValueError(f"{where} is declared twice or is also a dense/sparse input")
+        seen.add(column.name)
+        if column.max_length is None:
+            raise ValueError(f"{where} has no max_length: its ids take a fixed block of the sparse matrix; "
+                             "give it max_length (the most values a row keeps)")
+        if column.weight_separator is not None:
+            raise ValueError(f"{where} has weight_separator {column.weight_separator!r}: weighted multi-valued "
+                             "columns are read but not yet encoded; drop weight_separator (or the column) "
+                             "to train on its values without weights")
+        if column.vocab_of is not None:
+            if column.vocab_of not in sparse_inputs:
+                raise ValueError(f"{where}: vocab_of {column.vocab_of!r} is not a single-valued categorical "
+                                 f"(sparse) input; those are {list(sparse_inputs)}")
+            if type(encoders.get(column.vocab_of)) is not Vocabulary:
+                raise ValueError(f"{where}: vocab_of {column.vocab_of!r} is not encoded with a vocabulary "
+                                 f"(encoder {type(encoders.get(column.vocab_of)).__name__}); a shared "
+                                 "vocabulary needs encoder: vocab")
+
+
 class FeaturePipeline:
     """Encoders for every input column, fitted on training rows only.
 
     Build one with :meth:`from_options` (per-column options, defaults for the rest), fit it with
     :meth:`fit` on training tables (or through ``prepare``), then call :meth:`transform`.
+
+    lists: list-valued columns (:class:`~ctrlab.schema.ListColumn`, with ``max_length`` and no
+    weights), each encoded as a block of ``max_length`` sparse columns after the single-valued
+    ones; list_encoders: the :class:`~.encoders.Vocabulary` of every list column without
+    ``vocab_of`` (one with ``vocab_of`` uses ``encoders[vocab_of]``).
     """
 
-    def __init__(self, dense_inputs: list[str], sparse_inputs: list[str], encoders: dict[str, Any]):
+    def __init__(self, dense_inputs: list[str], sparse_inputs: list[str], encoders: dict[str, Any],
+                 lists: Sequence[ListColumn] = (), list_encoders: dict[str, Vocabulary] | None = None):
         self.dense_inputs = list(dense_inputs)
         self.sparse_inputs = list(sparse_inputs)
         self.encoders = dict(encoders)
         missing = [c for c in self.dense_inputs + self.sparse_inputs if c not in self.encoders]
         if missing:
             raise ValueError(f"no encoder for columns {missing}")
+        self.list_inputs: list[ListColumn] = list(lists)
+        self.list_encoders: dict[str, Vocabulary] = dict(list_encoders or {})
+        _check_list_columns(self.list_inputs, self.dense_inputs, self.sparse_inputs, self.encoders)
+        own = [c.name for c in self.list_inputs if c.vocab_of is None]
+        missing = [c for c in own if type(self.list_encoders.get(c)) is not Vocabulary]
+        extra = sorted(set(self.list_encoders) - set(own))
+        if missing or extra:
+            raise ValueError(f"list columns {missing} lack their own Vocabulary"
+                             + (f"; list_encoders names columns without one {extra}" if extra else ""))
         self.fitted = False
         self._online: OnlineEncoder | None = None  # the small-input lane, built on first use
         self._stacked: tuple[list[Any], Any] | None = None  # (vocabularies, their stacked tables), ditto
@@ -110,20 +162,43 @@ class FeaturePipeline:
     @classmethod
     def from_options(cls, dense_inputs: list[str], sparse_inputs: list[str],
                      categorical: CategoricalOptions | None = None, numeric: NumericOptions | None = None,
-                     overrides: dict[str, CategoricalOptions | NumericOptions] | None = None) -> "FeaturePipeline":
+                     overrides: dict[str, CategoricalOptions | NumericOptions] | None = None,
+                     lists: Sequence[ListColumn] | None = None) -> "FeaturePipeline":
+        """lists: list-valued columns (see the class); one without ``vocab_of`` gets its own
+        :class:`~.encoders.Vocabulary` from ``categorical`` (or its override): min_count and
+        max_size (a hash encoder is refused for a list column)."""
         categorical = categorical or CategoricalOptions()
         numeric = numeric or NumericOptions()
         overrides = overrides or {}
-        unknown = set(overrides) - set(dense_inputs) - set(sparse_inputs)
+        lists = list(lists or ())
+        list_names = [c.name for c in lists]
+        unknown = set(overrides) - set(dense_inputs) - set(sparse_inputs) - set(list_names)
         if unknown:
             raise ValueError(f"features.columns names unknown columns {sorted(unknown)}; "
-                             f"columns are {list(dense_inputs) + list(sparse_inputs)}")
+                             f"columns are {list(dense_inputs) + list(sparse_inputs) + list_names}")
         encoders: dict[str, Any] = {}
         for col in dense_inputs:
             encoders[col] = _numeric_encoder(overrides.get(col, numeric))  # type: ignore[arg-type]
         for col in sparse_inputs:
             encoders[col] = _categorical_encoder(overrides.get(col, categorical))  # type: ignore[arg-type]
-        return cls(dense_inputs, sparse_inputs, encoders)
+        _check_list_columns(lists, list(dense_inputs), list(sparse_inputs), encoders)
+        list_encoders: dict[str, Vocabulary] = {}
+        for column in lists:
+            if column.vocab_of is not None:
+                if column.name in overrides:
+                    raise ValueError(f"features.columns.{column.name}: list column {column.name!r} shares the "
+                                     f"vocabulary of {column.vocab_of!r}; set the options there")
+                continue
+            opts = overrides.get(column.name, categorical)
+            if not isinstance(opts, CategoricalOptions):
+                raise ValueError(f"features.columns.{column.name}: list column {column.name!r} takes categorical "
+                                 f"options, got {type(opts).__name__}")
+            if opts.encoder != "vocab":
+                raise ValueError(f"list column {column.name!r}: encoder {opts.encoder!r} is not supported for list "
+                                 "columns; use encoder: vocab (features.columns."
+                                 f"{column.name}.encoder)")
+            list_encoders[column.name] = Vocabulary(opts.min_count, opts.max_size)
+        return cls(dense_inputs, sparse_inputs, encoders, lists, list_encoders)
 
     # layout ----------------------------------------------------------------------------------
     @property
@@ -136,14 +211,31 @@ class FeaturePipeline:
         return bucketized + list(self.sparse_inputs)
 
     @property
+    def list_names(self) -> list[str]:
+        return [c.name for c in self.list_inputs]
+
+    @property
     def input_columns(self) -> list[str]:
-        return self.dense_inputs + self.sparse_inputs
+        """The raw columns :meth:`transform` reads: dense, sparse, then list columns."""
+        return self.dense_inputs + self.sparse_inputs + self.list_names
+
+    def list_vocabulary(self, column: ListColumn) -> Vocabulary:
+        """The vocabulary a list column encodes through: its own, or its ``vocab_of`` column's."""
+        if column.vocab_of is not None:
+            return self.encoders[column.vocab_of]
+        return self.list_encoders[column.name]
 
     @property
     def spec(self) -> FeatureSpec:
         self._check_fitted()
+        fields = [ListField(c.name, int(c.max_length), self.list_vocabulary(c).size_,  # type: ignore[arg-type]
+                            shares=c.vocab_of, kind=c.kind, pooling=c.pooling) for c in self.list_inputs]
         return FeatureSpec(self.dense_outputs, self.sparse_outputs,
-                           [self.encoders[c].size_ for c in self.sparse_outputs])
+                           [self.encoders[c].size_ for c in self.sparse_outputs], lists=fields)
+
+    def _refuse_lists(self, what: str) -> None:
+        if self.list_inputs:
+            raise ValueError(f"list columns {self.list_names}: {what}")
 
     def _check_fitted(self) -> None:
         if not self.fitted:
@@ -152,14 +244,17 @@ class FeaturePipeline:
     # fitting ---------------------------------------------------------------------------------
     def accumulators(self) -> dict[str, Accumulator]:
         """Streaming fit state per input column (see encoders.Accumulator): feed each one
-        ``column_values(table, col, col in dense_inputs)``, then call :meth:`finish_fit`."""
-        return {col: self.encoders[col].accumulator() for col in self.input_columns}
+        ``column_values(table, col, col in dense_inputs)``, then call :meth:`finish_fit`. Not
+        for a pipeline with list columns (ValueError): fit that one with :meth:`fit`."""
+        self._refuse_lists("the streaming fit (prepare) does not encode list columns yet; use fit() on tables")
+        return {col: self.encoders[col].accumulator() for col in self.dense_inputs + self.sparse_inputs}
 
     def finish_fit(self, accumulators: dict[str, Accumulator],
                    map_each: Callable[..., Iterable[Any]] = map) -> "CodeFinalizer":
         """Fit every encoder from its accumulator (the pipeline is fitted afterwards) and return
         the finalizer of the codes the accumulators handed out. map_each: ``map`` or a pool's
-        ``map``, to finish the columns in parallel."""
+        ``map``, to finish the columns in parallel. Not for a pipeline with list columns."""
+        self._refuse_lists("the streaming fit (prepare) does not encode list columns yet; use fit() on tables")
         return CodeFinalizer(self.sparse_outputs, self.dense_outputs, self._finish(accumulators, map_each))
 
     def _finish(self, accumulators: dict[str, Accumulator], map_each: Callable[..., Iterable[Any]]) -> dict[str, Finalize]:
@@ -169,11 +264,23 @@ class FeaturePipeline:
         return finals
 
     def fit(self, tables: Iterable[pa.Table]) -> "FeaturePipeline":
-        """Fit on training tables (canonical columns, see data.readers)."""
-        accs = self.accumulators()
+        """Fit on training tables (canonical columns, see data.readers; a list column as
+        ``list<string>``). A shared vocabulary counts every occurrence of a value in its column
+        and in every list column that shares it (:func:`~.lists.fit_shared`); a list column's own
+        vocabulary counts its values."""
+        accs = {col: self.encoders[col].accumulator() for col in self.dense_inputs + self.sparse_inputs}
+        list_accs = {name: vocab.accumulator() for name, vocab in self.list_encoders.items()}
         for table in tables:
             for col, acc in accs.items():
                 acc.update(column_values(table, col, col in self.dense_inputs), None)
+            for column in self.list_inputs:
+                acc = accs[column.vocab_of] if column.vocab_of is not None else list_accs[column.name]
+                values = _flat(table.column(column.name))[0]
+                if values.type != pa.string():
+                    values = values.cast(pa.string())
+                acc.update(values, None)
+        for acc in list_accs.values():
+            acc.finish()
         self._finish(accs, map)
         return self
 
@@ -182,14 +289,16 @@ class FeaturePipeline:
         """Encode a table of raw rows: dense float32[N, n_dense], sparse int32[N, n_sparse].
 
         Up to ``SMALL_INPUT_ROWS`` rows take the online lane (:class:`~.online.OnlineEncoder`),
-        more take :meth:`encode_vectorized`: the same bytes either way. A feature that is not
-        finite raises :class:`InputError`."""
+        more take :meth:`encode_vectorized`: the same bytes either way. With list columns the
+        sparse matrix is ``int32[N, spec.sparse_width]`` (each list's block after the
+        single-valued columns) and every input takes :meth:`encode_vectorized` (no online lane).
+        A feature that is not finite raises :class:`InputError`."""
         self._check_fitted()
         present = set(table.column_names)  # (a property that builds a new list on every access)
         missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise ValueError(f"input lacks columns {missing}")
-        if table.num_rows <= SMALL_INPUT_ROWS:
+        if table.num_rows <= SMALL_INPUT_ROWS and not self.list_inputs:
             dense, sparse = self._online_encoder().encode(table)
         else:
             dense, sparse = self.encode_vectorized(table)
@@ -199,14 +308,17 @@ class FeaturePipeline:
     def transform_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`transform` of n rows given as checked Python values, n per input column
         (floats / str, None = missing: :func:`ctrlab.inference.rows.checked_columns`), through the
-        online lane with no Arrow table in between (a request of a few rows): the same bytes."""
+        online lane with no Arrow table in between (a request of a few rows): the same bytes.
+        Not for a pipeline with list columns (ValueError): use :meth:`transform` on a table."""
         self._check_fitted()
+        self._refuse_lists("use transform on a table (the online lane does not encode list columns)")
         online = self._online_encoder()
         dense, sparse = online.encode_columns(columns, n)
         check_finite(dense, online.dense_outputs, lambda col, row: columns[col][row])
         return dense, sparse
 
     def _online_encoder(self) -> OnlineEncoder:
+        self._refuse_lists("use transform on a table (the online lane does not encode list columns)")
         online = self._online
         if online is None or not online.built_from(self.encoders):  # (an encoder may be replaced)
             online = self._online = OnlineEncoder.from_pipeline(self)
@@ -222,13 +334,16 @@ class FeaturePipeline:
 
     def encode_vectorized(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """The vectorized lane alone, for any number of rows, without :meth:`transform`'s checks:
-        dense float32[N, n_dense], sparse int32[N, n_sparse]."""
+        dense float32[N, n_dense], sparse int32[N, spec.sparse_width] (n_sparse without list
+        columns)."""
         n = table.num_rows
         dense = np.empty((n, len(self.dense_outputs)), dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
             for j, col in enumerate(self.dense_outputs):
                 dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
-        sparse = np.empty((n, len(self.sparse_outputs)), dtype=np.int32)
+        n_sparse = len(self.sparse_outputs)
+        sparse = np.empty((n, n_sparse + sum(int(c.max_length) for c in self.list_inputs)),  # type: ignore[misc]
+                          dtype=np.int32)
         batched = [j for j, col in enumerate(self.sparse_outputs) if n <= BATCHED_VOCAB_ROWS
                    and type(self.encoders[col]) is Vocabulary and col not in self.dense_inputs]
         if batched:  # string vocabularies of a small input: one hash pass for all of them
@@ -239,17 +354,34 @@ class FeaturePipeline:
         for j, col in enumerate(self.sparse_outputs):
             if j not in batched:
                 sparse[:, j] = self.encoders[col].transform(column_values(table, col, col in self.dense_inputs))
+        start = n_sparse
+        for column in self.list_inputs:
+            lists = table.column(column.name)
+            if not (pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type)):
+                raise ValueError(f"list column {column.name!r}: expected a list of strings, got {lists.type}")
+            if lists.type.value_type != pa.string():
+                lists = lists.cast(pa.list_(pa.string()))
+            length = int(column.max_length)  # type: ignore[arg-type]
+            sparse[:, start:start + length] = list_ids(self.list_vocabulary(column), lists, length)[0]
+            start += length
         return dense, sparse
 
     # persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fitted state (``pipeline.json``). ``lists`` (the list columns) and
+        ``list_encoders`` (their own vocabularies; a shared one is the ``encoders`` entry of its
+        column) appear only when there are list columns: a pipeline without them keeps its bytes."""
         self._check_fitted()
-        return {
+        out = {
             "format_version": FORMAT_VERSION,
             "dense_inputs": self.dense_inputs,
             "sparse_inputs": self.sparse_inputs,
-            "encoders": {col: self.encoders[col].to_dict() for col in self.input_columns},
+            "encoders": {col: self.encoders[col].to_dict() for col in self.dense_inputs + self.sparse_inputs},
         }
+        if self.list_inputs:
+            out["lists"] = [c.to_dict() for c in self.list_inputs]
+            out["list_encoders"] = {name: vocab.to_dict() for name, vocab in self.list_encoders.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeaturePipeline":
@@ -257,7 +389,9 @@ class FeaturePipeline:
         if version != FORMAT_VERSION:
             raise ValueError(f"pipeline format_version {version!r} is not supported (this ctrlab reads {FORMAT_VERSION})")
         pipe = cls(data["dense_inputs"], data["sparse_inputs"],
-                   {col: encoder_from_dict(enc) for col, enc in data["encoders"].items()})
+                   {col: encoder_from_dict(enc) for col, enc in data["encoders"].items()},
+                   [ListColumn(**c) for c in data.get("lists", ())],
+                   {col: encoder_from_dict(enc) for col, enc in data.get("list_encoders", {}).items()})
         pipe.fitted = True
         return pipe
 

@@ -41,12 +41,11 @@ class DeepFEFM(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.n_sparse = spec.n_sparse
         self.linear = FirstOrder(spec)
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=True)
         self.fefm = FEFMInteraction(self.embedding.num_fields, embedding_dim)
         self.mlp = MLP(
-            num_pairs(self.embedding.num_fields) + spec.n_sparse * embedding_dim + spec.n_dense,
+            num_pairs(self.embedding.num_fields) + self.embedding.categorical_fields * embedding_dim + spec.n_dense,
             hidden_units,
             activation=activation,
             dropout=dropout,
@@ -57,6 +56,6 @@ class DeepFEFM(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         embeddings = self.embedding(dense, sparse)
         pair_values = self.fefm(embeddings)  # [B, P]
-        sparse_flat = embeddings[:, : self.n_sparse].flatten(1)
+        sparse_flat = embeddings[:, : self.embedding.categorical_fields].flatten(1)
         deep = self.mlp(torch.cat([pair_values, sparse_flat, dense], dim=1)).squeeze(-1)
         return self.linear(dense, sparse) + pair_values.sum(dim=1) + deep

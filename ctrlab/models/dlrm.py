@@ -51,13 +51,13 @@ class DLRM(nn.Module):
         if not bottom or bottom[-1] != embedding_dim:
             bottom += (embedding_dim,)
         self.bottom = MLP(spec.n_dense, bottom) if spec.n_dense > 0 else None
-        num_vectors = spec.n_sparse + (1 if self.bottom is not None else 0)
+        num_vectors = self.embedding.num_fields + (1 if self.bottom is not None else 0)
         self.interaction = DotInteraction(num_vectors)
         top_input = self.interaction.output_dim + (embedding_dim if self.bottom is not None else 0)
         self.top = MLP(top_input, top_mlp_units, dropout=dropout, output_dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        embeddings = self.embedding(dense, sparse)  # [B, n_sparse, k]
+        embeddings = self.embedding(dense, sparse)  # [B, categorical fields, k]
         if self.bottom is None:
             top_input = self.interaction(embeddings)
         else:

@@ -29,7 +29,7 @@ class FFM(nn.Module):
 
     def __init__(self, spec: FeatureSpec, *, embedding_dim: int = 4) -> None:
         super().__init__()
-        num_fields = spec.n_sparse + spec.n_dense
+        num_fields = spec.n_sparse + len(spec.lists) + spec.n_dense  # (a list field is one more field)
         self.embedding_dim = embedding_dim
         self.linear = FirstOrder(spec)
         # One vector per (feature, other field): embed to F*k and view as [F, k].

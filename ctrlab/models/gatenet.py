@@ -50,7 +50,7 @@ class GateNet(nn.Module):
         self.use_dense = spec.n_dense > 0
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         self.embedding_gate = (
-            EmbeddingGate(spec.n_sparse, embedding_dim, embedding_gate_type) if use_embedding_gate else None
+            EmbeddingGate(self.embedding.num_fields, embedding_dim, embedding_gate_type) if use_embedding_gate else None
         )
         self.deep = GatedMLP(
             self.embedding.output_dim + spec.n_dense,

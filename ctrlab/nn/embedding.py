@@ -31,7 +31,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from ctrlab.fields import FeatureSpec
+from ctrlab.fields import MISSING_ID, FeatureSpec
+from ctrlab.nn.sequence import masked_pool
 
 #: Standard deviation of the normal initialisation of embedding rows (libFM-style small
 #: random init: large enough that pairwise terms carry gradient, small enough to start
@@ -148,6 +149,7 @@ class FieldEmbedding(nn.Module):
         field_names: Sequence[str] | None = None,
         init_std: float = EMBEDDING_INIT_STD,
         validate_ids: bool = True,
+        columns: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.validate_ids = validate_ids
@@ -158,17 +160,22 @@ class FieldEmbedding(nn.Module):
             raise ValueError(f"vocab sizes must be >= 1, got {vocab_sizes}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        self.num_fields = len(vocab_sizes)
+        # columns: per input column, the table (vocab_sizes index) it reads: a list field's block
+        # of columns reads one table, maybe another field's (default: column j reads table j)
+        columns = list(range(len(vocab_sizes))) if columns is None else [int(c) for c in columns]
+        self.num_fields = len(columns)
         self.embedding_dim = int(embedding_dim)
         self.field_names = (
-            tuple(field_names) if field_names is not None else tuple(f"field{j}" for j in range(len(vocab_sizes)))
+            tuple(field_names) if field_names is not None else tuple(f"field{j}" for j in range(len(columns)))
         )
-        offsets = [0]
+        table_offsets = [0]
         for size in vocab_sizes[:-1]:
-            offsets.append(offsets[-1] + size)
+            table_offsets.append(table_offsets[-1] + size)
         # Derived from the spec, so not saved in the state_dict.
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        self.register_buffer("vocab_sizes", torch.tensor(vocab_sizes, dtype=torch.int64), persistent=False)
+        self.register_buffer("offsets", torch.tensor([table_offsets[c] for c in columns], dtype=torch.int64),
+                             persistent=False)
+        self.register_buffer("vocab_sizes", torch.tensor([vocab_sizes[c] for c in columns], dtype=torch.int64),
+                             persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(vocab_sizes), self.embedding_dim))
         nn.init.normal_(self.weight, mean=0.0, std=init_std)
         #: training sets this: gradients become sparse (touched rows only), for row-sparse optimizers
@@ -201,6 +208,43 @@ class FieldEmbedding(nn.Module):
         return nn.functional.embedding(flat_ids, self.weight)
 
 
+def table_layout(spec: FeatureSpec) -> tuple[list[int], list[int], list[str]]:
+    """The tables behind a spec's sparse matrix: (each table's vocabulary size, per matrix column
+    the table it reads, per column its field's name). Single-valued fields own a table each; a
+    list field owns one unless it ``shares`` another field's; its block of columns reads it."""
+    sizes = list(spec.vocab_sizes)
+    table = {name: j for j, name in enumerate(spec.sparse_names)}
+    for field in spec.lists:
+        if field.shares is None:
+            table[field.name] = len(sizes)
+            sizes.append(field.vocab_size)
+    columns, names = list(range(spec.n_sparse)), list(spec.sparse_names)
+    for field in spec.lists:
+        owner = field.name
+        while owner not in table:  # (a share of a share resolves to the owner's table)
+            owner = next(f.shares for f in spec.lists if f.name == owner)
+        table[field.name] = table[owner]
+        columns += [table[field.name]] * field.length
+        names += [field.name] * field.length
+    return sizes, columns, names
+
+
+def pool_list_fields(embedded: torch.Tensor, sparse: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """``[B, sparse_width, k]`` embeddings of a spec's sparse matrix -> ``[B, n_sparse + n_lists, k]``:
+    the single-valued fields as they are, then each list field pooled over its values (padding,
+    the missing id 0, masked out) with its pooling (sum, mean or max; an empty list gives 0)."""
+    if not spec.lists:
+        return embedded
+    fields = [embedded[:, : spec.n_sparse]]
+    start = spec.n_sparse
+    for field in spec.lists:
+        block = embedded[:, start:start + field.length]
+        lengths = (sparse[:, start:start + field.length] != MISSING_ID).sum(dim=1)
+        fields.append(masked_pool(block, lengths, field.pooling).unsqueeze(1))
+        start += field.length
+    return torch.cat(fields, dim=1)
+
+
 class DenseFieldEmbedding(nn.Module):
     """Numeric fields as fields: field ``i`` becomes ``value_i * v_i`` (a learned vector).
 
@@ -229,20 +273,28 @@ class FeatureEmbedding(nn.Module):
     With ``embed_dense=True`` each numeric column is a field (``value * vector``) and the
     output has ``spec.n_sparse + spec.n_dense`` fields; with ``embed_dense=False`` (or
     ``spec.n_dense == 0``) only the sparse fields are embedded and the caller uses the
-    raw dense tensor itself (e.g. concatenates it to the DNN input).
+    raw dense tensor itself (e.g. concatenates it to the DNN input). A list field (multi-valued
+    or sequence, ``spec.lists``) is one more field, its values' vectors pooled
+    (:func:`pool_list_fields`): fields are sparse, then lists, then dense.
 
     Shapes:
-        dense: float32 ``[B, n_dense]`` (``n_dense`` may be 0), sparse: int64 ``[B, n_sparse]``
+        dense: float32 ``[B, n_dense]`` (``n_dense`` may be 0), sparse: int64 ``[B, sparse_width]``
         returns: float32 ``[B, num_fields, embedding_dim]``
     """
 
     def __init__(self, spec: FeatureSpec, embedding_dim: int, *, embed_dense: bool = True) -> None:
         super().__init__()
+        self.spec = spec
         self.embedding_dim = int(embedding_dim)
-        self.sparse = FieldEmbedding(spec.vocab_sizes, embedding_dim, field_names=spec.sparse_names)
+        sizes, columns, names = table_layout(spec)
+        self.sparse = FieldEmbedding(sizes, embedding_dim, field_names=names, columns=columns)
         self.dense = DenseFieldEmbedding(spec.n_dense, embedding_dim) if embed_dense and spec.n_dense > 0 else None
-        self.num_fields = spec.n_sparse + (spec.n_dense if self.dense is not None else 0)
-        self.field_names = tuple(spec.sparse_names) + (tuple(spec.dense_names) if self.dense is not None else ())
+        list_names = tuple(f.name for f in spec.lists)
+        #: the categorical fields (single-valued, then list fields), before any dense ones
+        self.categorical_fields = spec.n_sparse + len(list_names)
+        self.num_fields = self.categorical_fields + (spec.n_dense if self.dense is not None else 0)
+        self.field_names = (tuple(spec.sparse_names) + list_names
+                            + (tuple(spec.dense_names) if self.dense is not None else ()))
 
     @property
     def output_dim(self) -> int:
@@ -250,7 +302,7 @@ class FeatureEmbedding(nn.Module):
         return self.num_fields * self.embedding_dim
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        sparse_emb = self.sparse(sparse)
+        sparse_emb = pool_list_fields(self.sparse(sparse), sparse, self.spec)
         if self.dense is None:
             return sparse_emb
         return torch.cat([sparse_emb, self.dense(dense)], dim=1)
