@@ -91,6 +91,16 @@ class FeatureSpec:
         return sum(self.vocab_sizes)
 
     @property
+    def column_vocab_sizes(self) -> tuple[int, ...]:
+        """Per column of the sparse matrix, the number of ids of the table it reads."""
+        return self.vocab_sizes + tuple(f.vocab_size for f in self.lists for _ in range(f.length))
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Per column of the sparse matrix, its field's name (a list field's, over its block)."""
+        return self.sparse_names + tuple(f.name for f in self.lists for _ in range(f.length))
+
+    @property
     def sparse_width(self) -> int:
         """Columns of the sparse matrix: the single-valued fields, then every list field's block."""
         return self.n_sparse + sum(f.length for f in self.lists)

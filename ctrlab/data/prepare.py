@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ..fileio import (DiskFullError, is_disk_full, recover_dir, replace_dir, sta
                       write_json_atomic)
 from ..runtime import available_cores
 from ..features.encoders import column_values
+from ..features.lists import list_values, padded
 from ..features.pipeline import CategoricalOptions, CodeFinalizer, FeaturePipeline, NumericOptions
 from ..fields import MISSING_ID, OOV_ID
 from ..schema import GenericSchemaConfig, Schema
@@ -155,21 +157,17 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
     for role, paths in sources.items():
         schemas[role] = [(p, *file_schema(p, opts.format, opts.schema)) for p in paths]
     train_schema = schemas["train"][0][2]
-    if train_schema.lists:  # (RowReader reads them; encoding, storage and models are the next steps)
-        raise ValueError(f"data.schema.lists {list(train_schema.list_names)}: list-valued (multi-valued and "
-                         "sequence) columns are read but not yet encoded by prepare (issue 15 is in progress); to "
-                         "train without them, drop data.schema.lists and name the other categorical columns "
-                         "in data.schema.sparse")
     for role, items in schemas.items():
         for path, fmt, schema in items:
             if schema.label is None:
                 raise ValueError(f"{path}: {role} data needs a label column (format {fmt} has none)")
-            if schema.feature_columns != train_schema.feature_columns:
-                raise ValueError(f"{path}: its columns {list(schema.feature_columns)} differ from the "
-                                 f"training data's {list(train_schema.feature_columns)}")
+            if (schema.feature_columns, schema.lists) != (train_schema.feature_columns, train_schema.lists):
+                raise ValueError(f"{path}: its columns {list(schema.feature_columns + schema.list_names)} differ "
+                                 f"from the training data's {list(train_schema.feature_columns + train_schema.list_names)}")
 
     pipeline = FeaturePipeline.from_options(list(train_schema.dense), list(train_schema.sparse),
-                                            opts.categorical, opts.numeric, opts.columns)
+                                            opts.categorical, opts.numeric, opts.columns, lists=train_schema.lists)
+    list_blocks = _list_blocks(pipeline)
     random_ratios = {"train": opts.split[0]}
     if "valid" not in sources:
         random_ratios["valid"] = opts.split[1]
@@ -179,7 +177,10 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
 
     tmp_dir = out / ".prepare-tmp"
     tmp_dir.mkdir()
+    accumulator_locks: dict[int, threading.Lock] = {}
     accs = pipeline.accumulators()
+    accumulator_locks.update({id(acc): threading.Lock() for acc in accs.values()})
+    width = len(pipeline.sparse_outputs) + sum(column.max_length for column, _ in list_blocks)  # type: ignore[misc]
     dense_in = pipeline.dense_inputs
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
@@ -191,7 +192,7 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
         if split_name not in writers:
             (out / split_name).mkdir(exist_ok=True)
             writers[split_name] = {
-                "sparse": NpyAppender(out / split_name / "sparse.npy", np.int32, (len(sparse_out),)),
+                "sparse": NpyAppender(out / split_name / "sparse.npy", np.int32, (width,)),
                 "label": NpyAppender(out / split_name / "label.npy", np.uint8),
                 "raw_dense": NpyAppender(tmp_dir / f"{split_name}.dense.npy", np.float64, (len(dense_out),)),
             }
@@ -221,16 +222,28 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                     # rows of each split, so that every column worker scatters its codes straight
                     # into per-split blocks (no extra copy of the chunk)
                     parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
-                    codes = {s: np.empty((len(ix), len(sparse_out)), dtype=np.int32) for s, ix in parts.items()}
+                    codes = {s: np.empty((len(ix), width), dtype=np.int32) for s, ix in parts.items()}
                     raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
 
                     def work_estimate(j: int) -> int:
                         return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0
 
                     def encode(j: int) -> None:  # one column through its accumulator
-                        if j < len(sparse_out):
+                        if j >= len(sparse_out) + len(dense_out):  # a list column: its block of codes
+                            column, start = list_blocks[j - len(sparse_out) - len(dense_out)]
+                            values, offsets = list_values(table.column(column.name))
+                            value_mask = np.repeat(train_mask, np.diff(offsets))  # (count training rows)
+                            # (a shared vocabulary's accumulator also serves its own column, in
+                            # another task: the lock keeps the two updates apart)
+                            with accumulator_locks[id(accs[column.name])]:
+                                value_codes = accs[column.name].update(values, value_mask)
+                            block = padded(value_codes.astype(np.int32), offsets, column.max_length, fill=0)[0]
+                            for s, ix in parts.items():
+                                codes[s][:, start:start + column.max_length] = block[ix]
+                        elif j < len(sparse_out):
                             col = sparse_out[j]
-                            values = accs[col].update(column_values(table, col, col in dense_in), train_mask)
+                            with accumulator_locks[id(accs[col])]:
+                                values = accs[col].update(column_values(table, col, col in dense_in), train_mask)
                             for s, ix in parts.items():
                                 codes[s][:, j] = values[ix]
                         else:
@@ -242,7 +255,8 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                     # columns are independent and Arrow/numpy release the GIL: encode them in parallel
                     # longest first (columns with the most distinct values), so that no thread is
                     # left finishing a big column alone at the end of the chunk
-                    list(pool.map(encode, sorted(range(len(sparse_out) + len(dense_out)), key=work_estimate)))
+                    tasks = range(len(sparse_out) + len(dense_out) + len(list_blocks))
+                    list(pool.map(encode, sorted(tasks, key=work_estimate)))
                     label = table.column("label").to_numpy().astype(np.uint8)
                     # writes go to a writer thread (file writes release the GIL), at most two
                     # chunks behind, so the next chunk's encoding overlaps them
@@ -255,7 +269,8 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                 skipped.merge_from(reader.skipped)
                 source_meta.setdefault(role, []).extend(
                     {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
-                     "skipped": s.skipped} for s in reader.sources)
+                     "skipped": s.skipped, **({"truncated": s.truncated} if s.truncated else {})}
+                    for s in reader.sources)
         bar.close()
         for future in pending_writes:
             future.result()
@@ -297,6 +312,15 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
     write_json_atomic(out / "meta.json", meta, indent=1)
 
 
+def _list_blocks(pipeline: FeaturePipeline) -> list[tuple[Any, int]]:
+    """(list column, its block's first column in the sparse matrix), in the pipeline's order."""
+    blocks, start = [], len(pipeline.sparse_outputs)
+    for column in pipeline.list_inputs:
+        blocks.append((column, start))
+        start += int(column.max_length)
+    return blocks
+
+
 def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.ndarray, np.ndarray]]) -> None:
     for w, sparse, label, raw in blocks:
         w["sparse"].append(sparse)
@@ -322,7 +346,12 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
     per-split statistics."""
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
+    spec = pipeline.spec
+    width = spec.sparse_width  # single-valued columns, then the list blocks (not counted per column)
+    list_filled = {s: np.zeros(len(spec.lists), np.int64) for s in present}  # list values kept, per field
     present = [s for s in SPLITS if s in present]
+    starts = np.cumsum([len(sparse_out)] + [f.length for f in spec.lists])
+    list_spans = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
     total = sum(NpyAppender.rows_in(out / s / "label.npy") for s in present)
     bar = tqdm(total=total, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
                mininterval=0.5)
@@ -343,7 +372,7 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
             for lo in range(0, n_rows, PASS2_ROWS):
                 hi = min(n_rows, lo + PASS2_ROWS)
                 start = sparse_file.tell()
-                block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * len(sparse_out)).reshape(hi - lo, -1)
+                block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * width).reshape(hi - lo, -1)
                 raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
                 label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
                 dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
@@ -353,14 +382,17 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                     part = block[rows]
                     finalizer.ids(part)  # (a view: in place in block)
                     finalizer.features(raw[rows], dense[rows])  # overflows: _check_finite_features reports them
-                    return ((part == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
-                            (part == OOV_ID).sum(axis=0))
+                    single = part[:, : len(sparse_out)]
+                    filled = [int(np.count_nonzero(part[:, a:b])) for a, b in list_spans]
+                    return ((single == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
+                            (single == OOV_ID).sum(axis=0), filled)
 
                 cut = (hi - lo) // 2  # two shares: both cores work on one block
-                for missing_sparse, missing_dense, oov in pool.map(finalize, [slice(0, cut), slice(cut, hi - lo)]):
+                for missing_sparse, missing_dense, oov, filled in pool.map(finalize, [slice(0, cut), slice(cut, hi - lo)]):
                     st["missing"][: len(sparse_out)] += missing_sparse
                     st["missing"][len(sparse_out):] += missing_dense
                     st["oov"] += oov
+                    list_filled[s] += np.asarray(filled, dtype=np.int64)
                 _check_finite_features(dense, raw, dense_out, s, lo)
                 sparse_file.seek(start)
                 block.tofile(sparse_file)
@@ -370,7 +402,6 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
         stats[s] = st
     bar.close()
 
-    spec = pipeline.spec
     fields: dict[str, Any] = {}
     for j, col in enumerate(sparse_out):
         fields[col] = {
@@ -382,6 +413,12 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
         fields[col] = {
             "output": "dense", "encoder": pipeline.encoders[col].kind,
             "missing_rate": {s: _rate(stats[s]["missing"][len(sparse_out) + j], stats[s]["rows"]) for s in present},
+        }
+    for k, listed in enumerate(spec.lists):
+        fields[listed.name] = {
+            "output": "list", "kind": listed.kind, "length": listed.length, "vocab_size": listed.vocab_size,
+            "shares": listed.shares, "pooling": listed.pooling,
+            "mean_length": {s: _rate(list_filled[s][k], stats[s]["rows"]) for s in present},
         }
     return {
         "splits": {s: {"rows": stats[s]["rows"], "positives": stats[s]["positives"],

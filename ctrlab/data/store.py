@@ -7,7 +7,7 @@
       config.yaml        the resolved config that made it
       train/ valid/ test/
         dense.npy   float32[N, n_dense]
-        sparse.npy  int32[N, n_sparse]
+        sparse.npy  int32[N, sparse_width]  (single-valued fields, then list blocks: spec.lists)
         label.npy   uint8[N]
 
 Arrays are ordinary .npy files (``np.load(path, mmap_mode="r")`` reads them), written by
@@ -122,7 +122,7 @@ class Store:
             if name not in SPLITS:
                 raise StoreError(f"{meta_path}: unknown split {name!r}")
             if rows > 0:
-                self._verify_split(name, rows, len(spec.dense_names), len(spec.sparse_names))
+                self._verify_split(name, rows, len(spec.dense_names), spec.sparse_width)
         self._pipeline: FeaturePipeline | None = None
 
     def _read_json(self, path: Path) -> dict[str, Any]:

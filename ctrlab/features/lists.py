@@ -24,7 +24,7 @@ from ..fields import MISSING_ID
 from .encoders import Vocabulary
 
 
-def _flat(lists: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+def list_values(lists: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """A list array -> (its values, offsets int64[N + 1] into them); null lists are empty."""
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
@@ -52,7 +52,7 @@ def padded(flat: np.ndarray, offsets: np.ndarray, max_length: int, fill=MISSING_
 def list_ids(vocab: Vocabulary, lists: pa.Array | pa.ChunkedArray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """A list<string> column through ``vocab`` -> (ids int32[N, max_length], lengths int32[N]):
     kept values get their ids (2..), unseen ones the OOV id, padding the missing id."""
-    values, offsets = _flat(lists)
+    values, offsets = list_values(lists)
     ids = vocab.transform(values) if len(values) else np.zeros(0, dtype=np.int32)
     return padded(ids.astype(np.int32, copy=False), offsets, max_length)
 
@@ -60,7 +60,7 @@ def list_ids(vocab: Vocabulary, lists: pa.Array | pa.ChunkedArray, max_length: i
 def list_weights(weights: pa.Array | pa.ChunkedArray, max_length: int) -> np.ndarray:
     """A list<float64> weights column -> float32[N, max_length], aligned with :func:`list_ids`
     (the same values kept), 0 at padding."""
-    values, offsets = _flat(weights)
+    values, offsets = list_values(weights)
     flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
     return padded(flat, offsets, max_length, fill=0.0)[0]
 
@@ -72,6 +72,6 @@ def fit_shared(vocab: Vocabulary, columns: Iterable[pa.Array | pa.ChunkedArray])
     accumulator = vocab.accumulator()
     for column in columns:
         is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-        accumulator.update(_flat(column)[0] if is_list else column, None)
+        accumulator.update(list_values(column)[0] if is_list else column, None)
     accumulator.finish()
     return vocab

@@ -38,7 +38,7 @@ from ..schema import ListColumn
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
                        BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, stacked_tables,
                        vocabulary_ids)
-from .lists import _flat, list_ids
+from .lists import list_ids, list_values
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
@@ -244,21 +244,29 @@ class FeaturePipeline:
     # fitting ---------------------------------------------------------------------------------
     def accumulators(self) -> dict[str, Accumulator]:
         """Streaming fit state per input column (see encoders.Accumulator): feed each one
-        ``column_values(table, col, col in dense_inputs)``, then call :meth:`finish_fit`. Not
-        for a pipeline with list columns (ValueError): fit that one with :meth:`fit`."""
-        self._refuse_lists("the streaming fit (prepare) does not encode list columns yet; use fit() on tables")
-        return {col: self.encoders[col].accumulator() for col in self.dense_inputs + self.sparse_inputs}
+        ``column_values(table, col, col in dense_inputs)``, then call :meth:`finish_fit`. A list
+        column's entry (by its name) is its own vocabulary's accumulator, or the very object of
+        the column whose vocabulary it shares (``vocab_of``): feed it the list's values
+        (:func:`~.lists.list_values`), so a shared vocabulary counts both."""
+        accs = {col: self.encoders[col].accumulator() for col in self.dense_inputs + self.sparse_inputs}
+        for column in self.list_inputs:
+            accs[column.name] = (accs[column.vocab_of] if column.vocab_of is not None
+                                 else self.list_encoders[column.name].accumulator())
+        return accs
 
     def finish_fit(self, accumulators: dict[str, Accumulator],
                    map_each: Callable[..., Iterable[Any]] = map) -> "CodeFinalizer":
         """Fit every encoder from its accumulator (the pipeline is fitted afterwards) and return
-        the finalizer of the codes the accumulators handed out. map_each: ``map`` or a pool's
-        ``map``, to finish the columns in parallel. Not for a pipeline with list columns."""
-        self._refuse_lists("the streaming fit (prepare) does not encode list columns yet; use fit() on tables")
-        return CodeFinalizer(self.sparse_outputs, self.dense_outputs, self._finish(accumulators, map_each))
+        the finalizer of the codes the accumulators handed out, for the whole sparse matrix (list
+        blocks included: a block's codes are its vocabulary's). map_each: ``map`` or a pool's
+        ``map``, to finish the columns in parallel."""
+        columns = self.sparse_outputs + [c.name for c in self.list_inputs for _ in range(int(c.max_length))]
+        return CodeFinalizer(columns, self.dense_outputs, self._finish(accumulators, map_each))
 
     def _finish(self, accumulators: dict[str, Accumulator], map_each: Callable[..., Iterable[Any]]) -> dict[str, Finalize]:
-        finals = dict(zip(accumulators, map_each(lambda acc: acc.finish(), accumulators.values())))
+        distinct = list({id(acc): acc for acc in accumulators.values()}.values())  # (a shared one finishes once)
+        done = dict(zip(map(id, distinct), map_each(lambda acc: acc.finish(), distinct)))
+        finals = {name: done[id(acc)] for name, acc in accumulators.items()}
         self.fitted = True
         self._online = self._stacked = None  # built from the new state on first use
         return finals
@@ -275,7 +283,7 @@ class FeaturePipeline:
                 acc.update(column_values(table, col, col in self.dense_inputs), None)
             for column in self.list_inputs:
                 acc = accs[column.vocab_of] if column.vocab_of is not None else list_accs[column.name]
-                values = _flat(table.column(column.name))[0]
+                values = list_values(table.column(column.name))[0]
                 if values.type != pa.string():
                     values = values.cast(pa.string())
                 acc.update(values, None)
@@ -424,20 +432,30 @@ class CodeFinalizer:
     -> features. Built by :meth:`FeaturePipeline.finish_fit`; safe to call from several threads
     on disjoint rows.
 
-    sparse_outputs / dense_outputs: the pipeline's output columns; finals: per column, what its
-    accumulator's ``finish`` returned.
+    sparse_outputs / dense_outputs: the columns of the sparse matrix (a list column's name once
+    per column of its block) and the dense outputs; finals: per name, what its accumulator's
+    ``finish`` returned.
     """
 
     def __init__(self, sparse_outputs: list[str], dense_outputs: list[str], finals: dict[str, Finalize]):
         sparse_finals = [finals[c] for c in sparse_outputs]
         self._dense_finals = [finals[c] for c in dense_outputs]
-        # vocabulary columns remap through one concatenated lookup array with per-column offsets
+        # vocabulary columns remap through one concatenated lookup array with per-column offsets;
+        # columns of one vocabulary (a list's block, a shared one) point at one copy of its table
         self._remapped = [j for j, f in enumerate(sparse_finals) if isinstance(f, RemapFinalize)]
         self._others = [(j, f) for j, f in enumerate(sparse_finals) if not isinstance(f, RemapFinalize)]
         self._all_remapped = len(self._remapped) == len(sparse_finals)
-        tables = [sparse_finals[j].remap for j in self._remapped]  # type: ignore[attr-defined]
+        starts: dict[int, int] = {}
+        tables: list[np.ndarray] = []
+        offsets = []
+        for j in self._remapped:
+            final = sparse_finals[j]
+            if id(final) not in starts:
+                starts[id(final)] = sum(len(t) for t in tables)
+                tables.append(final.remap)  # type: ignore[attr-defined]
+            offsets.append(starts[id(final)])
         self._flat_remap = np.concatenate(tables) if tables else np.zeros(0, np.int32)
-        self._offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.int32)
+        self._offsets = np.array(offsets, dtype=np.int32)
 
     def ids(self, codes: np.ndarray) -> None:
         """int32[N, n_sparse] provisional codes -> final ids, in place."""

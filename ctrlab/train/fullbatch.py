@@ -88,6 +88,9 @@ def one_hot_matrix(store, split: str):
     with other linear solvers (scikit-learn). Needs scipy."""
     import scipy.sparse as sp
 
+    if store.spec.lists:
+        raise ValueError("the one-hot matrix (for comparing with scikit-learn) holds single-valued fields only; "
+                         f"this store has list fields {[f.name for f in store.spec.lists]}")
     arrays = store.split(split)
     sizes = np.asarray(store.spec.vocab_sizes, dtype=np.int64)
     ids = np.asarray(arrays.sparse, dtype=np.int64) + np.concatenate(([0], np.cumsum(sizes)[:-1]))

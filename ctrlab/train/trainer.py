@@ -62,14 +62,14 @@ def embedding_parameters(model: torch.nn.Module, *, ids_checked: bool = False) -
 def check_store_ids(store: Store, split: str = "train") -> None:
     """Every sparse id of a split within its field's vocabulary (once, instead of per batch)."""
     arrays = store.split(split)
-    sizes = np.asarray(store.spec.vocab_sizes)
+    sizes = np.asarray(store.spec.column_vocab_sizes)
     if arrays.sparse.shape[1] != len(sizes):
         raise ValueError(f"{store.path}: {split} has {arrays.sparse.shape[1]} sparse columns, the spec {len(sizes)}")
     for lo in range(0, len(arrays), 1 << 20):
         block = np.asarray(arrays.sparse[lo: lo + (1 << 20)])
         if block.size and (block.min() < 0 or (block.max(axis=0) >= sizes).any()):
             col = int(np.flatnonzero((block.max(axis=0) >= sizes) | (block.min(axis=0) < 0))[0])
-            raise ValueError(f"{store.path}: {split} ids of field {store.spec.sparse_names[col]!r} fall outside "
+            raise ValueError(f"{store.path}: {split} ids of field {store.spec.column_names[col]!r} fall outside "
                              f"0..{sizes[col] - 1}: the store does not match its pipeline")
 
 

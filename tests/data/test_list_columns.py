@@ -82,11 +82,13 @@ def test_list_declarations_are_checked():
     assert Schema.from_dict(shared.to_dict()) == shared
 
 
-def test_prepare_refuses_list_columns_clearly(tmp_path):
+def test_prepare_refuses_weighted_lists_clearly(tmp_path):
+    """Weights are read, not yet encoded: prepare says so rather than dropping them."""
     path, _ = _schema(tmp_path, ROWS)
+    lists = {**LISTS, "tags": {**LISTS["tags"], "max_length": 3}}
     opts = PrepareOptions(train=[str(path)], format="tsv",
-                          schema=GenericSchemaConfig(dense=["price"], sparse=["user"], lists=LISTS))
-    with pytest.raises(ValueError, match="not yet encoded by prepare"):
+                          schema=GenericSchemaConfig(dense=["price"], sparse=["user"], lists=lists))
+    with pytest.raises(ValueError, match="weighted multi-valued columns are read but not yet encoded"):
         prepare(opts, tmp_path / "store", progress=False, log=lambda _m: None)
 
 
