@@ -212,11 +212,14 @@ def build_manifest(cfg: Config, store: Store, run: RunDir, epoch: int, checkpoin
         "model": {"name": cfg.model.name, "params": to_dict(cfg.model.params),
                   "parameters": int(sum(p.numel() for p in model.parameters()))},
         "schema": store.meta["schema"],
-        "pipeline": {"dense_inputs": pipeline.dense_inputs, "sparse_inputs": pipeline.sparse_inputs},
+        "pipeline": {"dense_inputs": pipeline.dense_inputs, "sparse_inputs": pipeline.sparse_inputs,
+                     **({"list_inputs": [c.to_dict() for c in pipeline.list_inputs]} if pipeline.list_inputs else {})},
         "inputs": {
             "dense": {"dtype": "float32", "shape": [BATCH_AXIS, spec.n_dense], "names": list(spec.dense_names)},
-            "sparse": {"dtype": "int64", "shape": [BATCH_AXIS, spec.n_sparse], "names": list(spec.sparse_names),
-                       "vocab_sizes": list(spec.vocab_sizes)},
+            # (list fields: their blocks of columns follow the single-valued ones, padded with id 0)
+            "sparse": {"dtype": "int64", "shape": [BATCH_AXIS, spec.sparse_width], "names": list(spec.sparse_names),
+                       "vocab_sizes": list(spec.vocab_sizes),
+                       **({"lists": [f.to_dict() for f in spec.lists]} if spec.lists else {})},
         },
         "outputs": {
             "logits": {"dtype": "float32", "shape": [BATCH_AXIS]},

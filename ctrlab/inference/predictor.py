@@ -43,7 +43,7 @@ from ..features.online import SMALL_INPUT_ROWS
 from ..features.pipeline import FeaturePipeline, InputError
 from ..fields import MISSING_ID, OOV_ID
 from ..runtime import configure_torch_threads
-from ..schema import Schema
+from ..schema import ListColumn, Schema
 from .rows import check_table, checked_columns, rows_to_table
 
 BACKENDS = ("onnx", "torch")
@@ -57,7 +57,11 @@ VARIANTS = ("fp32", "int8")
 class InputCounts:
     """Per input field, counted over the rows a predictor encoded: rows, missing values and
     out-of-vocabulary values (OOV for fields encoded to ids only). Thread-safe (a server shares
-    one predictor). The rates use prepare's definitions: missing / rows, OOV / present values."""
+    one predictor). The rates use prepare's definitions: missing / rows, OOV / present values.
+
+    Only the single-valued fields are counted: with list columns the sparse matrix holds each
+    list's block of ids after the single-valued columns, and those blocks (padding, not missing
+    values) are left out: the counts take the first ``len(pipeline.sparse_outputs)`` columns."""
 
     def __init__(self, pipeline: FeaturePipeline):
         self._sparse = list(pipeline.sparse_outputs)
@@ -84,7 +88,10 @@ class InputCounts:
         return self._counted()[2]
 
     def add(self, table: pa.Table, sparse: np.ndarray) -> None:
-        """Count a checked table's rows, given their encoded ids sparse int32[N, n_sparse]."""
+        """Count a checked table's rows, given their encoded ids sparse int32[N, n_sparse] (with list
+        columns, int32[N, spec.sparse_width]: the list blocks after n_sparse are not counted)."""
+        if sparse.shape[1] != len(self._sparse):
+            sparse = sparse[:, :len(self._sparse)]
         missing = np.count_nonzero(sparse == MISSING_ID, axis=0).tolist()
         self._add(table.num_rows, missing + [table.column(c).null_count for c in self._dense],
                   np.count_nonzero(sparse == OOV_ID, axis=0))
@@ -231,22 +238,30 @@ class Predictor:
 
     @property
     def columns(self) -> list[str]:
-        """The raw input columns, in the order a row given as a list must follow."""
+        """The raw input columns, in the order a row given as a list must follow (dense, sparse,
+        then the list columns)."""
         return self.pipeline.input_columns
 
     # scoring ---------------------------------------------------------------------------------
+    @property
+    def list_columns(self) -> list[ListColumn]:
+        """The list-valued input columns (issue 15), last in :attr:`columns`."""
+        return list(self.pipeline.list_inputs)
+
     def to_table(self, rows: Any) -> pa.Table:
-        """Rows in any accepted form -> a checked Arrow table of raw columns."""
+        """Rows in any accepted form -> a checked Arrow table of raw columns (list columns as
+        list<string>: :func:`~.rows.rows_to_table`)."""
+        lists = self.pipeline.list_inputs
         if isinstance(rows, pa.RecordBatch):
             rows = pa.Table.from_batches([rows])
         if isinstance(rows, pa.Table):
-            return check_table(rows, self.dense_columns, self.sparse_columns)
+            return check_table(rows, self.dense_columns, self.sparse_columns, lists)
         if isinstance(rows, dict):
             raise InputError("rows must be a list of dicts (one per row), not a single dict; wrap it: [row]")
         if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
             raise InputError(f"rows must be an Arrow table, a list of dicts or a list of lists, "
                              f"got {type(rows).__name__}")
-        return rows_to_table(rows, self.dense_columns, self.sparse_columns)
+        return rows_to_table(rows, self.dense_columns, self.sparse_columns, lists)
 
     def transform(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """A checked table -> (dense float32[N, n_dense], sparse int32[N, n_sparse]) via the bundle's
@@ -263,9 +278,12 @@ class Predictor:
     def _encode_timed(self, rows: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """:meth:`encode` and the seconds of its two stages (parse, transform). A list of at most
         SMALL_INPUT_ROWS rows takes the small-request lane: checked Python columns straight into
-        the online encoder, with no Arrow table (the same checks and bytes; tested)."""
+        the online encoder, with no Arrow table (the same checks and bytes; tested). A pipeline
+        with list columns takes the table path for every input (the online lane cannot encode
+        lists)."""
         t0 = time.perf_counter()
-        if isinstance(rows, (list, tuple)) and 0 < len(rows) <= SMALL_INPUT_ROWS:
+        small = isinstance(rows, (list, tuple)) and 0 < len(rows) <= SMALL_INPUT_ROWS
+        if small and not self.pipeline.list_inputs:
             columns = checked_columns(rows, self.pipeline.dense_inputs, self.pipeline.sparse_inputs)
             t1 = time.perf_counter()
             dense, sparse = self.pipeline.transform_columns(columns, len(rows))

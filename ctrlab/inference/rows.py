@@ -1,5 +1,12 @@
 """Request rows (lists or dicts of raw values, or an Arrow table) -> an Arrow table of the bundle's
-canonical columns, every value checked (errors name the row and field)."""
+canonical columns, every value checked (errors name the row and field).
+
+List-valued columns (issue 15: :class:`~ctrlab.schema.ListColumn`) come last, after the dense and
+sparse columns, and leave as ``list<string>`` columns, as the readers give them: a row's value
+is a list of strings (integer ids become their decimal text) or one string of values split by
+the column's separator exactly as the readers split a file's field ("" is an empty list, an
+empty value inside, ``a||b``, is an error); None or a left-out key is an empty list; a
+sequence longer than ``max_length`` keeps its last (most recent) ``max_length`` values."""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import pyarrow.compute as pc
 from ..data.formats import column_list
 from ..data.readers import ID, number_error, parse_number
 from ..features.pipeline import InputError
-from ..schema import LABEL
+from ..schema import LABEL, ListColumn
 
 
 IGNORED_KEYS = (LABEL, ID)  # canonical non-feature columns a row dict may carry
@@ -109,21 +116,26 @@ def _check_dicts(rows: Sequence[Any], columns: list[str]) -> None:
                              f"{column_list(columns)} (plus optional {', '.join(IGNORED_KEYS)})")
 
 
-def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
-    """A list of dicts (keyed by column name) or of lists (values in ``dense + sparse`` order) ->
-    an Arrow table with the canonical types (float64 dense, string sparse; null = missing)."""
+def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str],
+                  list_columns: Sequence[ListColumn] = ()) -> pa.Table:
+    """A list of dicts (keyed by column name) or of lists (values in ``dense + sparse + lists``
+    order) -> an Arrow table with the canonical types (float64 dense, string sparse, list<string>
+    for each of ``list_columns``; null = missing, a missing list is an empty one)."""
+    lists = _checked_list_columns(list_columns)
     columns = list(dense_columns) + list(sparse_columns)
     n_dense = len(dense_columns)
+    n_flat = len(columns)
     n = len(rows)
-    by_column = _raw_columns(rows, columns)
+    by_column = _raw_columns(rows, columns + [c.name for c in lists])
     # one Arrow array for all dense values and one for all sparse values (column-major), sliced
     # into columns: two conversions instead of one per column (a single row costs microseconds)
     dense_all = _checked_array(list(chain.from_iterable(by_column[:n_dense])), n, list(dense_columns), numeric=True)
-    sparse_all = _checked_array(list(chain.from_iterable(by_column[n_dense:])), n, list(sparse_columns),
+    sparse_all = _checked_array(list(chain.from_iterable(by_column[n_dense:n_flat])), n, list(sparse_columns),
                                 numeric=False)
     arrays = [dense_all.slice(j * n, n) for j in range(n_dense)]
     arrays += [sparse_all.slice(j * n, n) for j in range(len(sparse_columns))]
-    return pa.Table.from_arrays(arrays, names=columns)
+    arrays += [_list_array(values, column) for column, values in zip(lists, by_column[n_flat:])]
+    return pa.Table.from_arrays(arrays, names=columns + [c.name for c in lists])
 
 
 def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str],
@@ -189,14 +201,151 @@ def _checked_array(flat: list[Any], n: int, names: list[str], numeric: bool) -> 
 _PLAIN_NUMBERS = {float, int, type(None)}
 
 
-def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: Sequence[str]) -> pa.Table:
+# --------------------------------------------------------------------------------------------
+# list-valued columns
+# --------------------------------------------------------------------------------------------
+
+LIST_TYPE = pa.list_(pa.string())
+_EMPTY_LIST = pa.scalar([], type=LIST_TYPE)
+_PLAIN_LISTS = {list, _NONE}
+
+
+def _checked_list_columns(list_columns: Sequence[ListColumn]) -> list[ListColumn]:
+    """The list columns, each one a ListColumn the request path can take (not a weighted one)."""
+    lists = list(list_columns)
+    for column in lists:
+        if not isinstance(column, ListColumn):
+            raise TypeError(f"list_columns: expected ListColumn, got {column!r}")
+        if column.weight_separator is not None:
+            raise ValueError(f"list column {column.name!r} has weight_separator {column.weight_separator!r}: "
+                             "weighted multi-valued columns are not encoded yet, so requests cannot carry them")
+    return lists
+
+
+def _list_array(values: Sequence[Any], column: ListColumn) -> pa.Array:
+    """One list column's n raw values -> list<string>[n] (no nulls), each value checked and a
+    sequence cut to its last ``max_length`` values. Plain input (all strings/None, or all lists of
+    non-empty strings/None) converts in a few Arrow calls; anything else, or a bad value, goes
+    value by value, and a bad value raises an error naming its row and field."""
+    kinds = set(map(type, values))
+    array = None
+    if kinds <= _PLAIN_STRINGS:
+        array = _split_text(pa.array(values, type=pa.string()), column.separator)
+    elif kinds <= _PLAIN_LISTS:
+        flat = list(chain.from_iterable(filter(None, values)))
+        if set(map(type, flat)) <= _STR and "" not in flat:
+            array = pa.array(values, type=LIST_TYPE).fill_null(_EMPTY_LIST)
+    if array is None:
+        array = pa.array([_list_value(v, i, column) for i, v in enumerate(values)], type=LIST_TYPE)
+    return _truncated(array, column.max_length)
+
+
+_STR = {str}
+
+
+def _list_value(value: Any, row: int, column: ListColumn) -> list[str]:
+    """One raw list value, checked -> its strings (not yet cut to max_length)."""
+    col = column.name
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = str(value)
+        if text == "":
+            return []
+        parts = text.split(column.separator)
+        if "" in parts:
+            raise _bad_value(row, col, f"empty value in the list {text!r:.40} (separator {column.separator!r})")
+        return parts
+    if isinstance(value, (list, tuple)):
+        out = []
+        for k, item in enumerate(value):
+            kind = type(item)
+            if isinstance(item, str) and item != "":
+                out.append(str(item))
+            elif kind is int or isinstance(item, np.integer):  # an integer id: its decimal text
+                out.append(str(int(item)))
+            elif isinstance(item, str):
+                raise _bad_value(row, col, f"value {k} of the list is an empty string")
+            else:
+                raise _bad_value(row, col, f"value {k} of the list: expected a string or an integer id, got "
+                                           f"{kind.__name__} {item!r:.40}")
+        return out
+    raise _bad_value(row, col, f"expected a list of strings, a {column.separator!r}-separated string or None, "
+                               f"got {type(value).__name__} {value!r:.40}")
+
+
+def _split_text(raw: pa.Array, separator: str) -> pa.Array | None:
+    """Delimited text -> list<string>, as the readers split a field (null or "" is an empty list);
+    None when some value holds an empty element (the careful path then names the row)."""
+    raw = raw.fill_null("")
+    parts = pc.split_pattern(raw, separator)
+    lengths = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
+    empty_field = np.asarray(pc.equal(raw, ""), dtype=bool)
+    values = parts.flatten().filter(pa.array(np.repeat(~empty_field, lengths)))  # "" splits into [""]
+    if len(values) and pc.any(pc.equal(values, "")).as_py():
+        return None
+    lengths = np.where(empty_field, 0, lengths)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string()))
+
+
+def _truncated(lists: pa.Array, max_length: int | None) -> pa.Array:
+    """A list array (no nulls) with each list cut to its last ``max_length`` values."""
+    offsets = np.asarray(lists.offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    if max_length is None or not (lengths > max_length).any():
+        return lists
+    kept = np.minimum(lengths, max_length)
+    start = offsets[:-1] + (lengths - kept)  # the most recent (last) values
+    index = np.repeat(start, kept) + (np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept))
+    new_offsets = np.zeros(len(kept) + 1, dtype=np.int32)
+    np.cumsum(kept, out=new_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(new_offsets), lists.values.take(pa.array(index)))
+
+
+def _checked_list_table_column(table: pa.Table, column: ListColumn) -> pa.Array:
+    """An Arrow table's list column -> list<string> (no nulls, cut to max_length), checked: a list
+    of strings or integers (or all null), or delimited text split as the readers do; a null or
+    empty string inside a list is an error naming the row."""
+    data = table.column(column.name).combine_chunks()
+    kind = data.type
+    if pa.types.is_null(kind):
+        return pa.array([[]] * len(data), type=LIST_TYPE)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        array = _split_text(data.cast(pa.string()), column.separator)
+        if array is None:
+            array = pa.array([_list_value(v, i, column) for i, v in enumerate(data.to_pylist())], type=LIST_TYPE)
+        return _truncated(array, column.max_length)
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+            pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type)
+            or pa.types.is_integer(kind.value_type) or pa.types.is_null(kind.value_type)):
+        raise InputError(f"column {column.name!r}: expected lists of strings (or {column.separator!r}-separated "
+                         f"text), got Arrow type {kind}")
+    lists = data.cast(LIST_TYPE).fill_null(_EMPTY_LIST)
+    offsets = np.asarray(lists.offsets, dtype=np.int64)
+    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+    bad = pc.or_kleene(pc.is_null(values), pc.equal(values, "")).fill_null(True)
+    if len(values) and pc.any(bad).as_py():
+        k = int(np.flatnonzero(np.asarray(bad, dtype=bool))[0])
+        row = int(np.searchsorted(offsets - offsets[0], k, side="right") - 1)
+        what = "null" if values[k].as_py() is None else "an empty string"
+        raise _bad_value(row, column.name, f"value {k - int(offsets[row] - offsets[0])} of the list is {what}")
+    return _truncated(lists, column.max_length)
+
+
+def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: Sequence[str],
+                list_columns: Sequence[ListColumn] = ()) -> pa.Table:
     """An Arrow table of raw rows, checked: every input column present, numeric columns numeric,
-    categorical columns strings (integer ids are cast to their text)."""
+    categorical columns strings (integer ids are cast to their text), list columns (``list_columns``)
+    lists of strings or integer ids, or delimited text (each returned as list<string>, as
+    :func:`rows_to_table` gives it)."""
+    lists = _checked_list_columns(list_columns)
     present = set(table.column_names)
-    missing = [c for c in list(dense_columns) + list(sparse_columns) if c not in present]
+    needed = list(dense_columns) + list(sparse_columns) + [c.name for c in lists]
+    missing = [c for c in needed if c not in present]
     if missing:
-        need = column_list(list(dense_columns) + list(sparse_columns))
-        raise InputError(f"the table lacks column(s) {missing}; the bundle needs {need}")
+        raise InputError(f"the table lacks column(s) {missing}; the bundle needs {column_list(needed)}")
     for col in dense_columns:
         kind = table.schema.field(col).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
@@ -211,4 +360,7 @@ def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: S
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
                 or pa.types.is_null(kind)):
             raise InputError(f"column {col!r}: expected strings, got Arrow type {kind}")
+    for column in lists:
+        position = table.column_names.index(column.name)
+        table = table.set_column(position, column.name, _checked_list_table_column(table, column))
     return table
