@@ -139,15 +139,16 @@ def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema
     label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
     id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
     features = [c for c in header if c not in (label, id_column)]
-    need = list(bundle_schema.dense) + list(bundle_schema.sparse)
+    need = list(bundle_schema.dense) + list(bundle_schema.sparse) + list(bundle_schema.list_names)
     if sorted(features) != sorted(need):
         lacking = [c for c in need if c not in features]
         extra = [c for c in features if c not in need]
         raise ValueError(f"{path}: its feature columns ({fmt} header: {column_list(features)}) differ from the "
                          f"bundle's inputs ({column_list(need)}): lacking {lacking}, extra {extra}")
+    lists = {c.name: {k: v for k, v in c.to_dict().items() if k != "name"} for c in bundle_schema.lists}
     cfg = GenericSchemaConfig(columns=header, label=label, dense=list(bundle_schema.dense),
                               sparse=list(bundle_schema.sparse), id_column=id_column, header=has_header,
-                              delimiter=delimiter)
+                              delimiter=delimiter, lists=lists)
     return generic_schema(cfg, fmt, header)
 
 

@@ -172,13 +172,14 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         the fast lane's (:mod:`.fastlane`) one implementation."""
         loaded = state.current  # this request's model, whatever a reload does meanwhile
         columns = loaded.predictor.columns
+        list_values = sum(int(c.max_length) for c in loaded.predictor.list_columns)
         if len(body) <= INLINE_BODY_BYTES:
-            rows = parse_predict_body(body, max_rows, columns)
+            rows = parse_predict_body(body, max_rows, columns, list_values)
             t_json = time.perf_counter()
             probs, timing = await batcher.score(loaded, rows) if batcher else score_rows(loaded, rows)
         else:
             def work():
-                rows = parse_predict_body(body, max_rows, columns)
+                rows = parse_predict_body(body, max_rows, columns, list_values)
                 return rows, time.perf_counter(), *score_rows(loaded, rows)
             rows, t_json, probs, timing = await in_worker(work)
         metrics.add_rows("/v1/predict", len(rows))

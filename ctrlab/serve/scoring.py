@@ -23,13 +23,15 @@ from .limits import ClientError, decode_json, has_surrogate, may_hold_surrogates
 from .model import LoadedModel
 
 
-def parse_predict_body(body: bytes, max_rows: int, columns: list[str]) -> list[Any]:
+def parse_predict_body(body: bytes, max_rows: int, columns: list[str], list_values: int = 0) -> list[Any]:
     """The rows of a /v1/predict JSON body, checked for shape and count (ClientError otherwise):
     ``{"rows": [row, ...]}`` or the columnar ``{"columns": {"I1": [...], "C1": [...]}}`` (turned into
     row dicts here, so that every value is checked, and named by row and field, exactly as a row's).
-    ``columns``: the model's input columns (a row holds at most these and IGNORED_KEYS)."""
+    ``columns``: the model's input columns (a row holds at most these and IGNORED_KEYS);
+    ``list_values``: the values a row's list columns may add (the sum of their max_length: a
+    history sent as a JSON list counts one value per item)."""
     payload = decode_json(body, expected='{"rows": [...]}', max_items=max_rows,
-                          max_values=max_rows * (len(columns) + len(IGNORED_KEYS)))
+                          max_values=max_rows * (len(columns) + len(IGNORED_KEYS) + list_values))
     if not isinstance(payload, dict):
         raise ClientError(422, f'expected a JSON object {{"rows": [...]}}, got {type(payload).__name__}')
     key = "columns" if "columns" in payload and "rows" not in payload else "rows"
