@@ -450,6 +450,12 @@ def format_summary(meta: dict[str, Any]) -> str:
                  f"{sum(spec['vocab_sizes']):,} ids in total")
     lines.append(f"  {'field':<8} {'encoder':<18} {'vocab':>10} {'missing':>8} {'OOV(valid)':>10} {'OOV(test)':>9}")
     for name, f in meta["fields"].items():
+        if f["output"] == "list":  # a list field: its kind, length, table and mean length
+            shares = f"shares {f['shares']}'s ids" if f["shares"] else f"{f['vocab_size']:,} ids"
+            mean = f["mean_length"].get("train", next(iter(f["mean_length"].values()), 0.0))
+            lines.append(f"  {name:<8} {f['kind']} of up to {f['length']} ({shares}; {f['pooling']} pooled); "
+                         f"mean length {mean:.2f}")
+            continue
         vocab = f"{f['vocab_size']:,}" if "vocab_size" in f else "-"
         oov = f.get("oov_rate", {})
         miss = f["missing_rate"].get("train", next(iter(f["missing_rate"].values()), 0.0))
@@ -469,4 +475,6 @@ def format_summary(meta: dict[str, Any]) -> str:
         for s in items:
             lines.append(f"source ({role}): {s['path']} [{s['format']}] {s['bytes']:,} bytes, {s['rows']:,} rows, "
                          f"sha256 {str(s['sha256'])[:16]}...")
+            for column, n in s.get("truncated", {}).items():
+                lines.append(f"  {n:,} rows' {column} cut to its max_length (the most recent kept)")
     return "\n".join(lines)

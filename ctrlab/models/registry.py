@@ -18,6 +18,11 @@ Model docstrings follow one layout, which :func:`describe_model` reads::
 
     Hyperparameters:
         name: help text (names without an entry use COMMON_HYPERPARAMETER_HELP)
+
+A model that needs a behaviour sequence in its spec (a ``ListField`` of kind ``sequence``
+sharing a single-valued field's table: din, dien, bst) sets the class attribute
+``needs_sequence = True`` and raises ``ValueError`` for a spec without one; the contract
+tests give such models their specs plus one such field.
 """
 
 from __future__ import annotations

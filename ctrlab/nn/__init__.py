@@ -4,7 +4,7 @@ from ctrlab.nn.attention import MultiHeadSelfAttention
 from ctrlab.nn.cin import CIN
 from ctrlab.nn.cross import CrossNet, CrossNetV2
 from ctrlab.nn.dot import DotInteraction
-from ctrlab.nn.embedding import DenseFieldEmbedding, FeatureEmbedding, FieldEmbedding, deep_input
+from ctrlab.nn.embedding import DenseFieldEmbedding, FeatureEmbedding, FieldEmbedding, SequenceInputs, deep_input
 from ctrlab.nn.factorization import FEFMInteraction, FFMInteraction, FMInteraction
 from ctrlab.nn.fibinet import BilinearInteraction, SENet
 from ctrlab.nn.gates import EmbeddingGate, GatedMLP
@@ -16,6 +16,7 @@ from ctrlab.nn.sequence import (
     BSTLayer,
     Dice,
     TargetAttention,
+    deep_network,
     dien_auxiliary_loss,
     masked_pool,
     sequence_mask,
@@ -48,6 +49,8 @@ __all__ = [
     "pair_indices",
     "projected_pairs",
     "AUGRU",
+    "SequenceInputs",
+    "deep_network",
     "BSTLayer",
     "Dice",
     "TargetAttention",

@@ -308,6 +308,52 @@ class FeatureEmbedding(nn.Module):
         return torch.cat([sparse_emb, self.dense(dense)], dim=1)
 
 
+class SequenceInputs(nn.Module):
+    """A spec's fields split for a sequence model: each behaviour sequence that ``shares`` a
+    single-valued field's table (``kind="sequence"``; e.g. clicked items sharing the target
+    ``item_id``), unpooled, with its lengths and its target's embedding; every other field
+    (single-valued fields, other list fields pooled as :class:`FeatureEmbedding` pools them).
+
+    Padding is the missing id 0 after the valid ids, so ``lengths = (block != 0).sum(1)``.
+    Raises ``ValueError`` when the spec has no such sequence (``model`` names the caller).
+
+    Shapes:
+        dense: float32 ``[B, n_dense]``, sparse: int64 ``[B, sparse_width]``
+        -> (others: float32 ``[B, num_others, D]``,
+            [(seq: float32 ``[B, L_i, D]``, lengths: int64 ``[B]``, target: float32 ``[B, D]``) per sequence])
+    """
+
+    def __init__(self, spec: FeatureSpec, embedding_dim: int, *, model: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
+        #: per attended sequence: (first column, length, target column)
+        self.sequences: list[tuple[int, int, int]] = []
+        attended, start = set(), spec.n_sparse
+        for index, field in enumerate(spec.lists):
+            if field.kind == "sequence" and field.shares in spec.sparse_names:
+                self.sequences.append((start, field.length, spec.sparse_names.index(field.shares)))
+                attended.add(spec.n_sparse + index)
+            start += field.length
+        if not self.sequences:
+            raise ValueError(
+                f"{model} needs a sequence field that shares a target field's table (vocab_of); this spec has none"
+            )
+        others = [j for j in range(self.embedding.categorical_fields) if j not in attended]
+        self.num_others = len(others)
+        self.register_buffer("others", torch.tensor(others, dtype=torch.int64), persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor):
+        embedded = self.embedding.sparse(sparse)  # [B, sparse_width, D]
+        others = pool_list_fields(embedded, sparse, self.spec).index_select(1, self.others)
+        sequences = [
+            (embedded[:, start:start + length], (sparse[:, start:start + length] != MISSING_ID).sum(dim=1),
+             embedded[:, target])
+            for start, length, target in self.sequences
+        ]
+        return others, sequences
+
+
 def deep_input(embeddings: torch.Tensor, dense: torch.Tensor, include_dense: bool) -> torch.Tensor:
     """DNN input ``[B, F*k (+ n_dense)]``: flattened field embeddings, optionally followed by
     the raw dense values (the Wide&Deep / DCN convention for numeric features)."""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ctrlab.nn.mlp import make_activation
+from ctrlab.nn.mlp import MLP, make_activation
 
 POOL_MODES = ("sum", "mean", "max")
 GRU_GATES = ("gru", "agru", "augru")
@@ -395,3 +395,22 @@ class BSTLayer(nn.Module):
         if self.output == "target":
             return encoded[:, -1]
         return encoded.sum(dim=1) / (lengths.to(encoded.dtype) + 1).unsqueeze(-1)
+
+
+def deep_network(
+    input_dim: int, hidden_units: Sequence[int], *, activation: str, dropout: float, batch_norm: bool
+) -> nn.Module:
+    """The output MLP ``[B, input_dim] -> [B, 1]``: :class:`MLP`, or with ``activation="dice"``
+    the same layers with :class:`Dice` as the activation."""
+    if activation != "dice":
+        return MLP(input_dim, hidden_units, activation=activation, dropout=dropout, batch_norm=batch_norm,
+                   output_dim=1)
+    layers: list[nn.Module] = []
+    width = int(input_dim)
+    for units in hidden_units:
+        layers.append(nn.Linear(width, int(units), bias=not batch_norm))
+        layers += [nn.BatchNorm1d(int(units))] if batch_norm else []
+        layers.append(Dice(int(units)))
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
+        width = int(units)
+    return nn.Sequential(*layers, nn.Linear(width, 1))

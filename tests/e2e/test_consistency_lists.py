@@ -33,9 +33,12 @@ PATHS = ["torch", "onnx", "http", "http_upload", "file"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e_lists")
+@pytest.fixture(scope="module", params=["deepfm", "din", "dien", "bst"])
+def scored(request, tmp_path_factory):
+    """Every path's scores of the test rows with ``request.param`` (a flat model taking the
+    histories as pooled fields, or a sequence model attending over them)."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"e2e_lists_{name}")
     test_file, train_file = root / "test.tsv", root / "train.tsv"
     write_sequence_synthetic(test_file, TEST_ROWS, seed=21, max_history=15)
     write_sequence_synthetic(train_file, TRAIN_ROWS, seed=22, max_history=15)
@@ -49,7 +52,7 @@ def scored(tmp_path_factory):
     store_dir, run_dir, bundle = root / "store", root / "run", root / "bundle"
     prepare(PrepareOptions(train=[str(train_file)], test=[str(test_file)], format="tsv", schema=schema),
             store_dir, progress=False, log=lambda _m: None)
-    cfg = load_config(None, {"data.store": str(store_dir), "run_dir": str(run_dir), "model.name": "deepfm",
+    cfg = load_config(None, {"data.store": str(store_dir), "run_dir": str(run_dir), "model.name": name,
                              "model.params.embedding_dim": 4, "model.params.hidden_units": [16],
                              "train.threads": 1, "train.epochs": 1, "train.batch_size": 128, "train.lr": 0.01,
                              "train.eval_batch_size": EVAL_BATCH})
@@ -57,7 +60,7 @@ def scored(tmp_path_factory):
     export_bundle(run_dir, bundle, log=lambda _m: None)
 
     store = Store(store_dir)
-    model = build_model("deepfm", store.spec, cfg.model.params)
+    model = build_model(name, store.spec, cfg.model.params)
     model.load_state_dict(load_weights(RunDir(run_dir).checkpoint(summary["best_epoch"])))
     scores = {"store": predict_split(model, store.split("test"), EVAL_BATCH, torch.device("cpu"))}
     scores["torch"] = Predictor(bundle, backend="torch").predict(text_rows).scores

@@ -17,7 +17,7 @@ import torch
 
 import ctrlab.models as models_package
 from ctrlab.export.onnx_export import export_onnx, onnx_parity
-from ctrlab.fields import FeatureSpec
+from ctrlab.fields import FeatureSpec, ListField
 from ctrlab.models import (
     build_model,
     describe_model,
@@ -47,6 +47,8 @@ SMALL_OVERRIDES = {
     "mlp2_hidden_units": (16,),
     "fs_hidden_units": (8,),
     "fusion_heads": 2,
+    "attention_units": (8,),
+    "auxiliary_units": (8,),
 }
 
 #: Non-default options worth running through the same checks (skipped if the model is gone).
@@ -58,6 +60,10 @@ VARIANTS = [
     ("fibinet", {"bilinear_type": "field_all"}),
     ("finalmlp", {"fs1_context": ("C1",), "fs2_context": ("C2", "C3")}),
     ("xdeepfm", {"cin_split_half": False}),
+    ("din", {"activation": "relu", "attention_activation": "relu", "attention_softmax": True}),
+    ("dien", {"gate": "agru"}),
+    ("dien", {"gate": "gru"}),
+    ("bst", {"sequence_output": "target", "positional": False}),
 ]
 
 CASES = [pytest.param(name, {}, id=name) for name in MODELS] + [
@@ -93,7 +99,26 @@ def make_batch(spec: FeatureSpec, batch: int, seed: int) -> tuple[torch.Tensor, 
     sparse = torch.stack(
         [torch.randint(0, size, (batch,), generator=generator) for size in spec.vocab_sizes], dim=1
     )
+    for field in spec.lists:  # a prefix of valid ids (>= 1, in the table it reads), then padding 0
+        vocab = spec.vocab_sizes[spec.sparse_names.index(field.shares)] if field.shares in spec.sparse_names \
+            else field.vocab_size
+        lengths = torch.randint(0, field.length + 1, (batch, 1), generator=generator)
+        ids = torch.randint(1, max(vocab, 2), (batch, field.length), generator=generator)
+        sparse = torch.cat([sparse, torch.where(torch.arange(field.length) < lengths, ids, 0)], dim=1)
     return dense, sparse
+
+
+def spec_for(name: str, spec: FeatureSpec) -> FeatureSpec:
+    """The spec model ``name`` is tested on: ``spec`` itself, or for a model that needs a
+    behaviour sequence (class attribute ``needs_sequence = True``: din, dien, bst) ``spec``
+    plus one sequence field of length 5 sharing the table of its sparse field with the most ids
+    (the target; the first such field), so histories vary."""
+    if not getattr(get_model_class(name), "needs_sequence", False):
+        return spec
+    j = spec.vocab_sizes.index(max(spec.vocab_sizes))
+    target = spec.sparse_names[j]
+    history = ListField(f"{target}_history", 5, spec.vocab_sizes[j], shares=target)
+    return FeatureSpec(spec.dense_names, spec.sparse_names, spec.vocab_sizes, (history,))
 
 
 def planted_dataset(spec: FeatureSpec, rows: int = 256, seed: int = 7):
@@ -224,7 +249,7 @@ def test_register_enforces_the_constructor_contract():
 @pytest.mark.parametrize("spec_name", ["criteo", "frappe", "many_fields"])
 @pytest.mark.parametrize("name,extra", CASES)
 def test_forward_returns_logits_of_shape_batch(name, extra, spec_name):
-    spec = {"criteo": CRITEO, "frappe": FRAPPE, "many_fields": MANY_FIELDS}[spec_name]
+    spec = spec_for(name, {"criteo": CRITEO, "frappe": FRAPPE, "many_fields": MANY_FIELDS}[spec_name])
     model = make_model(name, spec, extra)
     dense, sparse = make_batch(spec, 9, seed=1)
     logits = model(dense, sparse)
@@ -240,11 +265,14 @@ def test_gradients_reach_every_parameter(name, extra, spec_name):
     """Every parameter gets a finite gradient with at least one nonzero entry from one
     batch (64 rows cover every embedding table; rows not looked up are zero, which is
     fine since the check is per parameter tensor)."""
-    spec = SPECS[spec_name]
+    spec = spec_for(name, SPECS[spec_name])
     model = make_model(name, spec, extra)
     dense, sparse = make_batch(spec, 64, seed=2)
     labels = (torch.rand(64, generator=torch.Generator().manual_seed(3)) > 0.5).float()
-    torch.nn.functional.binary_cross_entropy_with_logits(model(dense, sparse), labels).backward()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, sparse), labels)
+    if hasattr(model, "auxiliary_loss"):  # (DIEN: its auxiliary network learns from this loss only)
+        loss = loss + model.auxiliary_loss(dense, sparse)
+    loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient: {missing}"
     non_finite = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
@@ -255,9 +283,10 @@ def test_gradients_reach_every_parameter(name, extra, spec_name):
 
 def test_dense_features_are_used():
     """Changing only the dense values changes the output of every model (spec with dense)."""
-    dense, sparse = make_batch(CRITEO, 16, seed=4)
     for name in MODELS:
-        model = make_model(name, CRITEO).eval()
+        spec = spec_for(name, CRITEO)
+        dense, sparse = make_batch(spec, 16, seed=4)
+        model = make_model(name, spec).eval()
         with torch.no_grad():
             assert not torch.allclose(model(dense, sparse), model(dense + 1.0, sparse)), name
 
@@ -267,18 +296,20 @@ def test_dense_features_are_used():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_planted_signal(name):
-    dense, sparse, labels = planted_dataset(SMALL)
-    model = make_model(name, SMALL)
+    spec = spec_for(name, SMALL)
+    dense, sparse, labels = planted_dataset(spec)
+    model = make_model(name, spec)
     losses = train_steps(model, dense, sparse, labels, steps=300)
     assert losses[-1] < 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_deterministic_under_seed(name):
-    dense, sparse, labels = planted_dataset(SMALL, rows=64)
+    spec = spec_for(name, SMALL)
+    dense, sparse, labels = planted_dataset(spec, rows=64)
     runs = []
     for _ in range(2):
-        model = make_model(name, SMALL, seed=123)
+        model = make_model(name, spec, seed=123)
         initial = {key: value.clone() for key, value in model.state_dict().items()}
         train_steps(model, dense, sparse, labels, steps=3)
         runs.append((initial, model.state_dict(), model.eval()(dense, sparse).detach()))
@@ -288,7 +319,7 @@ def test_deterministic_under_seed(name):
         assert torch.equal(state_a[key], state_b[key]), key
     assert torch.equal(out_a, out_b)
     # A different seed gives a different model.
-    other = make_model(name, SMALL, seed=124)
+    other = make_model(name, spec, seed=124)
     assert any(not torch.equal(init_a[k], v) for k, v in other.state_dict().items())
 
 
@@ -303,7 +334,7 @@ def test_onnx_export_parity_with_dynamic_batch(name, extra, spec_name, tmp_path)
     Dropout and BatchNorm are switched on where the model has them, and a few training
     steps move the BatchNorm running statistics, so eval-mode export is really tested.
     """
-    spec = SPECS[spec_name]
+    spec = spec_for(name, SPECS[spec_name])
     valid = hyperparameter_defaults(name)
     train_mode_options = {key: value for key, value in {"dropout": 0.1, "batch_norm": True}.items() if key in valid}
     model = make_model(name, spec, {**extra, **train_mode_options})

@@ -111,7 +111,10 @@ def test_first_order_adds_pooled_list_weights_like_a_loop():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_takes_list_fields(name):
-    spec = _spec()
+    """(The history shares C2's table here, so that the sequence models, which attend over a
+    history against its target field, take this spec too.)"""
+    lists = (ListField("hist", 4, SIZES[1], shares="C2", kind="sequence", pooling="mean"), *LISTS[1:])
+    spec = FeatureSpec(("I0", "I1"), ("C1", "C2", "C3"), SIZES, lists=lists)
     torch.manual_seed(0)
     model = build_model(name, spec, {})
     dense, sparse = _batch(spec, 16, seed=4)
