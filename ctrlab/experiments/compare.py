@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 
 from ..config import ConfigError, Overrides, base_config_for, get_dotted, read_config_file, set_dotted
-from ..models import get_model_class, list_models
+from ..models import flat_models, get_model_class
 from .core import (
     Plan,
     Point,
@@ -33,7 +33,9 @@ BUDGET_KEYS = ("train.epochs", "train.batch_size", "train.early_stopping_patienc
 
 
 def parse_models(text: str | list[str]) -> list[str]:
-    """``"deepfm,dcn_v2"`` or ``"all"`` -> registered model names (unknown names are errors)."""
+    """``"deepfm,dcn_v2"`` or ``"all"`` -> registered model names (unknown names are errors).
+    ``all`` is every model that takes single-valued fields; the sequence models (din, dien, bst),
+    which need a history field, are named explicitly (``all,din``)."""
     items = text if isinstance(text, list) else [text]
     names: list[str] = []
     for item in items:
@@ -42,7 +44,7 @@ def parse_models(text: str | list[str]) -> list[str]:
             if not name:
                 continue
             if name == "all":
-                names += list_models()
+                names += flat_models()
                 continue
             get_model_class(name)  # ValueError with the registered names
             names.append(name)

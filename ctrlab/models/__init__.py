@@ -14,11 +14,13 @@ from ctrlab.models.registry import (
     build_model,
     check_params,
     describe_model,
+    flat_models,
     format_model_detail,
     format_model_table,
     get_model_class,
     hyperparameter_defaults,
     list_models,
+    needs_sequence,
     register,
 )
 
@@ -26,11 +28,13 @@ __all__ = [
     "build_model",
     "check_params",
     "describe_model",
+    "flat_models",
     "format_model_detail",
     "format_model_table",
     "get_model_class",
     "hyperparameter_defaults",
     "list_models",
+    "needs_sequence",
     "register",
 ]
 

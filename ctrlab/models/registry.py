@@ -99,6 +99,16 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def needs_sequence(name: str) -> bool:
+    """Whether model ``name`` needs a behaviour sequence sharing a target field (din, dien, bst)."""
+    return bool(getattr(get_model_class(name), "needs_sequence", False))
+
+
+def flat_models() -> list[str]:
+    """The registered models that take single-valued fields alone (every model but the sequence ones)."""
+    return [name for name in list_models() if not needs_sequence(name)]
+
+
 def _closest(word: str, choices: list[str]) -> str | None:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return close[0] if close else None

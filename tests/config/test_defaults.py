@@ -16,8 +16,8 @@ from ctrlab.config import PRESET_DIR, base_config_for
 from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.features.pipeline import FeaturePipeline, NumericOptions
-from ctrlab.fields import FeatureSpec
-from ctrlab.models import build_model, list_models
+from ctrlab.fields import FeatureSpec, ListField
+from ctrlab.models import build_model, flat_models, list_models, needs_sequence
 from ctrlab.train.run import run_training
 from ctrlab.train.trainer import dense_scale_warning
 
@@ -34,7 +34,7 @@ def pipeline_for(transform: str) -> FeaturePipeline:
 
 @pytest.mark.parametrize("transform", ["log1p", "passthrough"])
 def test_unscaled_dense_columns_warn_for_exactly_the_models_that_embed_them(transform):
-    warned = {name for name in list_models() if dense_scale_warning(build_model(name, SPEC), pipeline_for(transform))}
+    warned = {name for name in flat_models() if dense_scale_warning(build_model(name, SPEC), pipeline_for(transform))}
     assert warned == EMBED_DENSE
     message = dense_scale_warning(build_model("deepfm", SPEC), pipeline_for(transform))
     assert f"13 dense column(s) are not scaled ({transform}: I1, I2, I3, I4, I5, ...)" in message
@@ -43,7 +43,7 @@ def test_unscaled_dense_columns_warn_for_exactly_the_models_that_embed_them(tran
 
 @pytest.mark.parametrize("transform", ["log1p_standardize", "minmax", "log_square_bucket"])
 def test_scaled_or_bucketized_dense_columns_do_not_warn(transform):
-    assert [n for n in list_models() if dense_scale_warning(build_model(n, SPEC), pipeline_for(transform))] == []
+    assert [n for n in flat_models() if dense_scale_warning(build_model(n, SPEC), pipeline_for(transform))] == []
 
 
 def test_a_run_on_unscaled_counts_says_why_in_its_summary(tmp_path):
@@ -64,6 +64,14 @@ def test_a_run_on_unscaled_counts_says_why_in_its_summary(tmp_path):
     assert not any("embeds dense values" in w for w in summaries["dnn"]["warnings"])
 
 
+def spec_for(name: str) -> FeatureSpec:
+    """SPEC, with a history sharing C1's table for the sequence models (din, dien, bst)."""
+    if not needs_sequence(name):
+        return SPEC
+    return FeatureSpec(SPEC.dense_names, SPEC.sparse_names, SPEC.vocab_sizes,
+                       lists=[ListField("history", 5, SPEC.vocab_sizes[0], shares="C1")])
+
+
 def ready_config_names() -> list[str]:
     """Every model's ready config but lr's (the linear baseline trains to convergence its own way)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem in list_models() and p.stem != "lr")
@@ -75,7 +83,7 @@ def test_ready_configs_let_early_stopping_decide(name):
     cfg = load_config(PRESET_DIR / f"{name}.yaml")
     train = cfg.train
     assert cfg.model.name == name
-    build_model(name, SPEC, cfg.model.params)  # the params are valid for the model
+    build_model(name, spec_for(name), cfg.model.params)  # the params are valid for the model
     assert train.epochs >= 50 and 1 <= train.early_stopping_patience <= 3 and train.min_epochs <= train.epochs
 
 
