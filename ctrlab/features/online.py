@@ -209,7 +209,7 @@ class OnlineEncoder:
     """
 
     def __init__(self, encoders: Mapping[str, Any], dense_outputs: Sequence[str], sparse_outputs: Sequence[str],
-                 numeric_inputs: Collection[str]):
+                 numeric_inputs: Collection[str], lists: Sequence[tuple[str, int, Any, str | None]] = ()):
         self._columns = [*dense_outputs, *sparse_outputs]
         self.dense_outputs = list(dense_outputs)
         self._n_dense = len(dense_outputs)
@@ -220,6 +220,17 @@ class OnlineEncoder:
         self._signed_zeros = [encoders[col].kind in SIGNED_ZEROS for col in dense_outputs] + [False] * len(sparse_outputs)
         self._numeric = set(numeric_inputs)  # (each output column is encoded from the input of its name)
         # per column: value -> result, missing (None) from the start (see _fill)
+        # list columns (name, max_length, vocabulary, vocab_of): a block of ids each, after the
+        # single-valued columns; a shared vocabulary's values take its column's lane (and memory)
+        self._lists: list[tuple[str, int, int]] = []
+        for name, length, vocab, owner in lists:
+            if owner is not None:
+                lane = self._columns.index(owner)
+            else:
+                lane = len(self._lanes)
+                self._lanes.append(_sparse_lane(vocab))
+                self._signed_zeros.append(False)
+            self._lists.append((name, int(length), lane))
         self._missing = [lane([None])[0] for lane in self._lanes]
         self._memos: list[dict[Any, Any]] = [{None: missing} for missing in self._missing]
 
@@ -227,7 +238,8 @@ class OnlineEncoder:
     def from_pipeline(cls, pipeline: Any) -> "OnlineEncoder":
         """The lane of a fitted :class:`~ctrlab.features.pipeline.FeaturePipeline` (which builds
         it itself; this module sits below it)."""
-        return cls(pipeline.encoders, pipeline.dense_outputs, pipeline.sparse_outputs, pipeline.dense_inputs)
+        lists = [(c.name, c.max_length, pipeline.list_vocabulary(c), c.vocab_of) for c in pipeline.list_inputs]
+        return cls(pipeline.encoders, pipeline.dense_outputs, pipeline.sparse_outputs, pipeline.dense_inputs, lists)
 
     def built_from(self, encoders: Mapping[str, Any]) -> bool:
         """Whether every column's encoder is still the object this lane was built from."""
@@ -245,23 +257,40 @@ class OnlineEncoder:
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
         """Checked raw values, one sequence of n per input column (floats for numeric columns, str for
         categorical ones; None = missing: what :func:`ctrlab.inference.rows.checked_columns`
-        gives) -> (dense float32[N, n_dense], sparse int32[N, n_sparse]), with no Arrow table in
-        between: the lane of a request of a few rows."""
+        gives; a list column's n lists of str, already cut to its max_length) -> (dense
+        float32[N, n_dense], sparse int32[N, sparse_width]: the list blocks after the single-valued
+        columns), with no Arrow table in between: the lane of a request of a few rows."""
         values = list(chain.from_iterable(map(columns.__getitem__, self._columns)))  # column-major
-        memos = self._memos if n == 1 else list(chain.from_iterable(repeat(m, n) for m in self._memos))
+        column_memos = self._memos[: len(self._columns)]  # (own list vocabularies' lanes follow)
+        memos = column_memos if n == 1 else list(chain.from_iterable(repeat(m, n) for m in column_memos))
         found = list(map(dict.get, memos, values))  # (each value looked up in its column's memory, in C)
         cut = self._n_dense * n
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
             if None in found:  # values not seen lately
-                self._fill(values, found, n)
+                self._fill(values, found, lambda i: i // n)
             dense = np.array(found[:cut], dtype=np.float64).reshape(self._n_dense, n)
             dense_out = dense.T.astype(np.float32, order="C")
         sparse_out = np.array(found[cut:], dtype=np.int32).reshape(len(self._columns) - self._n_dense, n)
-        return dense_out, np.ascontiguousarray(sparse_out.T)
+        if not self._lists:
+            return dense_out, np.ascontiguousarray(sparse_out.T)
+        blocks = [sparse_out.T]
+        for name, length, lane in self._lists:  # each list's ids first, then padding (id 0)
+            rows = columns[name]
+            flat = list(chain.from_iterable(rows))
+            ids = list(map(self._memos[lane].get, flat))
+            if None in ids:
+                self._fill(flat, ids, lambda _i, j=lane: j)
+            block = np.zeros((n, length), dtype=np.int32)
+            at = 0
+            for r, values in enumerate(rows):
+                block[r, :len(values)] = ids[at:at + len(values)]
+                at += len(values)
+            blocks.append(block)
+        return dense_out, np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
-    def _fill(self, values: list[Any], found: list[Any], n: int) -> None:
-        """Compute the results ``found`` lacks (None) with each column's lane, and remember them
-        (``values``: column-major, n per column).
+    def _fill(self, values: list[Any], found: list[Any], lane_of: Callable[[int], int]) -> None:
+        """Compute the results ``found`` lacks (None) with each value's lane (``lane_of(i)``: the
+        lane of value i), and remember them.
 
         Every lane's result for a value depends on that value alone, so a remembered result is the
         one the lane gives. Not remembered: NaN (one key per object), long strings, and zeros of the
@@ -270,7 +299,7 @@ class OnlineEncoder:
         dict's get, set and clear are atomic."""
         todo: dict[int, list[int]] = {}
         for i in [i for i, result in enumerate(found) if result is None]:
-            todo.setdefault(i // n, []).append(i)
+            todo.setdefault(lane_of(i), []).append(i)
         for j, where in todo.items():
             memo, signed_zeros = self._memos[j], self._signed_zeros[j]
             if len(memo) > MEMO_VALUES:

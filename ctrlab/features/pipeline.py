@@ -233,10 +233,6 @@ class FeaturePipeline:
         return FeatureSpec(self.dense_outputs, self.sparse_outputs,
                            [self.encoders[c].size_ for c in self.sparse_outputs], lists=fields)
 
-    def _refuse_lists(self, what: str) -> None:
-        if self.list_inputs:
-            raise ValueError(f"list columns {self.list_names}: {what}")
-
     def _check_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError("FeaturePipeline is not fitted: run fit() or load a fitted pipeline.json")
@@ -316,17 +312,16 @@ class FeaturePipeline:
     def transform_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`transform` of n rows given as checked Python values, n per input column
         (floats / str, None = missing: :func:`ctrlab.inference.rows.checked_columns`), through the
-        online lane with no Arrow table in between (a request of a few rows): the same bytes.
-        Not for a pipeline with list columns (ValueError): use :meth:`transform` on a table."""
+        online lane with no Arrow table in between (a request of a few rows): the same bytes. A
+        list column's values are n lists of str, already cut to its max_length (as
+        ``checked_columns`` gives them)."""
         self._check_fitted()
-        self._refuse_lists("use transform on a table (the online lane does not encode list columns)")
         online = self._online_encoder()
         dense, sparse = online.encode_columns(columns, n)
         check_finite(dense, online.dense_outputs, lambda col, row: columns[col][row])
         return dense, sparse
 
     def _online_encoder(self) -> OnlineEncoder:
-        self._refuse_lists("use transform on a table (the online lane does not encode list columns)")
         online = self._online
         if online is None or not online.built_from(self.encoders):  # (an encoder may be replaced)
             online = self._online = OnlineEncoder.from_pipeline(self)

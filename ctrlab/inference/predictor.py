@@ -278,16 +278,16 @@ class Predictor:
     def _encode_timed(self, rows: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """:meth:`encode` and the seconds of its two stages (parse, transform). A list of at most
         SMALL_INPUT_ROWS rows takes the small-request lane: checked Python columns straight into
-        the online encoder, with no Arrow table (the same checks and bytes; tested). A pipeline
-        with list columns takes the table path for every input (the online lane cannot encode
-        lists)."""
+        the online encoder, with no Arrow table (the same checks and bytes; tested), list columns
+        included."""
         t0 = time.perf_counter()
         small = isinstance(rows, (list, tuple)) and 0 < len(rows) <= SMALL_INPUT_ROWS
-        if small and not self.pipeline.list_inputs:
-            columns = checked_columns(rows, self.pipeline.dense_inputs, self.pipeline.sparse_inputs)
+        if small:
+            columns = checked_columns(rows, self.pipeline.dense_inputs, self.pipeline.sparse_inputs,
+                                      self.pipeline.list_inputs)
             t1 = time.perf_counter()
             dense, sparse = self.pipeline.transform_columns(columns, len(rows))
-            self.input_counts.add_columns(columns, sparse)
+            self.input_counts.add_columns(columns, sparse[:, : len(self.pipeline.sparse_outputs)])
         else:
             table = self.to_table(rows)
             t1 = time.perf_counter()

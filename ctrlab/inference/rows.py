@@ -138,14 +138,28 @@ def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_colu
     return pa.Table.from_arrays(arrays, names=columns + [c.name for c in lists])
 
 
-def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str],
-                    sparse_columns: Sequence[str]) -> dict[str, Sequence[Any]]:
+def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str],
+                    list_columns: Sequence[ListColumn] = ()) -> dict[str, Sequence[Any]]:
     """Rows as :func:`rows_to_table` takes them -> {column: its n values}, checked as there (the
     same errors, the first bad value in the same order) but as Python values: float or None for
-    dense columns, str or None for sparse ones (what the online encoder takes, with no Arrow table
-    in between: the lane of a request of a few rows)."""
+    dense columns, str or None for sparse ones, a list of str (cut to its last max_length) for a
+    list column (what the online encoder takes, with no Arrow table in between: the lane of a
+    request of a few rows)."""
+    lists = _checked_list_columns(list_columns)
+    flat = len(dense_columns) + len(sparse_columns)
+    by_column = _raw_columns(rows, list(dense_columns) + list(sparse_columns) + [c.name for c in lists])
+    checked = _checked_flat(by_column[:flat], dense_columns, sparse_columns)
+    for column, values in zip(lists, by_column[flat:]):
+        keep = column.max_length
+        checked[column.name] = [_list_value(v, i, column)[-keep:] if keep else _list_value(v, i, column)
+                                for i, v in enumerate(values)]
+    return checked
+
+
+def _checked_flat(by_column: list[Sequence[Any]], dense_columns: Sequence[str],
+                  sparse_columns: Sequence[str]) -> dict[str, Sequence[Any]]:
+    """:func:`checked_columns` of the single-valued columns, given their raw values per column."""
     n_dense = len(dense_columns)
-    by_column = _raw_columns(rows, list(dense_columns) + list(sparse_columns))
     dense_flat = list(chain.from_iterable(by_column[:n_dense]))
     sparse_flat = list(chain.from_iterable(by_column[n_dense:]))
     # all plain (finite floats or None; non-empty strings or None): the values pass as they are.

@@ -222,8 +222,6 @@ def test_list_column_errors():
     pipe = _pipeline()
     table = _table()
     pipe.fit([table])
-    with pytest.raises(ValueError, match=r"list columns.*use transform on a table"):
-        pipe.transform_columns({"price": [1.0], "item_id": ["i1"], "cate_id": ["c1"]}, 1)
     with pytest.raises(ValueError, match=r"input lacks columns \['genres'\]"):
         pipe.transform(table.drop_columns(["genres"]))
 
@@ -302,3 +300,23 @@ def test_streaming_fit_equals_fit_and_transform():
     expected_dense, expected_sparse = reference.transform(table)
     assert streaming.to_dict() == reference.to_dict()
     assert codes.tolist() == expected_sparse.tolist() and dense.tobytes() == expected_dense.tobytes()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 32])
+def test_online_lane_encodes_lists_like_the_table_path(rows):
+    """transform_columns (the small-request lane: per-column memories, a shared vocabulary's
+    values through its column's lane) gives transform's bytes, list blocks included, and again
+    once its memories hold the values."""
+    from ctrlab.inference.rows import checked_columns
+
+    table = _table(4)
+    pipe = _pipeline()
+    pipe.fit([table])
+    part = table.slice(0, rows)
+    expected = pipe.transform(part)
+    names = pipe.dense_inputs + pipe.sparse_inputs + pipe.list_names
+    dicts = [{c: row[c] for c in names} for row in part.to_pylist()]
+    for _ in range(2):  # cold, then remembered
+        columns = checked_columns(dicts, pipe.dense_inputs, pipe.sparse_inputs, pipe.list_inputs)
+        dense, sparse = pipe.transform_columns(columns, len(dicts))
+        assert dense.tobytes() == expected[0].tobytes() and sparse.tobytes() == expected[1].tobytes()

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import ctrlab.inference.predictor as predictor_mod
 from ctrlab.features.online import SMALL_INPUT_ROWS
 from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, InputError
 from ctrlab.fields import MISSING_ID
@@ -170,6 +169,9 @@ def test_every_bad_list_value_names_its_row_and_field(bad, field, message, row, 
         rows_to_table(rows, DENSE, SPARSE, LISTS)
     assert info.value.row == row and info.value.field == field
     assert str(info.value).startswith(f"row {row}, field {field!r}: ")
+    with pytest.raises(InputError) as lane:  # the small-request lane: the same error
+        checked_columns(rows, DENSE, SPARSE, LISTS)
+    assert str(lane.value) == str(info.value)
 
 
 def test_unknown_keys_and_short_rows_still_count_the_list_columns():
@@ -236,7 +238,9 @@ def _predictor(pipeline: FeaturePipeline) -> Predictor:
     return predictor
 
 
-def test_with_lists_every_request_takes_the_table_path(pipeline, monkeypatch):
+def test_with_lists_small_requests_take_the_lane_with_the_table_paths_bytes(pipeline, monkeypatch):
+    """Up to SMALL_INPUT_ROWS rows with list values take the small-request lane (no Arrow
+    table) and give the bytes of the table path; larger inputs and Arrow tables take the table."""
     predictor = _predictor(pipeline)
     assert predictor.columns == COLUMNS and predictor.list_columns == LISTS
     tables = []
@@ -248,7 +252,6 @@ def test_with_lists_every_request_takes_the_table_path(pipeline, monkeypatch):
         return table
 
     monkeypatch.setattr(Predictor, "to_table", spy)
-    monkeypatch.setattr(predictor_mod, "checked_columns", None)  # the small lane must not be taken
 
     many = [JSON_ROWS[k % 5] for k in range(100)]
     dense_many, sparse_many = predictor.encode(many)
@@ -256,12 +259,13 @@ def test_with_lists_every_request_takes_the_table_path(pipeline, monkeypatch):
     for k in range(5):
         for rows in ([JSON_ROWS[k]], [TEXT_ROWS[k]], _as_lists([JSON_ROWS[k]])):
             dense, sparse = predictor.encode(rows)
-            assert tables[-1].num_rows == 1 and tables[-1].column("hist").type == STRINGS
             assert dense.tobytes() == dense_many[k:k + 1].tobytes()
             assert sparse.tobytes() == sparse_many[k:k + 1].tobytes()
-    assert len(tables) == 1 + 15
-    _, _, (parse, transform) = predictor._encode_timed(JSON_ROWS[:SMALL_INPUT_ROWS])
-    assert len(tables) == 17 and parse >= 0 and transform >= 0
+    assert len(tables) == 1  # the single rows took the lane
+    small = [JSON_ROWS[k % 5] for k in range(SMALL_INPUT_ROWS)]
+    _, lane_sparse, (parse, transform) = predictor._encode_timed(small)
+    assert len(tables) == 1 and parse >= 0 and transform >= 0
+    assert lane_sparse.tobytes() == sparse_many[:SMALL_INPUT_ROWS].tobytes()
     # an Arrow table is checked with the list columns too
     given = EXPECTED.set_column(3, "hist", pa.array(["i2|i1", None, "i4|i5|i2|i1|i3", "7|i9", ""]))
     assert predictor.encode(given)[1].tobytes() == sparse_many[:5].tobytes()
@@ -271,9 +275,10 @@ def test_with_lists_every_request_takes_the_table_path(pipeline, monkeypatch):
     # the counts: single-valued fields only, over the 100 + 15 + 32 + 5 rows
     counts = predictor.input_counts.snapshot()
     assert list(counts) == ["item_id", "cate_id", "price"]
-    rows = 100 + 15 + len(JSON_ROWS[:SMALL_INPUT_ROWS]) + 5
+    rows = 100 + 15 + SMALL_INPUT_ROWS + 5
     assert {c["rows"] for c in counts.values()} == {rows}
-    missing_cate = 20 + 3 + 1 + 1  # JSON_ROWS[2] leaves cate_id out: 20 of 100, 3 singles, 1, 1
+    # JSON_ROWS[2] leaves cate_id out: 20 of 100, 3 singles, 6 of the 32, 1 in the table
+    missing_cate = 20 + 3 + sum(1 for k in range(SMALL_INPUT_ROWS) if k % 5 == 2) + 1
     assert counts["cate_id"]["missing"] == missing_cate
 
 
