@@ -74,6 +74,9 @@ class TrainConfig:
     reg: float = 0.0  # L2 on the embedding rows each batch touches
     weight_decay: float = 0.0  # L2 on the other (dense) weights
     grad_clip: float | None = None  # max global norm of the dense weights' gradients (null: no clipping)
+    # a model with an auxiliary loss (DIEN's next-behaviour loss) trains on loss + this * that loss
+    # (0: off); the reported train loss stays the click loss, comparable across models
+    auxiliary_loss_weight: float = 1.0
     monitor: str = "auc"  # validation metric for early stopping / LR reduction: auc | logloss
     # early stopping and LR reduction need a validation split; without one every epoch runs
     early_stopping_patience: int = 2  # stop after this many epochs without improvement (0: never stop early)
@@ -281,6 +284,7 @@ LIMITS: dict[tuple[type, str], Range] = {
     (TrainConfig, "embedding_lr"): NON_NEGATIVE,
     (TrainConfig, "momentum"): Range(0, 1, high_open=True),
     (TrainConfig, "reg"): NON_NEGATIVE,
+    (TrainConfig, "auxiliary_loss_weight"): NON_NEGATIVE,
     (TrainConfig, "weight_decay"): NON_NEGATIVE,
     (TrainConfig, "grad_clip"): POSITIVE,
     (TrainConfig, "early_stopping_patience"): NON_NEGATIVE,

@@ -27,7 +27,7 @@ class DIEN(nn.Module):
     evolution GRU (gate), whose final state ([B, D]) joins the other fields' embeddings (list
     fields pooled) and the dense values in the MLP. A spec without such a sequence raises
     ValueError. auxiliary_loss(dense, sparse) gives DIEN's auxiliary loss on the extractor
-    states; the trainer does not call it yet (the lead wires it in, as loss + weight * aux).
+    states; training adds it, as click loss + train.auxiliary_loss_weight * auxiliary loss.
 
     Hyperparameters:
         activation: MLP activation: dice or relu, tanh, sigmoid, gelu, leaky_relu, prelu, identity
@@ -96,7 +96,8 @@ class DIEN(nn.Module):
         negative: the negatives are a random permutation (``torch.randperm``, ``generator``) of
         all of the batch's positives, i.e. next items of other steps and rows (a negative can
         coincide with its positive by chance; the paper samples from the item pool instead).
-        See :func:`ctrlab.nn.dien_auxiliary_loss`. Not called by the trainer yet.
+        See :func:`ctrlab.nn.dien_auxiliary_loss`. Training adds it to the click loss, weighted by
+        ``train.auxiliary_loss_weight`` (default 1, as the paper's alpha).
         """
         _, sequences = self.inputs(dense, sparse)
         total = torch.zeros((), dtype=dense.dtype, device=dense.device)

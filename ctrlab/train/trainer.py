@@ -262,13 +262,17 @@ class Trainer:
         try:
             # the next batch is gathered in a thread while this one trains (numpy gathers release
             # the GIL)
+            auxiliary = getattr(self.model, "auxiliary_loss", None) if cfg.auxiliary_loss_weight > 0 else None
             for dense, sparse, label in prefetch(iter(batches), depth=2):
                 logits = self.model(dense, sparse)
                 loss = self.loss_fn(logits, label)
                 self.sparse_opt.zero_grad()
                 if self.dense_opt:
                     self.dense_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if auxiliary is not None:  # (DIEN: the click loss is still what is reported)
+                    (loss + cfg.auxiliary_loss_weight * auxiliary(dense, sparse)).backward()
+                else:
+                    loss.backward()
                 if self.dist:  # average over the global batch before clipping and stepping
                     distrib.sync_gradients(self.dist, self.dense_params, self.sparse_params)
                 if cfg.grad_clip and self.dense_params:
