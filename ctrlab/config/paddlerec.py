@@ -36,7 +36,26 @@ PADDLE_MODEL_PARAMS = {
     "use_hidden_gate": "use_hidden_gate",
     "dropout_rate": "dropout",
     "dnn_use_bn": "batch_norm",
+    "item_emb_size": "embedding_dim",  # din, dien: ctrlab embeds every field with one size
+    "item_count": None,
+    "cat_count": None,
 }
+
+# PaddleRec's sequence models read "hist items;hist cates;item;cate;label" lines (models/rank/din
+# and dien, their dinReader / dienReader; histories space-separated, oldest first): the layout as
+# a ctrlab generic schema, each history sharing its target's vocabulary and embedding table.
+# PaddleRec pads a batch to its longest history; ctrlab keeps the most recent
+# PADDLE_HISTORY_LENGTH items (and counts the rows it cuts).
+PADDLE_HISTORY_LENGTH = 100
+PADDLE_SEQUENCE_MODELS = ("din", "dien")
+
+
+def _paddle_sequence_schema() -> dict[str, Any]:
+    history = {"kind": "sequence", "separator": " ", "max_length": PADDLE_HISTORY_LENGTH}
+    return {"columns": ["hist_item_id", "hist_cate_id", "item_id", "cate_id", "label"], "label": "label",
+            "dense": [], "sparse": ["item_id", "cate_id"], "header": False, "delimiter": ";",
+            "lists": {"hist_item_id": {**history, "vocab_of": "item_id"},
+                      "hist_cate_id": {**history, "vocab_of": "cate_id"}}}
 
 # PaddleRec's layer lists that end with the network's output layer: a final 2 is PaddleRec's
 # 2-class softmax, a final 1 a sigmoid unit; ctrlab's equivalent of either is its 1-logit output
@@ -208,7 +227,7 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
                 origin = f"hyper_parameters.optimizer.{okey}"
                 if okey == "class":
                     t["optimizer"] = _checked("train", "optimizer", str(ovalue).lower(), origin)
-                elif okey == "learning_rate":
+                elif okey in ("learning_rate", "learning_rate_base_lr"):  # (the latter: din, dien)
                     t["lr"] = _checked("train", "lr", ovalue, origin)
                 else:
                     notes.append(f"{origin} is not used by ctrlab")
@@ -228,11 +247,23 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             _model_param(name, key, value, params, notes, hyper)
         elif key in ("distributed_embedding",):
             notes.append(f"hyper_parameters.{key} does not apply (one process, local embedding tables)")
+        elif key == "cat_emb_size":
+            pass  # (one embedding size: noted below when it differs from item_emb_size)
+        elif key == "act" and name == "din":  # the activation of DIN's attention units
+            params["attention_activation"] = str(value).lower()
         elif key == "is_sparse":
             notes.append("hyper_parameters.is_sparse does not apply: ctrlab always updates only the embedding "
                          "rows a batch touches")
         else:
             notes.append(f"hyper_parameters.{key} is not used by ctrlab")
+    if name in PADDLE_SEQUENCE_MODELS and "schema" not in d and "format" not in d:
+        d["format"] = "csv"
+        d["schema"] = _paddle_sequence_schema()
+        notes.append(f"data: PaddleRec's {name} reader layout (hist items;hist cates;item;cate;label); histories "
+                     f"keep their most recent {PADDLE_HISTORY_LENGTH} items")
+    if "cat_emb_size" in hyper and hyper.get("cat_emb_size") != hyper.get("item_emb_size"):
+        notes.append(f"hyper_parameters.cat_emb_size ({hyper['cat_emb_size']}) differs from item_emb_size: ctrlab "
+                     "embeds every field with model.params.embedding_dim (item_emb_size)")
     _merge_defaults(out, PADDLE_DEFAULTS)
     return out, notes
 

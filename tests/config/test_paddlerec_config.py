@@ -611,3 +611,27 @@ def test_paddlerec_run_says_what_it_uses_and_that_test_is_train(paddle_wide_deep
 def test_paddlerec_run_without_validation(paddle_wide_deep, tmp_path, capsys):
     assert main(["train", "-m", str(paddle_wide_deep), "--quiet", "--set", "train.threads=1"]) == 0
     assert "epochs: 1; validation: none; early stopping: off; lr decay: off" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["din", "dien"])
+def test_paddlerec_sequence_configs_train_unchanged(model, tmp_path, monkeypatch, capsys):
+    """PaddleRec's din / dien folders (config.yaml + sample data, unchanged) train with
+    `ctrlab train -m`: their reader's layout becomes a schema whose histories share the target
+    item's and category's vocabularies; the SGD learning rate is theirs."""
+    from ctrlab.data.store import Store
+
+    source = RANK / model
+    if not (source / "config.yaml").is_file():
+        pytest.skip(f"{source} is not available")
+    shutil.copytree(source, tmp_path / model)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-m", str(tmp_path / model / "config.yaml"), "--quiet", "--set", "train.threads=1"]) == 0
+    err = capsys.readouterr().err
+    assert f"PaddleRec's {model} reader layout" in err
+    raw = yaml.safe_load((source / "config.yaml").read_text())
+    cfg, _, _ = to_native(raw, source)
+    assert cfg.model.name == model and cfg.train.optimizer == "sgd"
+    assert cfg.train.lr == raw["hyper_parameters"]["optimizer"]["learning_rate_base_lr"]
+    assert cfg.model.params["embedding_dim"] == raw["hyper_parameters"]["item_emb_size"]
+    store = Store(tmp_path / raw["runner"]["model_save_path"] / "store")
+    assert [(f.name, f.shares) for f in store.spec.lists] == [("hist_item_id", "item_id"), ("hist_cate_id", "cate_id")]
