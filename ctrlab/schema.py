@@ -67,7 +67,8 @@ class ListColumn:
 class Schema:
     """How to read one layout of raw rows.
 
-    format: the reader to use: ``delimited`` (TSV/CSV) or ``slot`` (PaddleRec slot lines).
+    format: the reader to use: ``delimited`` (TSV/CSV), ``slot`` (PaddleRec slot lines) or ``kv``
+        (``key:value`` tokens, a list column's key repeated once per value: PaddleRec's BST sample).
     columns: every column of the file, in file order (delimited formats only); columns that are
         neither label, dense, sparse nor id are read and dropped.
     label: name of the label column in the file, or None (e.g. the Kaggle test file).
@@ -101,8 +102,9 @@ class Schema:
             for col in (self.label, self.id_column, *self.dense, *self.sparse, *list_names):
                 if col is not None and col not in known:
                     raise ValueError(f"schema {self.name!r}: column {col!r} is not among its columns {list(self.columns)}")
-        elif self.lists:
-            raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited files only")
+        elif self.lists and self.format != "kv":
+            raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited or key:value "
+                             "files only")
         overlap = set(self.dense) & set(self.sparse)
         if overlap:
             raise ValueError(f"schema {self.name!r}: columns both dense and sparse: {sorted(overlap)}")
@@ -184,7 +186,7 @@ PRESETS: dict[str, Schema] = {
 }
 
 #: Names accepted by ``--format``: the presets plus ``csv``/``tsv`` (generic, schema from config).
-FORMAT_NAMES = tuple(PRESETS) + ("csv", "tsv")
+FORMAT_NAMES = tuple(PRESETS) + ("csv", "tsv", "kv")
 
 
 @dataclass
@@ -227,6 +229,9 @@ def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str]
             raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: kind, separator, "
                              "max_length, weight_separator, pooling, vocab_of")
         lists.append(ListColumn(name=name, **options))
+    if fmt == "kv":  # key:value tokens: the columns are the keys; no header, no quoting
+        return Schema(name=fmt, format="kv", columns=tuple(columns), label=cfg.label, dense=tuple(cfg.dense),
+                      sparse=tuple(sparse), id_column=cfg.id_column, delimiter=" ", lists=tuple(lists))
     return Schema(
         name=fmt, format="delimited", columns=tuple(columns), label=cfg.label, dense=tuple(cfg.dense),
         sparse=tuple(sparse), id_column=cfg.id_column, header=cfg.header, delimiter=delimiter,

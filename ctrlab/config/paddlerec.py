@@ -39,6 +39,9 @@ PADDLE_MODEL_PARAMS = {
     "item_emb_size": "embedding_dim",  # din, dien: ctrlab embeds every field with one size
     "item_count": None,
     "cat_count": None,
+    "user_count": None,
+    "position_count": None,
+    "n_head": "attention_heads",  # bst
 }
 
 # PaddleRec's sequence models read "hist items;hist cates;item;cate;label" lines (models/rank/din
@@ -47,15 +50,22 @@ PADDLE_MODEL_PARAMS = {
 # PaddleRec pads a batch to its longest history; ctrlab keeps the most recent
 # PADDLE_HISTORY_LENGTH items (and counts the rows it cuts).
 PADDLE_HISTORY_LENGTH = 100
-PADDLE_SEQUENCE_MODELS = ("din", "dien")
+PADDLE_SEQUENCE_MODELS = ("din", "dien", "bst")
 
 
-def _paddle_sequence_schema() -> dict[str, Any]:
+def _paddle_sequence_data(name: str) -> dict[str, Any]:
+    """data.format and data.schema of PaddleRec's reader for sequence model ``name``."""
     history = {"kind": "sequence", "separator": " ", "max_length": PADDLE_HISTORY_LENGTH}
-    return {"columns": ["hist_item_id", "hist_cate_id", "item_id", "cate_id", "label"], "label": "label",
-            "dense": [], "sparse": ["item_id", "cate_id"], "header": False, "delimiter": ";",
-            "lists": {"hist_item_id": {**history, "vocab_of": "item_id"},
-                      "hist_cate_id": {**history, "vocab_of": "cate_id"}}}
+    if name == "bst":  # amazon_reader: userid:u history:i... cate:c... position:p... target:i target_cate:c ...
+        return {"format": "kv", "schema": {
+            "columns": ["userid", "history", "cate", "position", "target", "target_cate", "target_position", "label"],
+            "label": "label", "dense": [], "sparse": ["userid", "target", "target_cate", "target_position"],
+            "lists": {"history": {**history, "vocab_of": "target"}, "cate": {**history, "vocab_of": "target_cate"},
+                      "position": {**history, "vocab_of": "target_position"}}}}
+    return {"format": "csv", "schema": {
+        "columns": ["hist_item_id", "hist_cate_id", "item_id", "cate_id", "label"], "label": "label",
+        "dense": [], "sparse": ["item_id", "cate_id"], "header": False, "delimiter": ";",
+        "lists": {"hist_item_id": {**history, "vocab_of": "item_id"}, "hist_cate_id": {**history, "vocab_of": "cate_id"}}}}
 
 # PaddleRec's layer lists that end with the network's output layer: a final 2 is PaddleRec's
 # 2-class softmax, a final 1 a sigmoid unit; ctrlab's equivalent of either is its 1-logit output
@@ -247,8 +257,13 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             _model_param(name, key, value, params, notes, hyper)
         elif key in ("distributed_embedding",):
             notes.append(f"hyper_parameters.{key} does not apply (one process, local embedding tables)")
-        elif key == "cat_emb_size":
+        elif key in ("cat_emb_size", "position_emb_size"):
             pass  # (one embedding size: noted below when it differs from item_emb_size)
+        elif key in ("d_model", "d_key", "d_value", "n_encoder_layers", "postprocess_cmd", "preprocess_cmd",
+                     "prepostprocess_dropout") and name == "bst":
+            notes.append(f"hyper_parameters.{key} ({value}): ctrlab's bst runs one encoder layer per history "
+                         "over item_emb_size-wide tokens (heads from n_head), not PaddleRec's concatenated "
+                         "item+cate+position tokens")
         elif key == "act" and name == "din":  # the activation of DIN's attention units
             params["attention_activation"] = str(value).lower()
         elif key == "is_sparse":
@@ -257,10 +272,11 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
         else:
             notes.append(f"hyper_parameters.{key} is not used by ctrlab")
     if name in PADDLE_SEQUENCE_MODELS and "schema" not in d and "format" not in d:
-        d["format"] = "csv"
-        d["schema"] = _paddle_sequence_schema()
-        notes.append(f"data: PaddleRec's {name} reader layout (hist items;hist cates;item;cate;label); histories "
-                     f"keep their most recent {PADDLE_HISTORY_LENGTH} items")
+        d.update(_paddle_sequence_data(name))
+        layout = ("userid/history/cate/position/target... key:value tokens" if name == "bst"
+                  else "hist items;hist cates;item;cate;label")
+        notes.append(f"data: PaddleRec's {name} reader layout ({layout}); histories keep their most recent "
+                     f"{PADDLE_HISTORY_LENGTH} items")
     if "cat_emb_size" in hyper and hyper.get("cat_emb_size") != hyper.get("item_emb_size"):
         notes.append(f"hyper_parameters.cat_emb_size ({hyper['cat_emb_size']}) differs from item_emb_size: ctrlab "
                      "embeds every field with model.params.embedding_dim (item_emb_size)")

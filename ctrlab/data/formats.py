@@ -17,7 +17,7 @@ from typing import Sequence
 from ..schema import FORMAT_NAMES, LABEL, PRESETS, GenericSchemaConfig, Schema, generic_schema
 from .readers import DataError, first_line
 
-GENERIC_FORMATS = ("csv", "tsv")
+GENERIC_FORMATS = ("csv", "tsv", "kv")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -75,7 +75,7 @@ def file_schema(path: Path, fmt: str, generic: GenericSchemaConfig | None) -> tu
     if fmt in GENERIC_FORMATS:
         cfg = generic or GenericSchemaConfig()
         header = None
-        if cfg.header:
+        if cfg.header and fmt != "kv":
             header = header_columns(path, cfg.delimiter or ("\t" if fmt == "tsv" else ","))
         return fmt, generic_schema(cfg, fmt, header)
     return fmt, schema_for_file(path, fmt)
@@ -99,7 +99,9 @@ def input_schema(path: Path, fmt: str, bundle_schema: Schema, dense_inputs: Sequ
             if not generic:
                 raise
             fmt = bundle_schema.name
-    if fmt in GENERIC_FORMATS:
+    if fmt == "kv" or (fmt in GENERIC_FORMATS and bundle_schema.format == "kv"):
+        schema = bundle_schema  # key:value tokens name their columns; a line without the label is scored
+    elif fmt in GENERIC_FORMATS:
         schema = _generic_input_schema(path, fmt, bundle_schema)
     elif fmt in PRESETS:
         schema = schema_for_file(path, fmt)

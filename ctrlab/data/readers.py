@@ -751,6 +751,85 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
         yield flush()
 
 
+def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo) -> Iterator[Chunk]:
+    """``key:value`` tokens, space separated (PaddleRec's BST sample: ``userid:3 history:12
+    history:7 cate:5 cate:5 ... target:9 label:0``). A list column's key repeats once per value, in
+    order (a sequence keeps its most recent ``max_length``, cut rows counted); another key at most
+    once; an absent key is a missing value or an empty list. An unknown or repeated key, a token
+    without ``:`` or with an empty value, a label other than 0/1 or a dense value that is not a
+    number is a bad line naming the file, line and key. The label is optional (scoring input)."""
+    lists = {c.name: c for c in schema.lists}
+    singles = {c for c in (schema.label, *schema.dense, *schema.sparse) if c is not None}
+    builder = _ChunkBuilder(path, bad_lines, report, info)
+    info.sha256 = sha256_file(path)
+    info.bytes = path.stat().st_size
+    out_cols = [*([LABEL] if schema.label else []), *schema.dense, *schema.sparse, *lists]
+    columns: dict[str, list[Any]] = {c: [] for c in out_cols}
+
+    def parse(line: str) -> tuple[dict[str, Any], None] | tuple[str, str | None]:
+        row: dict[str, Any] = {c: [] for c in lists}
+        for token in line.split():
+            key, sep, value = token.partition(":")
+            if not sep or value == "":
+                return f"expected key:value, got {token[:40]!r}", None
+            if key in lists:
+                row[key].append(value)
+            elif key in singles:
+                if key in row:
+                    return f"key {key!r} appears twice (only list columns repeat)", key
+                row[key] = value
+            else:
+                return f"unknown key {key!r} (expected {', '.join(sorted(singles | set(lists)))})", key
+        label = row.pop(schema.label, None) if schema.label else None
+        if schema.label is not None:
+            number = None if label is None else parse_number(label)
+            if number not in (0.0, 1.0):
+                return f"expected a 0/1 label, got {'none' if label is None else repr(label[:40])}", schema.label
+            row[LABEL] = number
+        for col in schema.dense:
+            if row.get(col) is not None:
+                number = parse_number(row[col])
+                if number is None:
+                    return number_error(row[col]), col
+                row[col] = number
+        return row, None
+
+    def flush() -> Chunk:
+        arrays = []
+        for col in out_cols:
+            if col in lists:
+                arrays.append(pa.array(columns[col], type=pa.list_(pa.string())))
+            else:
+                arrays.append(pa.array(columns[col], type=pa.float64() if col == LABEL or col in schema.dense
+                                       else pa.string()))
+            columns[col] = []
+        return builder.take(pa.Table.from_arrays(arrays, names=out_cols))
+
+    for line_no, text, problem in iter_lines(path):
+        if problem is not None:
+            builder.bad(line_no, problem[0], problem[1], None)
+            continue
+        if not text.strip():
+            builder.bad(line_no, "empty line", "empty line", None)
+            continue
+        row, field = parse(text)
+        if isinstance(row, str):
+            builder.bad(line_no, "bad key:value line", row, field)
+            continue
+        for name, column in lists.items():
+            values = row[name]
+            if column.max_length is not None and len(values) > column.max_length:
+                info.truncated[name] = info.truncated.get(name, 0) + 1
+                row[name] = values[-column.max_length:]
+        builder.good(line_no)
+        for col in out_cols:
+            columns[col].append(row.get(col))
+        if len(columns[out_cols[0]]) >= FALLBACK_ROWS:
+            yield flush()
+    if builder.pending:
+        yield flush()
+
+
 class RowReader:
     """Iterate over the rows of one or more files of one layout, chunk by chunk.
 
@@ -778,6 +857,8 @@ class RowReader:
             self.sources.append(info)
             if self.schema.format == "slot":
                 yield from _read_slot(path, self.schema, self.bad_lines, self.skipped, info)
+            elif self.schema.format == "kv":
+                yield from _read_kv(path, self.schema, self.bad_lines, self.skipped, info)
             else:
                 yield from _read_delimited(path, self.schema, self.bad_lines, self.skipped, info, self.block_bytes,
                                            self.chunk_rows)

@@ -613,7 +613,14 @@ def test_paddlerec_run_without_validation(paddle_wide_deep, tmp_path, capsys):
     assert "epochs: 1; validation: none; early stopping: off; lr decay: off" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("model", ["din", "dien"])
+SEQUENCE_SHARES = {
+    "din": [("hist_item_id", "item_id"), ("hist_cate_id", "cate_id")],
+    "dien": [("hist_item_id", "item_id"), ("hist_cate_id", "cate_id")],
+    "bst": [("history", "target"), ("cate", "target_cate"), ("position", "target_position")],
+}
+
+
+@pytest.mark.parametrize("model", ["din", "dien", "bst"])
 def test_paddlerec_sequence_configs_train_unchanged(model, tmp_path, monkeypatch, capsys):
     """PaddleRec's din / dien folders (config.yaml + sample data, unchanged) train with
     `ctrlab train -m`: their reader's layout becomes a schema whose histories share the target
@@ -625,13 +632,17 @@ def test_paddlerec_sequence_configs_train_unchanged(model, tmp_path, monkeypatch
         pytest.skip(f"{source} is not available")
     shutil.copytree(source, tmp_path / model)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "-m", str(tmp_path / model / "config.yaml"), "--quiet", "--set", "train.threads=1"]) == 0
+    assert main(["train", "-m", str(tmp_path / model / "config.yaml"), "--quiet", "--set", "train.threads=1",
+                 "--set", "train.epochs=1"]) == 0  # (one epoch of the config's; bst's asks for 10)
     err = capsys.readouterr().err
     assert f"PaddleRec's {model} reader layout" in err
     raw = yaml.safe_load((source / "config.yaml").read_text())
     cfg, _, _ = to_native(raw, source)
     assert cfg.model.name == model and cfg.train.optimizer == "sgd"
-    assert cfg.train.lr == raw["hyper_parameters"]["optimizer"]["learning_rate_base_lr"]
+    optimizer = raw["hyper_parameters"]["optimizer"]
+    assert cfg.train.lr == optimizer.get("learning_rate_base_lr", optimizer.get("learning_rate"))
     assert cfg.model.params["embedding_dim"] == raw["hyper_parameters"]["item_emb_size"]
     store = Store(tmp_path / raw["runner"]["model_save_path"] / "store")
-    assert [(f.name, f.shares) for f in store.spec.lists] == [("hist_item_id", "item_id"), ("hist_cate_id", "cate_id")]
+    assert [(f.name, f.shares) for f in store.spec.lists] == SEQUENCE_SHARES[model]
+    assert store.meta["splits"]["train"]["rows"] == len((source / "data" / "train_data").glob("*").__next__()
+                                                          .read_text().splitlines())  # every line read
