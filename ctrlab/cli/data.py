@@ -108,9 +108,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="synthetic data, dataset downloads, cleaning up",
-                       description="Make synthetic Criteo-shaped data, download public CTR datasets, or remove "
-                                   "what ctrlab created.")
-    dsub = p.add_subparsers(dest="data_command", metavar="{synth,download,clean}")
+                       description="Make synthetic Criteo-shaped data, build behaviour histories from an "
+                                   "interaction log, download public CTR datasets, or remove what ctrlab created.")
+    dsub = p.add_subparsers(dest="data_command", metavar="{synth,history,download,clean}")
     dsub.required = True
 
     s = dsub.add_parser("synth", help="write synthetic Criteo-shaped or behaviour-sequence rows",
@@ -134,6 +134,28 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
 
+    h = dsub.add_parser("history", help="behaviour histories (and negatives) from an interaction log",
+                        description="Turn a CSV log of interactions (user, item, time, optional category; e.g. "
+                                    "torch-rechub's amazon_electronics_sample.csv) into training rows for sequence "
+                                    "models: every interaction after a user's first is a positive whose history "
+                                    "is the user's items of strictly earlier times (no future interaction leaks in), "
+                                    "the most recent --max-length of them; each gets --negatives rows with a target "
+                                    "the user never interacted with. Writes a TSV with a header: label, user, item, "
+                                    "[category,] hist_<item>, [hist_<category>] ('|'-joined, oldest first).",
+                        epilog="Then declare the histories in the config: data.format: tsv, data.schema.lists: "
+                               "{hist_item_id: {kind: sequence, max_length: N, vocab_of: item_id}, hist_cate_id: "
+                               "{kind: sequence, max_length: N, vocab_of: cate_id}}.")
+    h.add_argument("log", help="CSV file with a header")
+    h.add_argument("--out", required=True, help="output TSV file")
+    h.add_argument("--user", default="user_id", help="user column (default user_id)")
+    h.add_argument("--item", default="item_id", help="item column (default item_id)")
+    h.add_argument("--time", default="time", help="time column, any sortable number (default time)")
+    h.add_argument("--category", default="cate_id", help="item category column (default cate_id; '' for none)")
+    h.add_argument("--max-length", type=int, default=50, help="most recent items kept per history (default 50)")
+    h.add_argument("--negatives", type=int, default=1, help="negative rows per positive (default 1)")
+    h.add_argument("--seed", type=int, default=0, help="seed of the negative sampling (default 0)")
+    h.set_defaults(func=cmd_history)
+
     d = dsub.add_parser("download", help="download a public dataset (resumable, checksummed)",
                         description="Download and extract a public CTR dataset: criteo-kaggle (the Criteo Display "
                                     "Advertising Challenge, ~4.3 GB) or criteo-slot (PaddleRec's slot files). "
@@ -152,6 +174,20 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("directory")
     c.add_argument("--yes", action="store_true", help="do not ask")
     c.set_defaults(func=cmd_clean)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ..data.history import build_histories
+    from ..data.ledger import record_created
+
+    out = Path(args.out)
+    res = build_histories(args.log, out, user=args.user, item=args.item, time=args.time,
+                          category=args.category or None, max_length=args.max_length, negatives=args.negatives,
+                          seed=args.seed)
+    record_created(out.parent, [out], "synthetic")
+    print(f"wrote {res['rows']:,} rows ({res['positives']:,} positives, {res['negatives']:,} negatives) from "
+          f"{res['interactions']:,} interactions of {res['users']:,} users to {out}")
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
