@@ -127,7 +127,9 @@ def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema
     are optional (a label-less file is scored, not evaluated).
 
     Columns come from the file's header (a bundle trained on a preset layout, or on generic data
-    with a header), or, for a bundle trained on header-less generic data, from its schema."""
+    with a header), or, for a bundle trained on header-less generic data, from its schema. A
+    column the training data had and its schema left out (read and dropped: not declared dense,
+    sparse or list) is dropped here too, so the training file itself can be scored."""
     generic_bundle = bundle_schema.name in GENERIC_FORMATS
     delimiter = bundle_schema.delimiter if bundle_schema.name == fmt else ("\t" if fmt == "tsv" else ",")
     has_header = bundle_schema.header or not generic_bundle
@@ -140,8 +142,9 @@ def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema
             header = [c for c in header if c != bundle_schema.label]
     label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
     id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
-    features = [c for c in header if c not in (label, id_column)]
     need = list(bundle_schema.dense) + list(bundle_schema.sparse) + list(bundle_schema.list_names)
+    dropped = set(bundle_schema.columns) - {bundle_schema.label, bundle_schema.id_column} - set(need)
+    features = [c for c in header if c not in (label, id_column) and c not in dropped]
     if sorted(features) != sorted(need):
         lacking = [c for c in need if c not in features]
         extra = [c for c in features if c not in need]

@@ -137,3 +137,24 @@ def test_paddlerec_din_sample_reads_with_a_declared_schema(shared_data):
     assert items[0] == first[0].split(" ")[-50:] and tables[0].column("item")[0].as_py() == first[2]
     labels = [x for t in tables for x in t.column("label").to_pylist()]
     assert set(labels) <= {0.0, 1.0} and 0 < sum(labels) < len(labels)
+
+
+def test_prediction_input_drops_what_the_training_schema_dropped(tmp_path):
+    """A generic file scored by a bundle: a column the training schema read and dropped (not
+    declared dense, sparse or list) is dropped again, so the training file itself scores; a
+    column the training data never had is still an error naming it."""
+    from ctrlab.data.formats import input_schema
+
+    path = tmp_path / "rows.tsv"
+    path.write_text("\n".join([HEADER, *ROWS]) + "\n")
+    trained = file_schema(path, "tsv", GenericSchemaConfig(dense=["price"], sparse=["user"],
+                                                           lists={"hist": LISTS["hist"]}))[1]
+    assert "tags" in trained.columns and "tags" not in trained.sparse  # read and dropped
+    fmt, schema = input_schema(path, "tsv", trained, ["price"], ["user"])
+    assert fmt == "tsv" and schema.list_names == ("hist",) and schema.sparse == ("user",)
+    table = next(iter(RowReader([path], schema))).table
+    assert "tags" not in table.column_names and table.num_rows == len(ROWS)
+    other = tmp_path / "other.tsv"
+    other.write_text(HEADER + "\tcolour\n" + "\n".join(r + "\tred" for r in ROWS) + "\n")
+    with pytest.raises(ValueError, match=r"extra \['colour'\]"):
+        input_schema(other, "tsv", trained, ["price"], ["user"])
