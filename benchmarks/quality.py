@@ -228,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: the quality tables need ../shared/data")
-    from ctrlab.models import list_models
+    from ctrlab.models import flat_models
     from ctrlab.runtime import configure_torch_threads
 
     configure_torch_threads()
@@ -236,7 +236,7 @@ def main() -> None:
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not 1 <= len(protocols) <= 2:
         sys.exit(f"--protocol: one or two of {', '.join(PROTOCOLS)}, got {args.protocol!r}")
-    models = list_models() if args.models == "all" else args.models.split(",")
+    models = flat_models() if args.models == "all" else args.models.split(",")
     out_dir = Path(args.out) / args.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(x) for x in args.seeds.split(",")]
