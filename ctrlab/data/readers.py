@@ -290,56 +290,69 @@ class _ListValueError(ValueError):
     pass
 
 
+def split_list_text(raw: pa.Array, separator: str) -> pa.Array | None:
+    """Delimited text -> list<string>: the rule for a list field, for files and requests alike
+    (null or "" is an empty list); None when some list holds an empty value (``a||b``)."""
+    raw = raw.fill_null("")
+    parts = pc.split_pattern(raw, separator)
+    lengths = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
+    empty_field = np.asarray(pc.equal(raw, ""), dtype=bool)
+    values = parts.flatten().filter(pa.array(np.repeat(~empty_field, lengths)))  # "" splits into [""]
+    if len(values) and pc.any(pc.equal(values, "")).as_py():
+        return None
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(np.where(empty_field, 0, lengths), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string()))
+
+
+def keep_last(lists: pa.Array, max_length: int | None) -> tuple[pa.Array, int]:
+    """A list array (no nulls) with each list cut to its last (most recent) ``max_length``
+    values, and how many lists were cut."""
+    offsets = np.asarray(lists.offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    if max_length is None or not (lengths > max_length).any():
+        return lists, 0
+    kept = np.minimum(lengths, max_length)
+    start = offsets[:-1] + (lengths - kept)
+    index = np.repeat(start, kept) + (np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept))
+    new_offsets = np.zeros(len(kept) + 1, dtype=np.int32)
+    np.cumsum(kept, out=new_offsets[1:])
+    cut = pa.ListArray.from_arrays(pa.array(new_offsets), lists.values.take(pa.array(index)))  # (offsets: absolute)
+    return cut, int(np.count_nonzero(lengths > max_length))
+
+
 def _split_lists(table: pa.Table, schema: Schema, info: SourceInfo) -> pa.Table:
-    """The list-valued columns (raw text) -> list<string> columns, plus list<float64> weights
-    (``name`` + WEIGHTS_SUFFIX) where declared; an empty field is an empty list; a sequence keeps
-    its ``max_length`` most recent (last) values, the rows truncated counted in ``info.truncated``.
-    Raises _ListValueError on an empty value inside a list or a weight that is not a finite
-    number (the line parser then names the line: :func:`_list_error`)."""
+    """The list-valued columns (raw text) -> list<string> columns (:func:`split_list_text`),
+    plus list<float64> weights (``name`` + WEIGHTS_SUFFIX) where declared; a sequence keeps its
+    ``max_length`` most recent values (:func:`keep_last`), the rows cut counted in
+    ``info.truncated``. Raises _ListValueError on an empty value inside a list or a weight that
+    is not a finite number (the line parser then names the line: :func:`_list_error`)."""
     for column in schema.lists:
-        raw = table.column(column.name).combine_chunks().fill_null("")
-        parts = pc.split_pattern(raw, column.separator)
-        lengths = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
-        values = parts.flatten()
-        empty_field = np.asarray(pc.equal(raw, ""))
-        keep_value = np.repeat(~empty_field, lengths)  # an empty field splits into [""]: no value
-        lengths = np.where(empty_field, 0, lengths)
-        values = values.filter(pa.array(keep_value))
-        if len(values) and pc.any(pc.equal(values, "")).as_py():
+        parts = split_list_text(table.column(column.name).combine_chunks(), column.separator)
+        if parts is None:
             raise _ListValueError(f"empty value in list column {column.name!r}")
         weights = None
         if column.weight_separator is not None:
-            pairs = pc.split_pattern(values, column.weight_separator, max_splits=1, reverse=True)
+            pairs = pc.split_pattern(parts.values, column.weight_separator, max_splits=1, reverse=True)
             has_weight = np.asarray(pc.list_value_length(pairs)) == 2
-            values = pc.list_element(pairs, 0)
             texts = pc.list_element(pairs.filter(pa.array(has_weight)), 1)
-            weights = np.ones(len(values), dtype=np.float64)
+            weight_values = np.ones(len(pairs), dtype=np.float64)
             try:
                 parsed = pc.cast(texts, pa.float64()).to_numpy(zero_copy_only=False)
             except pa.ArrowInvalid as exc:
                 raise _ListValueError(str(exc)) from None
             if not np.isfinite(parsed).all():
                 raise _ListValueError(f"a weight in list column {column.name!r} is not finite")
-            weights[has_weight] = parsed
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        if column.max_length is not None and (lengths > column.max_length).any():
-            too_long = lengths > column.max_length
-            info.truncated[column.name] = info.truncated.get(column.name, 0) + int(np.count_nonzero(too_long))
-            start = offsets[:-1] + np.maximum(lengths - column.max_length, 0)  # keep the most recent (last)
-            lengths = np.minimum(lengths, column.max_length)
-            index = np.repeat(start, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
-                                                                                        lengths))
-            values = values.take(pa.array(index))
-            weights = weights[index] if weights is not None else None
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-        offsets32 = pa.array(offsets.astype(np.int32))
-        position = table.column_names.index(column.name)
-        table = table.set_column(position, column.name, pa.ListArray.from_arrays(offsets32, values))
+            weight_values[has_weight] = parsed
+            weights = pa.ListArray.from_arrays(parts.offsets, pa.array(weight_values, type=pa.float64()))
+            parts = pa.ListArray.from_arrays(parts.offsets, pc.list_element(pairs, 0))
+            weights, _ = keep_last(weights, column.max_length)  # (the same values as the names below)
+        parts, cut = keep_last(parts, column.max_length)
+        if cut:
+            info.truncated[column.name] = info.truncated.get(column.name, 0) + cut
+        table = table.set_column(table.column_names.index(column.name), column.name, parts)
         if weights is not None:
-            table = table.append_column(column.name + WEIGHTS_SUFFIX,
-                                        pa.ListArray.from_arrays(offsets32, pa.array(weights, type=pa.float64())))
+            table = table.append_column(column.name + WEIGHTS_SUFFIX, weights)
     return table
 
 

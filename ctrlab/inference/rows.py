@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..data.formats import column_list
-from ..data.readers import ID, number_error, parse_number
+from ..data.readers import ID, keep_last, number_error, parse_number, split_list_text
 from ..features.pipeline import InputError
 from ..schema import LABEL, ListColumn
 
@@ -244,14 +244,14 @@ def _list_array(values: Sequence[Any], column: ListColumn) -> pa.Array:
     kinds = set(map(type, values))
     array = None
     if kinds <= _PLAIN_STRINGS:
-        array = _split_text(pa.array(values, type=pa.string()), column.separator)
+        array = split_list_text(pa.array(values, type=pa.string()), column.separator)
     elif kinds <= _PLAIN_LISTS:
         flat = list(chain.from_iterable(filter(None, values)))
         if set(map(type, flat)) <= _STR and "" not in flat:
             array = pa.array(values, type=LIST_TYPE).fill_null(_EMPTY_LIST)
     if array is None:
         array = pa.array([_list_value(v, i, column) for i, v in enumerate(values)], type=LIST_TYPE)
-    return _truncated(array, column.max_length)
+    return keep_last(array, column.max_length)[0]
 
 
 _STR = {str}
@@ -288,36 +288,6 @@ def _list_value(value: Any, row: int, column: ListColumn) -> list[str]:
                                f"got {type(value).__name__} {value!r:.40}")
 
 
-def _split_text(raw: pa.Array, separator: str) -> pa.Array | None:
-    """Delimited text -> list<string>, as the readers split a field (null or "" is an empty list);
-    None when some value holds an empty element (the careful path then names the row)."""
-    raw = raw.fill_null("")
-    parts = pc.split_pattern(raw, separator)
-    lengths = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
-    empty_field = np.asarray(pc.equal(raw, ""), dtype=bool)
-    values = parts.flatten().filter(pa.array(np.repeat(~empty_field, lengths)))  # "" splits into [""]
-    if len(values) and pc.any(pc.equal(values, "")).as_py():
-        return None
-    lengths = np.where(empty_field, 0, lengths)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string()))
-
-
-def _truncated(lists: pa.Array, max_length: int | None) -> pa.Array:
-    """A list array (no nulls) with each list cut to its last ``max_length`` values."""
-    offsets = np.asarray(lists.offsets, dtype=np.int64)
-    lengths = np.diff(offsets)
-    if max_length is None or not (lengths > max_length).any():
-        return lists
-    kept = np.minimum(lengths, max_length)
-    start = offsets[:-1] + (lengths - kept)  # the most recent (last) values
-    index = np.repeat(start, kept) + (np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept))
-    new_offsets = np.zeros(len(kept) + 1, dtype=np.int32)
-    np.cumsum(kept, out=new_offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(new_offsets), lists.values.take(pa.array(index)))
-
-
 def _checked_list_table_column(table: pa.Table, column: ListColumn) -> pa.Array:
     """An Arrow table's list column -> list<string> (no nulls, cut to max_length), checked: a list
     of strings or integers (or all null), or delimited text split as the readers do; a null or
@@ -327,10 +297,10 @@ def _checked_list_table_column(table: pa.Table, column: ListColumn) -> pa.Array:
     if pa.types.is_null(kind):
         return pa.array([[]] * len(data), type=LIST_TYPE)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        array = _split_text(data.cast(pa.string()), column.separator)
+        array = split_list_text(data.cast(pa.string()), column.separator)
         if array is None:
             array = pa.array([_list_value(v, i, column) for i, v in enumerate(data.to_pylist())], type=LIST_TYPE)
-        return _truncated(array, column.max_length)
+        return keep_last(array, column.max_length)[0]
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
             pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type)
             or pa.types.is_integer(kind.value_type) or pa.types.is_null(kind.value_type)):
@@ -345,7 +315,7 @@ def _checked_list_table_column(table: pa.Table, column: ListColumn) -> pa.Array:
         row = int(np.searchsorted(offsets - offsets[0], k, side="right") - 1)
         what = "null" if values[k].as_py() is None else "an empty string"
         raise _bad_value(row, column.name, f"value {k - int(offsets[row] - offsets[0])} of the list is {what}")
-    return _truncated(lists, column.max_length)
+    return keep_last(lists, column.max_length)[0]
 
 
 def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: Sequence[str],
