@@ -27,6 +27,10 @@ class ListField:
         clicked items shares the target ``item_id``'s ids and embedding table).
     kind: ``sequence`` (ordered) or ``multi`` (a set); pooling: ``sum``, ``mean`` or ``max``
         (how a model that takes it as one more field pools it).
+    weighted: its values carry weights (``tag:0.7``), ``length`` further columns of the dense
+        matrix after the numeric ones (:attr:`FeatureSpec.weight_columns`; 0 at padding). Pooling
+        multiplies each value's embedding by its weight first (a mean still divides by the number
+        of values).
     """
 
     name: str
@@ -35,10 +39,14 @@ class ListField:
     shares: str | None = None
     kind: str = "sequence"
     pooling: str = "mean"
+    weighted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "length": self.length, "vocab_size": self.vocab_size, "shares": self.shares,
-                "kind": self.kind, "pooling": self.pooling}
+        out = {"name": self.name, "length": self.length, "vocab_size": self.vocab_size, "shares": self.shares,
+               "kind": self.kind, "pooling": self.pooling}
+        if self.weighted:  # (unweighted fields keep their bytes)
+            out["weighted"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class FeatureSpec:
         so valid ids of column j are ``0 .. vocab_sizes[j] - 1``.
     lists: list-valued fields (:class:`ListField`), whose blocks of ``length`` columns follow
         the single-valued ones in the sparse matrix: ``sparse: int64[B, sparse_width]``.
+
+    The dense matrix is ``float32[B, dense_width]``: the ``n_dense`` numeric columns, then the
+    weights of each weighted list field (``dense_width == n_dense`` without weighted fields).
+    A model takes the numeric values as ``dense[:, :spec.n_dense]``.
     """
 
     dense_names: tuple[str, ...]
@@ -104,6 +116,27 @@ class FeatureSpec:
     def sparse_width(self) -> int:
         """Columns of the sparse matrix: the single-valued fields, then every list field's block."""
         return self.n_sparse + sum(f.length for f in self.lists)
+
+    @property
+    def weight_columns(self) -> dict[str, tuple[int, int]]:
+        """Per weighted list field, its (start, stop) columns in the dense matrix."""
+        out, start = {}, self.n_dense
+        for f in self.lists:
+            if f.weighted:
+                out[f.name] = (start, start + f.length)
+                start += f.length
+        return out
+
+    @property
+    def dense_width(self) -> int:
+        """Columns of the dense matrix: the numeric ones, then the weighted list fields' weights."""
+        return self.n_dense + sum(f.length for f in self.lists if f.weighted)
+
+    @property
+    def dense_column_names(self) -> tuple[str, ...]:
+        """Per column of the dense matrix, its name (``tags.weight[2]`` for a weight)."""
+        return self.dense_names + tuple(f"{f.name}.weight[{i}]" for f in self.lists if f.weighted
+                                        for i in range(f.length))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -8,16 +8,27 @@ the names (I1..I13, C1..C26) are the same.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 LABEL = "label"
+
+
+def task_column(index: int) -> str:
+    """The canonical column of label (task) ``index`` in a reader's table: ``label`` for the
+    first, ``label.1``, ``label.2``, ... for the further ones (several labels: issue 16)."""
+    return LABEL if index == 0 else f"{LABEL}.{index}"
 
 CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
 
 
 LIST_KINDS = ("sequence", "multi")
+#: a list column with weights has them in a column of this suffix: list<float64>, one per value
+WEIGHTS_SUFFIX = ".weights"
+#: the options of a ``data.schema.lists`` entry (:class:`ListColumn`'s fields but its name)
+LIST_OPTIONS = ("kind", "separator", "max_length", "weight_separator", "pooling", "vocab_of", "columns", "padding")
 POOLINGS = ("sum", "mean", "max")
 
 
@@ -33,6 +44,12 @@ class ListColumn:
         that is not a finite number is a bad line naming the file, line and field.
     vocab_of: another categorical column whose vocabulary (and embedding table) this one shares
         (a clicked-items history shares the target ``item_id``'s).
+    columns: when set, the list is not one field but a block of the file's columns, one value per
+        column, oldest to newest (a fixed-width history: ``hist_0 .. hist_49``); ``name`` is then a
+        new name, not a column of the file, and the source columns are consumed (no feature of their
+        own). An empty field is no step; ``separator`` and ``weight_separator`` do not apply.
+    padding: with ``columns``: a source value that means "no step" (``"0"`` in a 0-padded history),
+        dropped like an empty field.
     """
 
     name: str
@@ -42,9 +59,28 @@ class ListColumn:
     weight_separator: str | None = None
     pooling: str = "mean"
     vocab_of: str | None = None
+    columns: tuple[str, ...] | None = None
+    padding: str | None = None
 
     def __post_init__(self) -> None:
         where = f"list column {self.name!r}"
+        if self.columns is not None:
+            if isinstance(self.columns, str) or not all(isinstance(c, str) and c for c in self.columns):
+                raise ValueError(f"{where}: columns must be a list of column names, got {self.columns!r}")
+            object.__setattr__(self, "columns", tuple(self.columns))
+            if not self.columns or len(set(self.columns)) != len(self.columns):
+                raise ValueError(f"{where}: columns must name at least one column, each once, got {list(self.columns)}")
+            if self.name in self.columns:
+                raise ValueError(f"{where}: a list built from columns needs a new name, not one of its columns")
+            if self.separator != "|" or self.weight_separator is not None:
+                raise ValueError(f"{where}: separator and weight_separator do not apply to a list built from "
+                                 "columns (one value per column)")
+        if self.padding is not None:
+            if self.columns is None:
+                raise ValueError(f"{where}: padding applies to a list built from columns only")
+            if not isinstance(self.padding, str) or not self.padding:
+                raise ValueError(f"{where}: padding must be a non-empty string (a value as the file writes it), "
+                                 f"got {self.padding!r}")
         if self.kind not in LIST_KINDS:
             raise ValueError(f"{where}: kind must be one of {', '.join(LIST_KINDS)}, got {self.kind!r}")
         if not self.separator:
@@ -58,9 +94,15 @@ class ListColumn:
         if self.weight_separator is not None and (not self.weight_separator or self.weight_separator == self.separator):
             raise ValueError(f"{where}: weight_separator must be non-empty and differ from the separator")
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The file columns this list is read from: its ``columns``, or its own name."""
+        return self.columns if self.columns is not None else (self.name,)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "separator": self.separator, "max_length": self.max_length,
-                "weight_separator": self.weight_separator, "pooling": self.pooling, "vocab_of": self.vocab_of}
+                "weight_separator": self.weight_separator, "pooling": self.pooling, "vocab_of": self.vocab_of,
+                **({"columns": list(self.columns), "padding": self.padding} if self.columns is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -78,6 +120,10 @@ class Schema:
     delimiter: field separator for delimited formats.
     quoted: whether fields may be quoted with '"' (CSV) or never (Criteo TSV).
     lists: the list-valued categorical columns (:class:`ListColumn`; not among ``sparse``).
+    more_labels: further label columns (several tasks: click, conversion, ...), after ``label``;
+        task i is canonical column :func:`task_column` (i). Delimited formats only.
+    optional_labels: label columns whose value may be empty in a row (the label is missing
+        there: the row does not count for that task); any other empty or non-0/1 label is bad.
     """
 
     name: str
@@ -91,17 +137,41 @@ class Schema:
     delimiter: str = "\t"
     quoted: bool = False
     lists: tuple[ListColumn, ...] = ()
+    more_labels: tuple[str, ...] = ()
+    optional_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("columns", "dense", "sparse"):
+        for name in ("columns", "dense", "sparse", "more_labels", "optional_labels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "lists", tuple(c if isinstance(c, ListColumn) else ListColumn(**c) for c in self.lists))
         list_names = [c.name for c in self.lists]
+        if self.more_labels and (self.label is None or self.format != "delimited"):
+            raise ValueError(f"schema {self.name!r}: several labels need a first label and a delimited format")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"schema {self.name!r}: a label column is named twice: {list(self.labels)}")
+        if set(self.optional_labels) - set(self.labels):
+            raise ValueError(f"schema {self.name!r}: optional_labels {sorted(set(self.optional_labels) - set(self.labels))} "
+                             f"are not label columns {list(self.labels)}")
         if self.format == "delimited":
             known = set(self.columns)
-            for col in (self.label, self.id_column, *self.dense, *self.sparse, *list_names):
+            for col in (*self.labels, self.id_column, *self.dense, *self.sparse, *self.list_sources):
                 if col is not None and col not in known:
                     raise ValueError(f"schema {self.name!r}: column {col!r} is not among its columns {list(self.columns)}")
+            for column in self.lists:
+                if column.columns is not None and column.name in known:
+                    raise ValueError(f"schema {self.name!r}: list column {column.name!r} is built from columns, "
+                                     "so its name must be new, not a column of the file")
+            uses = Counter(c for c in (*self.labels, self.id_column, *self.dense, *self.sparse, *self.list_sources)
+                           if c is not None)
+            twice_used = sorted(c for c in self.labels if uses[c] > 1)
+            if twice_used:
+                raise ValueError(f"schema {self.name!r}: label column(s) {twice_used} are also used as a feature or id")
+            reused = sorted(c for column in self.lists if column.columns for c in column.columns if uses[c] > 1)
+            if reused:
+                raise ValueError(f"schema {self.name!r}: column(s) {reused} are the source of a list built from "
+                                 "columns and also used otherwise (label, id, dense, sparse or another list)")
+        elif any(c.columns is not None for c in self.lists):
+            raise ValueError(f"schema {self.name!r}: lists built from columns are read from delimited files only")
         elif self.lists and self.format != "kv":
             raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited or key:value "
                              "files only")
@@ -122,17 +192,28 @@ class Schema:
         return tuple(c.name for c in self.lists)
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label column in task order (empty without a label)."""
+        return (self.label, *self.more_labels) if self.label is not None else ()
+
+    @property
+    def list_sources(self) -> tuple[str, ...]:
+        """The file columns the lists are read from, in list order (:attr:`ListColumn.sources`)."""
+        return tuple(c for column in self.lists for c in column.sources)
+
+    @property
     def feature_columns(self) -> tuple[str, ...]:
         return self.dense + self.sparse
 
     def without_label(self) -> "Schema":
-        """The same layout with the label column absent (prediction input)."""
+        """The same layout with the label columns absent (prediction input)."""
         if self.label is None:
             return self
+        plain = {"label": None, "more_labels": (), "optional_labels": ()}
         if self.format == "slot":
-            return Schema(**{**self.to_dict(), "name": self.name, "label": None})
-        columns = tuple(c for c in self.columns if c != self.label)
-        return Schema(**{**self.to_dict(), "columns": columns, "label": None})
+            return Schema(**{**self.to_dict(), "name": self.name, **plain})
+        columns = tuple(c for c in self.columns if c not in self.labels)
+        return Schema(**{**self.to_dict(), "columns": columns, **plain})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +228,8 @@ class Schema:
             "delimiter": self.delimiter,
             "quoted": self.quoted,
             **({"lists": [c.to_dict() for c in self.lists]} if self.lists else {}),
+            **({"more_labels": list(self.more_labels)} if self.more_labels else {}),
+            **({"optional_labels": list(self.optional_labels)} if self.optional_labels else {}),
         }
 
     @classmethod
@@ -194,15 +277,24 @@ class GenericSchemaConfig:
     """A declared schema for generic CSV/TSV input (the ``data.schema`` config section)."""
 
     columns: list[str] = field(default_factory=list)
-    label: str | None = LABEL
+    # the label column, or a list of them (several tasks: [click, conversion]; the first is task 0)
+    label: str | list[str] | None = LABEL
     dense: list[str] = field(default_factory=list)
     sparse: list[str] | None = None
     id_column: str | None = None
     header: bool = True
     delimiter: str | None = None
     # list-valued columns: name -> {kind: sequence|multi, separator, max_length, weight_separator,
-    # pooling, vocab_of} (see ListColumn); they are neither dense nor sparse
+    # pooling, vocab_of, columns, padding} (see ListColumn); they are neither dense nor sparse (nor
+    # are the source columns of a list built from ``columns``)
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # label columns whose value may be empty (that row does not count for that task)
+    optional_labels: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """The label columns, in task order."""
+        return [] if self.label is None else [self.label] if isinstance(self.label, str) else list(self.label)
 
 
 def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str] | None) -> Schema:
@@ -218,22 +310,31 @@ def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str]
             f"generic {fmt} input needs its columns: set data.schema.columns, or data.schema.header: true "
             "for a file whose first line names them"
         )
-    taken = {cfg.label, cfg.id_column, *cfg.dense, *cfg.lists}
+    labels = cfg.labels
+    if not isinstance(cfg.label, (str, list, tuple, type(None))) or not all(isinstance(c, str) and c for c in labels) \
+            or (cfg.label is not None and not labels):
+        raise ValueError(f"data.schema.label: expected a column name or a list of them, got {cfg.label!r}")
+    label, more_labels = (labels[0], tuple(labels[1:])) if labels else (None, ())
+    taken = {*labels, cfg.id_column, *cfg.dense, *cfg.lists}
+    for options in cfg.lists.values():
+        if isinstance(options, dict) and isinstance(options.get("columns"), (list, tuple)):
+            taken.update(options["columns"])
     sparse = list(cfg.sparse) if cfg.sparse is not None else [c for c in columns if c not in taken]
     lists = []
     for name, options in cfg.lists.items():
         if not isinstance(options, dict):
             raise ValueError(f"data.schema.lists.{name}: expected a mapping of options, got {options!r}")
-        unknown = sorted(set(options) - {"kind", "separator", "max_length", "weight_separator", "pooling", "vocab_of"})
+        unknown = sorted(set(options) - set(LIST_OPTIONS))
         if unknown:
-            raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: kind, separator, "
-                             "max_length, weight_separator, pooling, vocab_of")
+            raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: {', '.join(LIST_OPTIONS)}")
         lists.append(ListColumn(name=name, **options))
     if fmt == "kv":  # key:value tokens: the columns are the keys; no header, no quoting
-        return Schema(name=fmt, format="kv", columns=tuple(columns), label=cfg.label, dense=tuple(cfg.dense),
-                      sparse=tuple(sparse), id_column=cfg.id_column, delimiter=" ", lists=tuple(lists))
+        return Schema(name=fmt, format="kv", columns=tuple(columns), label=label, dense=tuple(cfg.dense),
+                      sparse=tuple(sparse), id_column=cfg.id_column, delimiter=" ", lists=tuple(lists),
+                      more_labels=more_labels, optional_labels=tuple(cfg.optional_labels))
     return Schema(
-        name=fmt, format="delimited", columns=tuple(columns), label=cfg.label, dense=tuple(cfg.dense),
+        name=fmt, format="delimited", columns=tuple(columns), label=label, dense=tuple(cfg.dense),
         sparse=tuple(sparse), id_column=cfg.id_column, header=cfg.header, delimiter=delimiter,
-        quoted=delimiter == ",", lists=tuple(lists),
+        quoted=delimiter == ",", lists=tuple(lists), more_labels=more_labels,
+        optional_labels=tuple(cfg.optional_labels),
     )

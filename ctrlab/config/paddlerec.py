@@ -18,7 +18,7 @@ NATIVE_SECTIONS = ("data", "features", "model", "train", "eval", "run_dir")
 # PaddleRec model folder names -> ctrlab model names
 PADDLE_MODEL_NAMES = {
     "gatednn": "gatenet", "gate_dnn": "gatenet", "dcn_v2": "dcn_v2", "dcnv2": "dcn_v2", "wide_deep": "wide_deep",
-    "widedeep": "wide_deep", "logistic_regression": "lr", "autoint": "autoint", "fibinet": "fibinet",
+    "widedeep": "wide_deep", "logistic_regression": "lr", "autoint": "autoint", "fibinet": "fibinet", "dmr": "dmr",
 }
 
 # hyper_parameters key -> model parameter (per PaddleRec model extras)
@@ -42,7 +42,16 @@ PADDLE_MODEL_PARAMS = {
     "user_count": None,
     "position_count": None,
     "n_head": "attention_heads",  # bst
+    "main_embedding_size": "embedding_dim",  # dmr: ctrlab embeds every field with one size
 }
+
+# dmr's embedding-table sizes (PaddleRec's fixed tables over the full Alimama data): ctrlab
+# derives each from the data (a vocabulary per field)
+PADDLE_DMR_TABLE_SIZES = (
+    "user_size", "cms_segid_size", "cms_group_id_size", "final_gender_code_size", "age_level_size",
+    "pvalue_level_size", "shopping_level_size", "occupation_size", "new_user_class_level_size",
+    "adgroup_id_size", "cate_size", "campaign_id_size", "customer_size", "brand_size", "btag_size", "pid_size",
+)
 
 # PaddleRec's sequence models read "hist items;hist cates;item;cate;label" lines (models/rank/din
 # and dien, their dinReader / dienReader; histories space-separated, oldest first): the layout as
@@ -50,12 +59,43 @@ PADDLE_MODEL_PARAMS = {
 # PaddleRec pads a batch to its longest history; ctrlab keeps the most recent
 # PADDLE_HISTORY_LENGTH items (and counts the rows it cuts).
 PADDLE_HISTORY_LENGTH = 100
-PADDLE_SEQUENCE_MODELS = ("din", "dien", "bst")
+PADDLE_SEQUENCE_MODELS = ("din", "dien", "bst", "dmr")
+
+# dmr (models/rank/dmr, alimama_reader + net.py): 267 comma-separated numbers a line, no header:
+# five blocks of DMR_HISTORY_LENGTH columns (behaviour type, category and brand histories, oldest
+# to newest and right-aligned, then the history mask and the match mask), the user and ad
+# profile ids, price (the only dense value), pid and the click label.
+DMR_HISTORY_LENGTH = 50
+DMR_BLOCKS = ("btag_his", "cate_his", "brand_his", "mask", "match_mask")
+DMR_COLUMNS = (
+    *(f"{block}_{i}" for block in DMR_BLOCKS for i in range(DMR_HISTORY_LENGTH)),
+    "user", "cms_segid", "cms_group_id", "final_gender_code", "age_level", "pvalue_level", "shopping_level",
+    "occupation", "new_user_class_level", "adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price",
+    "pid", "label",
+)
+
+
+def _dmr_data() -> dict[str, Any]:
+    """dmr's layout: each history a list built from its block of columns. A padded step is 0 in
+    every history and 0 in the history mask (and a real step is never 0: checked on PaddleRec's
+    sample by tests/config/test_paddlerec_dmr.py), so ``padding: "0"`` drops exactly the masked
+    steps and the mask columns are not read. The match mask is not read either."""
+    def history(block: str, vocab_of: str | None) -> dict[str, Any]:
+        return {"kind": "sequence", "max_length": DMR_HISTORY_LENGTH, "padding": "0", "vocab_of": vocab_of,
+                "columns": [f"{block}_{i}" for i in range(DMR_HISTORY_LENGTH)]}
+
+    sparse = [c for c in DMR_COLUMNS[len(DMR_BLOCKS) * DMR_HISTORY_LENGTH:] if c not in ("price", "label")]
+    return {"format": "csv", "schema": {
+        "columns": list(DMR_COLUMNS), "label": "label", "dense": ["price"], "sparse": sparse, "header": False,
+        "delimiter": ",", "lists": {"btag_his": history("btag_his", None), "cate_his": history("cate_his", "cate_id"),
+                                    "brand_his": history("brand_his", "brand")}}}
 
 
 def _paddle_sequence_data(name: str) -> dict[str, Any]:
     """data.format and data.schema of PaddleRec's reader for sequence model ``name``."""
     history = {"kind": "sequence", "separator": " ", "max_length": PADDLE_HISTORY_LENGTH}
+    if name == "dmr":
+        return _dmr_data()
     if name == "bst":  # amazon_reader: userid:u history:i... cate:c... position:p... target:i target_cate:c ...
         return {"format": "kv", "schema": {
             "columns": ["userid", "history", "cate", "position", "target", "target_cate", "target_position", "label"],
@@ -251,14 +291,17 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             notes.append(f"hyper_parameters.sparse_feature_number ({value}): ctrlab fits a vocabulary per slot "
                          f"on the training rows instead of one table of {value} rows (the ids that occur, at most "
                          f"{value} in all)")
+        elif key in PADDLE_DMR_TABLE_SIZES:
+            notes.append(f"hyper_parameters.{key} ({value}) is derived from the data by ctrlab: a vocabulary per "
+                         "field holds the ids that occur instead of a table of this size")
         elif key in ("dense_input_dim", "sparse_inputs_slots", "sparse_input_dim", "slot_num"):
             notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab (value {value} not needed)")
         elif key in PADDLE_MODEL_PARAMS:
             _model_param(name, key, value, params, notes, hyper)
         elif key in ("distributed_embedding",):
             notes.append(f"hyper_parameters.{key} does not apply (one process, local embedding tables)")
-        elif key in ("cat_emb_size", "position_emb_size"):
-            pass  # (one embedding size: noted below when it differs from item_emb_size)
+        elif key in ("cat_emb_size", "position_emb_size", "other_embedding_size"):
+            pass  # (one embedding size: noted below when it differs from item_emb_size / main_embedding_size)
         elif key in ("d_model", "d_key", "d_value", "n_encoder_layers", "postprocess_cmd", "preprocess_cmd",
                      "prepostprocess_dropout") and name == "bst":
             notes.append(f"hyper_parameters.{key} ({value}): ctrlab's bst runs one encoder layer per history "
@@ -273,13 +316,24 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
             notes.append(f"hyper_parameters.{key} is not used by ctrlab")
     if name in PADDLE_SEQUENCE_MODELS and "schema" not in d and "format" not in d:
         d.update(_paddle_sequence_data(name))
-        layout = ("userid/history/cate/position/target... key:value tokens" if name == "bst"
-                  else "hist items;hist cates;item;cate;label")
-        notes.append(f"data: PaddleRec's {name} reader layout ({layout}); histories keep their most recent "
-                     f"{PADDLE_HISTORY_LENGTH} items")
+        if name == "dmr":
+            notes.append(f"data: PaddleRec's {name} reader layout (267 comma-separated columns: btag/cate/brand "
+                         f"histories of {DMR_HISTORY_LENGTH} steps, 0 = padding, then user and ad ids, price, pid, "
+                         "label); the history mask columns are not read (the 0 padding carries the same "
+                         "information), nor are the match mask columns (PaddleRec's net.py masks its user-to-item "
+                         "attention with them; ctrlab's lists hold the real steps only)")
+        else:
+            layout = ("userid/history/cate/position/target... key:value tokens" if name == "bst"
+                      else "hist items;hist cates;item;cate;label")
+            notes.append(f"data: PaddleRec's {name} reader layout ({layout}); histories keep their most recent "
+                         f"{PADDLE_HISTORY_LENGTH} items")
     if "cat_emb_size" in hyper and hyper.get("cat_emb_size") != hyper.get("item_emb_size"):
         notes.append(f"hyper_parameters.cat_emb_size ({hyper['cat_emb_size']}) differs from item_emb_size: ctrlab "
                      "embeds every field with model.params.embedding_dim (item_emb_size)")
+    if "other_embedding_size" in hyper and hyper.get("other_embedding_size") != hyper.get("main_embedding_size"):
+        notes.append(f"hyper_parameters.other_embedding_size ({hyper['other_embedding_size']}) differs from "
+                     "main_embedding_size: ctrlab embeds every field with model.params.embedding_dim "
+                     "(main_embedding_size)")
     _merge_defaults(out, PADDLE_DEFAULTS)
     return out, notes
 

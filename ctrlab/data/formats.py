@@ -142,7 +142,7 @@ def _generic_input_schema(path: Path, fmt: str, bundle_schema: Schema) -> Schema
             header = [c for c in header if c != bundle_schema.label]
     label = bundle_schema.label if bundle_schema.label in header else (LABEL if LABEL in header else None)
     id_column = bundle_schema.id_column if bundle_schema.id_column in header else None
-    need = list(bundle_schema.dense) + list(bundle_schema.sparse) + list(bundle_schema.list_names)
+    need = list(bundle_schema.dense) + list(bundle_schema.sparse) + list(bundle_schema.list_sources)
     dropped = set(bundle_schema.columns) - {bundle_schema.label, bundle_schema.id_column} - set(need)
     features = [c for c in header if c not in (label, id_column) and c not in dropped]
     if sorted(features) != sorted(need):

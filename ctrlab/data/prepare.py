@@ -31,13 +31,13 @@ from ..fileio import (DiskFullError, is_disk_full, recover_dir, replace_dir, sta
                       write_json_atomic)
 from ..runtime import available_cores
 from ..features.encoders import column_values
-from ..features.lists import list_values, padded
+from ..features.lists import list_values, list_weights, padded
 from ..features.pipeline import CategoricalOptions, CodeFinalizer, FeaturePipeline, NumericOptions
 from ..fields import MISSING_ID, OOV_ID
-from ..schema import GenericSchemaConfig, Schema
+from ..schema import LABEL, WEIGHTS_SUFFIX, GenericSchemaConfig, Schema, task_column
 from .formats import file_schema
 from .readers import RowReader, SkipReport, resolve_inputs
-from .store import SPLITS, NpyAppender, Store
+from .store import MISSING_LABEL, SPLITS, NpyAppender, Store
 
 PASS2_ROWS = 1 << 18
 
@@ -161,6 +161,10 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
         for path, fmt, schema in items:
             if schema.label is None:
                 raise ValueError(f"{path}: {role} data needs a label column (format {fmt} has none)")
+            several = len(train_schema.labels) > 1  # (one label: its name may differ by format, Label / label)
+            if len(schema.labels) != len(train_schema.labels) or (several and schema.labels != train_schema.labels):
+                raise ValueError(f"{path}: its label columns {list(schema.labels)} differ from the training "
+                                 f"data's {list(train_schema.labels)}")
             if (schema.feature_columns, schema.lists) != (train_schema.feature_columns, train_schema.lists):
                 raise ValueError(f"{path}: its columns {list(schema.feature_columns + schema.list_names)} differ "
                                  f"from the training data's {list(train_schema.feature_columns + train_schema.list_names)}")
@@ -168,6 +172,8 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
     pipeline = FeaturePipeline.from_options(list(train_schema.dense), list(train_schema.sparse),
                                             opts.categorical, opts.numeric, opts.columns, lists=train_schema.lists)
     list_blocks = _list_blocks(pipeline)
+    weight_first = _weight_blocks(pipeline)  # weighted list column -> its first weight column
+    weight_width = sum(int(column.max_length) for column in pipeline.list_inputs if column.name in weight_first)
     random_ratios = {"train": opts.split[0]}
     if "valid" not in sources:
         random_ratios["valid"] = opts.split[1]
@@ -184,6 +190,8 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
     dense_in = pipeline.dense_inputs
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
+    label_names = list(train_schema.labels)  # the tasks
+    label_shape = (len(label_names),) if len(label_names) > 1 else ()  # (several labels: one column per task)
     # Pass 1 writes each split's provisional sparse codes straight into its sparse.npy (pass 2
     # remaps them in place), its labels into label.npy, and its raw dense values to a temp file.
     writers: dict[str, dict[str, NpyAppender]] = {}
@@ -193,8 +201,9 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
             (out / split_name).mkdir(exist_ok=True)
             writers[split_name] = {
                 "sparse": NpyAppender(out / split_name / "sparse.npy", np.int32, (width,)),
-                "label": NpyAppender(out / split_name / "label.npy", np.uint8),
+                "label": NpyAppender(out / split_name / "label.npy", np.uint8, label_shape),
                 "raw_dense": NpyAppender(tmp_dir / f"{split_name}.dense.npy", np.float64, (len(dense_out),)),
+                "weights": NpyAppender(tmp_dir / f"{split_name}.weights.npy", np.float32, (weight_width,)),
             }
         return writers[split_name]
 
@@ -224,6 +233,7 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                     parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
                     codes = {s: np.empty((len(ix), width), dtype=np.int32) for s, ix in parts.items()}
                     raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
+                    weights = {s: np.empty((len(ix), weight_width), dtype=np.float32) for s, ix in parts.items()}
 
                     def work_estimate(j: int) -> int:
                         return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0
@@ -240,6 +250,11 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                             block = padded(value_codes.astype(np.int32), offsets, column.max_length, fill=0)[0]
                             for s, ix in parts.items():
                                 codes[s][:, start:start + column.max_length] = block[ix]
+                            if column.weight_separator is not None:  # its weights, where its ids are
+                                first = weight_first[column.name]
+                                block = list_weights(table.column(column.name + WEIGHTS_SUFFIX), column.max_length)
+                                for s, ix in parts.items():
+                                    weights[s][:, first:first + column.max_length] = block[ix]
                         elif j < len(sparse_out):
                             col = sparse_out[j]
                             with accumulator_locks[id(accs[col])]:
@@ -257,12 +272,12 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
                     # left finishing a big column alone at the end of the chunk
                     tasks = range(len(sparse_out) + len(dense_out) + len(list_blocks))
                     list(pool.map(encode, sorted(tasks, key=work_estimate)))
-                    label = table.column("label").to_numpy().astype(np.uint8)
+                    label = _labels(table, len(label_names))
                     # writes go to a writer thread (file writes release the GIL), at most two
                     # chunks behind, so the next chunk's encoding overlaps them
                     while len(pending_writes) > 2:
                         pending_writes.pop(0).result()
-                    blocks = [(writer(s), codes[s], label[ix], raw[s]) for s, ix in parts.items()]
+                    blocks = [(writer(s), codes[s], label[ix], raw[s], weights[s]) for s, ix in parts.items()]
                     pending_writes.append(write_pool.submit(_append_blocks, blocks))
                     rows += n
                     bar.update(n)
@@ -283,7 +298,7 @@ def _build_store(opts: PrepareOptions, out: Path, progress: bool) -> None:
             raise ValueError(f"no training rows: none of the {rows} rows read from "
                              f"{[str(p) for p in sources['train']]} went to the train split")
         finalizer = pipeline.finish_fit(accs, pool.map)
-        meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finalizer, pool, progress)
+        meta = _finalize_splits(out, tmp_dir, list(writers), pipeline, finalizer, pool, progress, label_names)
     finally:
         write_pool.shutdown(cancel_futures=True)
         pool.shutdown(cancel_futures=True)
@@ -321,11 +336,35 @@ def _list_blocks(pipeline: FeaturePipeline) -> list[tuple[Any, int]]:
     return blocks
 
 
-def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    for w, sparse, label, raw in blocks:
+def _labels(table: Any, n_tasks: int) -> np.ndarray:
+    """A chunk's labels (checked 0/1 by the readers; NaN where an optional label is missing) ->
+    uint8[n], or uint8[n, T] with MISSING_LABEL for the missing ones."""
+    if n_tasks == 1:
+        return table.column(LABEL).to_numpy().astype(np.uint8)
+    out = np.empty((table.num_rows, n_tasks), dtype=np.uint8)
+    for k in range(n_tasks):
+        values = table.column(task_column(k)).to_numpy(zero_copy_only=False)
+        out[:, k] = np.where(np.isnan(values), MISSING_LABEL, np.nan_to_num(values)).astype(np.uint8)
+    return out
+
+
+def _weight_blocks(pipeline: FeaturePipeline) -> dict[str, int]:
+    """Per weighted list column, its first column in the block of weights (which follows the
+    numeric features in dense.npy)."""
+    blocks, start = {}, 0
+    for column in pipeline.list_inputs:
+        if column.weight_separator is not None:
+            blocks[column.name] = start
+            start += int(column.max_length)
+    return blocks
+
+
+def _append_blocks(blocks: list[tuple[dict[str, NpyAppender], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    for w, sparse, label, raw, weights in blocks:
         w["sparse"].append(sparse)
         w["label"].append(label)
         w["raw_dense"].append(raw)
+        w["weights"].append(weights)
 
 
 def _check_finite_features(dense: np.ndarray, raw: np.ndarray, names: list[str], split: str, first_row: int) -> None:
@@ -341,7 +380,8 @@ def _check_finite_features(dense: np.ndarray, raw: np.ndarray, names: list[str],
 
 
 def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
-                     finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool) -> dict[str, Any]:
+                     finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool,
+                     tasks: list[str]) -> dict[str, Any]:
     """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
     per-split statistics."""
     dense_out = pipeline.dense_outputs
@@ -363,25 +403,31 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
             sparse_file = files.enter_context(open(out / s / "sparse.npy", "r+b"))
             label_file = files.enter_context(open(out / s / "label.npy", "rb"))
             raw_file = files.enter_context(open(tmp_dir / f"{s}.dense.npy", "rb"))
-            for fh in (sparse_file, label_file, raw_file):
+            weights_file = files.enter_context(open(tmp_dir / f"{s}.weights.npy", "rb"))
+            for fh in (sparse_file, label_file, raw_file, weights_file):
                 fh.seek(NpyAppender.HEADER_BYTES)
-            dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (len(dense_out),))
+            # the numeric features, then the weighted list fields' weights (FeatureSpec.dense_width)
+            weight_width = spec.dense_width - len(dense_out)
+            dense_writer = NpyAppender(out / s / "dense.npy", np.float32, (spec.dense_width,))
             files.callback(dense_writer.close)
-            st = {"rows": n_rows, "positives": 0, "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
+            st = {"rows": n_rows, "positives": np.zeros(len(tasks), np.int64), "labelled": np.zeros(len(tasks), np.int64),
+                  "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
                   "oov": np.zeros(len(sparse_out), np.int64)}
             for lo in range(0, n_rows, PASS2_ROWS):
                 hi = min(n_rows, lo + PASS2_ROWS)
                 start = sparse_file.tell()
                 block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * width).reshape(hi - lo, -1)
                 raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
-                label = np.fromfile(label_file, dtype=np.uint8, count=hi - lo)
-                dense = np.empty((hi - lo, len(dense_out)), dtype=np.float32)
+                label = np.fromfile(label_file, dtype=np.uint8, count=(hi - lo) * len(tasks)).reshape(hi - lo, -1)
+                dense = np.empty((hi - lo, spec.dense_width), dtype=np.float32)
+                dense[:, len(dense_out):] = np.fromfile(weights_file, dtype=np.float32,
+                                                        count=(hi - lo) * weight_width).reshape(hi - lo, -1)
 
                 def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     """One share of the block's rows: ids, numeric features, and their statistics."""
                     part = block[rows]
                     finalizer.ids(part)  # (a view: in place in block)
-                    finalizer.features(raw[rows], dense[rows])  # overflows: _check_finite_features reports them
+                    finalizer.features(raw[rows], dense[rows, : len(dense_out)])  # overflows: _check_finite_features reports them
                     single = part[:, : len(sparse_out)]
                     filled = [int(np.count_nonzero(part[:, a:b])) for a, b in list_spans]
                     return ((single == MISSING_ID).sum(axis=0), np.isnan(raw[rows]).sum(axis=0),
@@ -393,11 +439,12 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
                     st["missing"][len(sparse_out):] += missing_dense
                     st["oov"] += oov
                     list_filled[s] += np.asarray(filled, dtype=np.int64)
-                _check_finite_features(dense, raw, dense_out, s, lo)
+                _check_finite_features(dense[:, : len(dense_out)], raw, dense_out, s, lo)
                 sparse_file.seek(start)
                 block.tofile(sparse_file)
                 dense_writer.append(dense)
-                st["positives"] += int(label.sum())
+                st["positives"] += (label == 1).sum(axis=0)
+                st["labelled"] += (label != MISSING_LABEL).sum(axis=0)
                 bar.update(hi - lo)
         stats[s] = st
     bar.close()
@@ -417,12 +464,20 @@ def _finalize_splits(out: Path, tmp_dir: Path, present: list[str], pipeline: Fea
     for k, listed in enumerate(spec.lists):
         fields[listed.name] = {
             "output": "list", "kind": listed.kind, "length": listed.length, "vocab_size": listed.vocab_size,
-            "shares": listed.shares, "pooling": listed.pooling,
+            "shares": listed.shares, "pooling": listed.pooling, **({"weighted": True} if listed.weighted else {}),
             "mean_length": {s: _rate(list_filled[s][k], stats[s]["rows"]) for s in present},
         }
+    splits = {s: {"rows": stats[s]["rows"], "positives": int(stats[s]["positives"][0]),
+                  "positive_rate": _rate(stats[s]["positives"][0], stats[s]["labelled"][0])} for s in present}
+    if len(tasks) > 1:  # (the split's positives above are the first task's; every task's here)
+        for s in present:
+            splits[s]["tasks"] = {
+                task: {"labelled": int(stats[s]["labelled"][k]), "positives": int(stats[s]["positives"][k]),
+                       "positive_rate": _rate(stats[s]["positives"][k], stats[s]["labelled"][k])}
+                for k, task in enumerate(tasks)}
     return {
-        "splits": {s: {"rows": stats[s]["rows"], "positives": stats[s]["positives"],
-                       "positive_rate": _rate(stats[s]["positives"], stats[s]["rows"])} for s in present},
+        **({"tasks": tasks} if len(tasks) > 1 else {}),
+        "splits": splits,
         "vocab_sizes": dict(zip(sparse_out, spec.vocab_sizes)),
         "fields": fields,
     }
@@ -438,7 +493,13 @@ def format_summary(meta: dict[str, Any]) -> str:
     total = sum(s["rows"] for s in meta["splits"].values())
     lines.append(f"store: {total:,} rows in {meta['seconds']:.1f} s ({meta['rows_per_second']:,.0f} rows/s)")
     for name, s in meta["splits"].items():
-        lines.append(f"  {name:<5} {s['rows']:>12,} rows  positive rate {s['positive_rate']:.4f}")
+        if "tasks" in s:  # several labels: each task's positive rate over its labelled rows
+            rates = ", ".join(f"{t} {v['positive_rate']:.4f}" + (f" ({v['labelled']:,} labelled)"
+                                                                  if v["labelled"] < s["rows"] else "")
+                              for t, v in s["tasks"].items())
+            lines.append(f"  {name:<5} {s['rows']:>12,} rows  positive rates: {rates}")
+        else:
+            lines.append(f"  {name:<5} {s['rows']:>12,} rows  positive rate {s['positive_rate']:.4f}")
     split = meta["split"]
     if split["method"] == "random":
         ratios = ", ".join(f"{k} {v:g}" for k, v in split["ratios"].items())

@@ -45,7 +45,7 @@ import pyarrow.csv as pa_csv
 
 from ..fileio import sha256_file
 from ..runtime import prefetch
-from ..schema import LABEL, Schema
+from ..schema import LABEL, WEIGHTS_SUFFIX, Schema, task_column
 
 BLOCK_BYTES = 1 << 20  # Arrow's streaming parser is fastest with small (cache-sized) blocks...
 CHUNK_ROWS = 1 << 17  # ...which are joined into chunks of this many rows for vectorized work
@@ -274,16 +274,15 @@ def _output_types(schema: Schema) -> dict[str, pa.DataType]:
     types: dict[str, pa.DataType] = {}
     if schema.id_column:
         types[schema.id_column] = pa.string()
-    if schema.label:
-        types[schema.label] = pa.float64()
+    types.update({c: pa.float64() for c in schema.labels})
     types.update({c: pa.float64() for c in schema.dense})
     types.update({c: pa.string() for c in schema.sparse})
-    types.update({c: pa.string() for c in schema.list_names})  # split by _split_lists
+    types.update({c: pa.string() for c in schema.list_sources})  # made lists by _split_lists
     return types
 
 
-#: a list column with weights has them in a column of this suffix: list<float64>, one per value
-WEIGHTS_SUFFIX = ".weights"
+#: the largest weight of a weighted list value (the store keeps weights as float32)
+MAX_WEIGHT = float(np.finfo(np.float32).max)
 
 
 class _ListValueError(ValueError):
@@ -303,6 +302,23 @@ def split_list_text(raw: pa.Array, separator: str) -> pa.Array | None:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(np.where(empty_field, 0, lengths), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string()))
+
+
+def columns_to_list(columns: Sequence[pa.Array | pa.ChunkedArray], padding: str | None) -> pa.Array:
+    """A block of string columns, oldest to newest -> list<string>: each row's values in column
+    order, without the empty (null or "") ones and those equal to ``padding`` (no step)."""
+    n, k = len(columns[0]), len(columns)
+    if n == 0:
+        return pa.array([], type=pa.list_(pa.string()))
+    stacked = pa.concat_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns])
+    flat = stacked.cast(pa.string()).take(pa.array((np.arange(k) * n + np.arange(n)[:, None]).ravel()))  # row-major
+    keep = pc.and_(pc.is_valid(flat), pc.not_equal(flat, "").fill_null(False))
+    if padding is not None:
+        keep = pc.and_(keep, pc.not_equal(flat, padding).fill_null(False))
+    keep = np.asarray(keep, dtype=bool)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(keep.reshape(n, k).sum(axis=1), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
 
 
 def keep_last(lists: pa.Array, max_length: int | None) -> tuple[pa.Array, int]:
@@ -326,9 +342,15 @@ def _split_lists(table: pa.Table, schema: Schema, info: SourceInfo) -> pa.Table:
     plus list<float64> weights (``name`` + WEIGHTS_SUFFIX) where declared; a sequence keeps its
     ``max_length`` most recent values (:func:`keep_last`), the rows cut counted in
     ``info.truncated``. Raises _ListValueError on an empty value inside a list or a weight that
-    is not a finite number (the line parser then names the line: :func:`_list_error`)."""
+    is not a finite number (the line parser then names the line: :func:`_list_error`). A list
+    built from ``columns`` takes their values (:func:`columns_to_list`) and replaces them."""
     for column in schema.lists:
-        parts = split_list_text(table.column(column.name).combine_chunks(), column.separator)
+        if column.columns is not None:
+            parts = columns_to_list([table.column(c) for c in column.columns], column.padding)
+            position = table.column_names.index(column.columns[0])
+            table = table.drop_columns(list(column.columns)).add_column(position, column.name, parts)
+        else:
+            parts = split_list_text(table.column(column.name).combine_chunks(), column.separator)
         if parts is None:
             raise _ListValueError(f"empty value in list column {column.name!r}")
         weights = None
@@ -341,11 +363,13 @@ def _split_lists(table: pa.Table, schema: Schema, info: SourceInfo) -> pa.Table:
                 parsed = pc.cast(texts, pa.float64()).to_numpy(zero_copy_only=False)
             except pa.ArrowInvalid as exc:
                 raise _ListValueError(str(exc)) from None
-            if not np.isfinite(parsed).all():
-                raise _ListValueError(f"a weight in list column {column.name!r} is not finite")
+            if not (np.abs(parsed) <= MAX_WEIGHT).all():  # (NaN fails too)
+                raise _ListValueError(f"a weight in list column {column.name!r} is not a finite float32")
             weight_values[has_weight] = parsed
             weights = pa.ListArray.from_arrays(parts.offsets, pa.array(weight_values, type=pa.float64()))
             parts = pa.ListArray.from_arrays(parts.offsets, pc.list_element(pairs, 0))
+            if len(parts.values) and pc.any(pc.equal(parts.values, "")).as_py():  # (":0.7")
+                raise _ListValueError(f"a weight without a value in list column {column.name!r}")
             weights, _ = keep_last(weights, column.max_length)  # (the same values as the names below)
         parts, cut = keep_last(parts, column.max_length)
         if cut:
@@ -360,6 +384,8 @@ def _list_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
     """The line parser's rules for list columns (the same as :func:`_split_lists`)."""
     index = _column_index(tuple(schema.columns))
     for column in schema.lists:
+        if column.columns is not None:  # (one value per column: nothing to split)
+            continue
         text = fields[index[column.name]]
         if text == "":
             continue
@@ -367,22 +393,26 @@ def _list_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
             if value == "":
                 return "bad list", f"empty value in the list {text[:40]!r}", column.name
             if column.weight_separator is not None and column.weight_separator in value:
-                weight = value.rsplit(column.weight_separator, 1)[1]
-                if parse_number(weight) is None:
-                    return "bad list", f"expected a number as the weight of {value[:40]!r}", column.name
+                name, weight = value.rsplit(column.weight_separator, 1)
+                number = parse_number(weight)
+                if number is None or abs(number) > MAX_WEIGHT:
+                    return "bad list", f"expected a number (float32) as the weight of {value[:40]!r}", column.name
+                if name == "":
+                    return "bad list", f"a weight without a value: {value[:40]!r}", column.name
     return None
 
 
 def _canonical(table: pa.Table, schema: Schema) -> pa.Table:
-    """Select and rename to canonical columns: id, label, dense..., sparse..., lists (as text)."""
+    """Select and rename to canonical columns: id, label, dense..., sparse..., lists (as text, or
+    the source columns of a list built from columns)."""
     names, arrays = [], []
     if schema.id_column:
         names.append(ID)
         arrays.append(table.column(schema.id_column))
-    if schema.label:
-        names.append(LABEL)
-        arrays.append(table.column(schema.label))
-    for col in schema.dense + schema.sparse + schema.list_names:
+    for i, col in enumerate(schema.labels):
+        names.append(task_column(i))
+        arrays.append(table.column(col))
+    for col in schema.dense + schema.sparse + schema.list_sources:
         names.append(col)
         arrays.append(table.column(col))
     return pa.Table.from_arrays(arrays, names=names)
@@ -406,14 +436,19 @@ def _check_rows(table: pa.Table, path: str, first_line_no: int, bad_lines: str, 
         if empty.any():
             raise _FallbackNeeded(f"empty line at line {first_line_no + int(np.flatnonzero(empty)[0])}")
     problems: list[tuple[np.ndarray, str, str | None, Callable[[int], str]]] = []
-    if LABEL in table.column_names:
-        labels = table.column(LABEL).to_numpy()
-        bad = ~((labels == 0.0) | (labels == 1.0))  # NaN (missing label) is bad too
+    for k, name in enumerate(schema.labels):
+        col = task_column(k)
+        if col not in table.column_names:
+            continue
+        labels = table.column(col).to_numpy()
+        bad = ~((labels == 0.0) | (labels == 1.0))  # NaN (missing label) is bad too ...
+        if name in schema.optional_labels:
+            bad &= np.asarray(table.column(col).is_valid())  # ... unless this label may be missing
         if bad.any():
-            def label_reason(i: int) -> str:
-                value = table.column(LABEL)[i].as_py()
+            def label_reason(i: int, c=col) -> str:
+                value = table.column(c)[i].as_py()
                 return f"expected a 0/1 label, got {'empty' if value is None else repr(value)}"
-            problems.append((bad, "label not 0/1", LABEL, label_reason))
+            problems.append((bad, "label not 0/1", LABEL if not schema.more_labels else name, label_reason))
     for col in schema.dense:
         values = table.column(col).to_numpy()
         bad = ~np.isfinite(values) & np.asarray(table.column(col).is_valid())
@@ -525,12 +560,13 @@ def _line_error(fields: list[str], schema: Schema) -> tuple[str, str, str | None
         reason = f"wrong field count (got {len(fields)}, expected {expected})"
         return reason, reason, None
     index = _column_index(tuple(schema.columns))
-    if schema.label:
-        value = fields[index[schema.label]]
+    for name in schema.labels:
+        value = fields[index[name]]
         label = parse_number(value)
-        if label not in (0.0, 1.0):  # (a number is shown as the fast path shows it: 2 -> 2.0)
+        if label not in (0.0, 1.0) and not (value == "" and name in schema.optional_labels):
+            # (a number is shown as the fast path shows it: 2 -> 2.0)
             shown = repr(label) if label is not None else repr(value[:40]) if value else "empty"
-            return "label not 0/1", f"expected a 0/1 label, got {shown}", schema.label
+            return "label not 0/1", f"expected a 0/1 label, got {shown}", name
     for col in schema.dense:
         value = fields[index[col]]
         if value != "" and parse_number(value) is None:

@@ -6,9 +6,10 @@
       pipeline.json      the fitted FeaturePipeline
       config.yaml        the resolved config that made it
       train/ valid/ test/
-        dense.npy   float32[N, n_dense]
+        dense.npy   float32[N, dense_width] (numeric features, then any list weights)
         sparse.npy  int32[N, sparse_width]  (single-valued fields, then list blocks: spec.lists)
-        label.npy   uint8[N]
+        label.npy   uint8[N], or uint8[N, T] with several labels (meta.json "tasks": their
+                    names; MISSING_LABEL where a row's label is missing)
 
 Arrays are ordinary .npy files (``np.load(path, mmap_mode="r")`` reads them), written by
 appending rows and fixing the header's row count at the end. ``prepare`` builds a store beside
@@ -81,13 +82,17 @@ class NpyAppender:
         return read_npy_shape(path)[0]
 
 
+#: in a several-label store's label.npy: this row has no label for this task (not counted for it)
+MISSING_LABEL = 255
+
+
 @dataclass
 class SplitArrays:
     """One split's arrays (memory-mapped, read-only)."""
 
     dense: np.ndarray  # float32[N, n_dense]
     sparse: np.ndarray  # int32[N, n_sparse]
-    label: np.ndarray  # uint8[N]
+    label: np.ndarray  # uint8[N], or uint8[N, T] (several tasks; MISSING_LABEL = missing)
     where: str = "split"  # what to call it in messages, e.g. "STORE: the train split"
 
     def __len__(self) -> int:
@@ -114,6 +119,7 @@ class Store:
         try:
             spec = self.spec
             splits = {name: int(self.meta["splits"][name]["rows"]) for name in self.meta["splits"]}
+            tasks = self.tasks
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"{meta_path}: not a valid store description (missing or bad {exc}); "
                              "prepare the store again") from None
@@ -122,7 +128,7 @@ class Store:
             if name not in SPLITS:
                 raise StoreError(f"{meta_path}: unknown split {name!r}")
             if rows > 0:
-                self._verify_split(name, rows, len(spec.dense_names), spec.sparse_width)
+                self._verify_split(name, rows, spec.dense_width, spec.sparse_width, len(tasks))
         self._pipeline: FeaturePipeline | None = None
 
     def _read_json(self, path: Path) -> dict[str, Any]:
@@ -137,10 +143,11 @@ class Store:
             raise StoreError(f"{path}: damaged (not a JSON object); prepare the store again")
         return data
 
-    def _verify_split(self, name: str, rows: int, n_dense: int, n_sparse: int) -> None:
-        """Each array of the split: the recorded dtype, ``rows`` rows, the spec's columns, and a
-        file long enough to hold them."""
-        expected = {"dense": (rows, n_dense), "sparse": (rows, n_sparse), "label": (rows,)}
+    def _verify_split(self, name: str, rows: int, n_dense: int, n_sparse: int, n_tasks: int) -> None:
+        """Each array of the split: the recorded dtype, ``rows`` rows, the spec's columns, one
+        label per task (several tasks) and a file long enough to hold them."""
+        labels = (rows, n_tasks) if n_tasks > 1 else (rows,)
+        expected = {"dense": (rows, n_dense), "sparse": (rows, n_sparse), "label": labels}
         for array, dtype in self.ARRAYS.items():
             path = self.path / name / f"{array}.npy"
             try:
@@ -159,6 +166,21 @@ class Store:
     @property
     def spec(self) -> FeatureSpec:
         return FeatureSpec.from_dict(self.meta["spec"])
+
+    @property
+    def tasks(self) -> list[str]:
+        """The label columns' names, in task order: one (the file's label column) for a
+        single-label store, several for a multi-task one (label.npy ``[N, T]``)."""
+        tasks = self.meta.get("tasks")
+        if tasks is None:
+            return [str(self.meta.get("schema", {}).get("label") or "label")]
+        if not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) for t in tasks):
+            raise ValueError(f"tasks: expected a list of 2+ names, got {tasks!r}")
+        return tasks
+
+    @property
+    def multi_task(self) -> bool:
+        return len(self.tasks) > 1
 
     @property
     def pipeline(self) -> FeaturePipeline:

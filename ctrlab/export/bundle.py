@@ -215,7 +215,8 @@ def build_manifest(cfg: Config, store: Store, run: RunDir, epoch: int, checkpoin
         "pipeline": {"dense_inputs": pipeline.dense_inputs, "sparse_inputs": pipeline.sparse_inputs,
                      **({"list_inputs": [c.to_dict() for c in pipeline.list_inputs]} if pipeline.list_inputs else {})},
         "inputs": {
-            "dense": {"dtype": "float32", "shape": [BATCH_AXIS, spec.n_dense], "names": list(spec.dense_names)},
+            # (weighted list fields: their weights follow the numeric columns, 0 at padding)
+            "dense": {"dtype": "float32", "shape": [BATCH_AXIS, spec.dense_width], "names": list(spec.dense_column_names)},
             # (list fields: their blocks of columns follow the single-valued ones, padded with id 0)
             "sparse": {"dtype": "int64", "shape": [BATCH_AXIS, spec.sparse_width], "names": list(spec.sparse_names),
                        "vocab_sizes": list(spec.vocab_sizes),

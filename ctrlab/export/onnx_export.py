@@ -1,6 +1,6 @@
 """ONNX export of ctrlab models and an onnxruntime parity check.
 
-The exported graph has inputs ``dense: float32[batch, n_dense]`` and
+The exported graph has inputs ``dense: float32[batch, dense_width]`` and
 ``sparse: int64[batch, n_sparse]`` and outputs ``logits: float32[batch]`` and
 ``probabilities = sigmoid(logits)``, with a dynamic ``batch`` axis.
 
@@ -62,7 +62,7 @@ class _LogitsAndProbabilities(nn.Module):
 def example_inputs(spec: FeatureSpec, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid all-zero inputs for ``spec`` (id 0 = missing is valid in every field)."""
     return (
-        torch.zeros(batch_size, spec.n_dense, dtype=torch.float32),
+        torch.zeros(batch_size, spec.dense_width, dtype=torch.float32),
         torch.zeros(batch_size, spec.sparse_width, dtype=torch.int64),
     )
 
@@ -157,8 +157,8 @@ def externalize_large_initializers(path: str | os.PathLike[str], min_bytes: int 
 
 
 def _declare_unused_dense_input(graph, spec: FeatureSpec) -> None:
-    """Put back a pruned ``dense`` input as ``float32[batch, n_dense]`` so the signature is stable."""
-    dense_input = helper.make_tensor_value_info("dense", TensorProto.FLOAT, [BATCH_AXIS, spec.n_dense])
+    """Put back a pruned ``dense`` input as ``float32[batch, dense_width]`` so the signature is stable."""
+    dense_input = helper.make_tensor_value_info("dense", TensorProto.FLOAT, [BATCH_AXIS, spec.dense_width])
     graph.graph.input.insert(0, dense_input)
 
 

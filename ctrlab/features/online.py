@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
 from ..hashing import MASK64, splitmix64_int
+from ..schema import WEIGHTS_SUFFIX
 from .encoders import BucketizedNumeric, HashBuckets, NumericTransform, Vocabulary, column_values
 from .keytable import POLY
 
@@ -209,7 +210,7 @@ class OnlineEncoder:
     """
 
     def __init__(self, encoders: Mapping[str, Any], dense_outputs: Sequence[str], sparse_outputs: Sequence[str],
-                 numeric_inputs: Collection[str], lists: Sequence[tuple[str, int, Any, str | None]] = ()):
+                 numeric_inputs: Collection[str], lists: Sequence[tuple[Any, ...]] = ()):
         self._columns = [*dense_outputs, *sparse_outputs]
         self.dense_outputs = list(dense_outputs)
         self._n_dense = len(dense_outputs)
@@ -220,10 +221,13 @@ class OnlineEncoder:
         self._signed_zeros = [encoders[col].kind in SIGNED_ZEROS for col in dense_outputs] + [False] * len(sparse_outputs)
         self._numeric = set(numeric_inputs)  # (each output column is encoded from the input of its name)
         # per column: value -> result, missing (None) from the start (see _fill)
-        # list columns (name, max_length, vocabulary, vocab_of): a block of ids each, after the
-        # single-valued columns; a shared vocabulary's values take its column's lane (and memory)
+        # list columns (name, max_length, vocabulary, vocab_of[, weighted]): a block of ids each,
+        # after the single-valued columns; a shared vocabulary's values take its column's lane (and
+        # memory). A weighted one's weights (column name + WEIGHTS_SUFFIX) make a block of the
+        # dense matrix, after the numeric columns, in the order of the lists.
         self._lists: list[tuple[str, int, int]] = []
-        for name, length, vocab, owner in lists:
+        self._weighted: list[tuple[str, str, int]] = []  # (name, its weights column, max_length)
+        for name, length, vocab, owner, *weighted in lists:
             if owner is not None:
                 lane = self._columns.index(owner)
             else:
@@ -231,6 +235,8 @@ class OnlineEncoder:
                 self._lanes.append(_sparse_lane(vocab))
                 self._signed_zeros.append(False)
             self._lists.append((name, int(length), lane))
+            if weighted and weighted[0]:
+                self._weighted.append((name, name + WEIGHTS_SUFFIX, int(length)))
         self._missing = [lane([None])[0] for lane in self._lanes]
         self._memos: list[dict[Any, Any]] = [{None: missing} for missing in self._missing]
 
@@ -238,7 +244,8 @@ class OnlineEncoder:
     def from_pipeline(cls, pipeline: Any) -> "OnlineEncoder":
         """The lane of a fitted :class:`~ctrlab.features.pipeline.FeaturePipeline` (which builds
         it itself; this module sits below it)."""
-        lists = [(c.name, c.max_length, pipeline.list_vocabulary(c), c.vocab_of) for c in pipeline.list_inputs]
+        lists = [(c.name, c.max_length, pipeline.list_vocabulary(c), c.vocab_of, c.weight_separator is not None)
+                 for c in pipeline.list_inputs]
         return cls(pipeline.encoders, pipeline.dense_outputs, pipeline.sparse_outputs, pipeline.dense_inputs, lists)
 
     def built_from(self, encoders: Mapping[str, Any]) -> bool:
@@ -246,20 +253,28 @@ class OnlineEncoder:
         return all(map(operator.is_, map(encoders.get, self._columns), self._encoders))
 
     def encode(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Raw rows -> (dense float32[N, n_dense], sparse int32[N, n_sparse]); no checks (the
-        pipeline's ``transform`` checks the columns and the features' finiteness)."""
-        columns = {}
+        """Raw rows -> (dense float32[N, dense_width], sparse int32[N, sparse_width]); no checks (the
+        pipeline's ``transform`` checks the columns and the features' finiteness). A list column is
+        list<string> (null = empty), a weighted one's weights ``name`` + WEIGHTS_SUFFIX list<float64>
+        beside it (as the readers give them); each row keeps its last max_length values."""
+        columns: dict[str, Any] = {}
         for col in self._columns:
             values = column_values(table, col, col in self._numeric)
             columns[col] = values.tolist() if isinstance(values, np.ndarray) else values.to_pylist()
+        for name, length, _ in self._lists:
+            columns[name] = [v[-length:] if v else [] for v in table.column(name).to_pylist()]
+        for _, weights, length in self._weighted:
+            columns[weights] = [v[-length:] if v else [] for v in table.column(weights).to_pylist()]
         return self.encode_columns(columns, table.num_rows)
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
         """Checked raw values, one sequence of n per input column (floats for numeric columns, str for
         categorical ones; None = missing: what :func:`ctrlab.inference.rows.checked_columns`
-        gives; a list column's n lists of str, already cut to its max_length) -> (dense
-        float32[N, n_dense], sparse int32[N, sparse_width]: the list blocks after the single-valued
-        columns), with no Arrow table in between: the lane of a request of a few rows."""
+        gives; a list column's n lists of str, already cut to its max_length; a weighted one's
+        weights, ``name`` + WEIGHTS_SUFFIX: n lists of float, cut alike) -> (dense
+        float32[N, dense_width]: each weighted list's weights after the numeric columns, in its ids'
+        positions, 0 at padding; sparse int32[N, sparse_width]: the list blocks after the
+        single-valued columns), with no Arrow table in between: the lane of a request of a few rows."""
         values = list(chain.from_iterable(map(columns.__getitem__, self._columns)))  # column-major
         column_memos = self._memos[: len(self._columns)]  # (own list vocabularies' lanes follow)
         memos = column_memos if n == 1 else list(chain.from_iterable(repeat(m, n) for m in column_memos))
@@ -286,7 +301,17 @@ class OnlineEncoder:
                 block[r, :len(values)] = ids[at:at + len(values)]
                 at += len(values)
             blocks.append(block)
-        return dense_out, np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        sparse_all = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        if not self._weighted:
+            return dense_out, sparse_all
+        dense_blocks = [dense_out]
+        for _, weights, length in self._weighted:  # each row's weights where its ids are, then 0.0
+            block = np.zeros((n, length), dtype=np.float32)
+            for r, values in enumerate(columns[weights]):
+                if values:
+                    block[r, :len(values)] = np.array(values, dtype=np.float64)  # (float64 -> float32, rounded)
+            dense_blocks.append(block)
+        return np.ascontiguousarray(np.concatenate(dense_blocks, axis=1)), sparse_all
 
     def _fill(self, values: list[Any], found: list[Any], lane_of: Callable[[int], int]) -> None:
         """Compute the results ``found`` lacks (None) with each value's lane (``lane_of(i)``: the

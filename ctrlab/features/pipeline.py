@@ -34,11 +34,11 @@ import pyarrow as pa
 
 from ..fields import FeatureSpec, ListField
 from ..fileio import write_bytes_atomic
-from ..schema import ListColumn
+from ..schema import WEIGHTS_SUFFIX, ListColumn
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
                        BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, stacked_tables,
                        vocabulary_ids)
-from .lists import list_ids, list_values
+from .lists import list_ids, list_values, list_weights
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
 FORMAT_VERSION = 1
@@ -98,8 +98,8 @@ def _numeric_encoder(opts: NumericOptions):
 
 def _check_list_columns(lists: Sequence[ListColumn], dense_inputs: list[str], sparse_inputs: list[str],
                        encoders: dict[str, Any]) -> None:
-    """What the pipeline can encode of list columns (for now): a fixed length, no weights, a
-    shared vocabulary only of a single-valued categorical column with a Vocabulary."""
+    """What the pipeline can encode of list columns: a fixed length, a shared vocabulary only of
+    a single-valued categorical column with a Vocabulary."""
     seen: set[str] = set()
     for column in lists:
         where = f"list column {column.name!r}"
@@ -111,10 +111,6 @@ def _check_list_columns(lists: Sequence[ListColumn], dense_inputs: list[str], sp
         if column.max_length is None:
             raise ValueError(f"{where} has no max_length: its ids take a fixed block of the sparse matrix; "
                              "give it max_length (the most values a row keeps)")
-        if column.weight_separator is not None:
-            raise ValueError(f"{where} has weight_separator {column.weight_separator!r}: weighted multi-valued "
-                             "columns are read but not yet encoded; drop weight_separator (or the column) "
-                             "to train on its values without weights")
         if column.vocab_of is not None:
             if column.vocab_of not in sparse_inputs:
                 raise ValueError(f"{where}: vocab_of {column.vocab_of!r} is not a single-valued categorical "
@@ -215,6 +211,13 @@ class FeaturePipeline:
         return [c.name for c in self.list_inputs]
 
     @property
+    def weight_inputs(self) -> list[str]:
+        """The weights columns of the weighted list columns (``name`` + WEIGHTS_SUFFIX: list<float64>,
+        as the readers give them beside ``name``); their weights follow the numeric features in
+        the dense matrix (:attr:`~ctrlab.fields.FeatureSpec.weight_columns`)."""
+        return [c.name + WEIGHTS_SUFFIX for c in self.list_inputs if c.weight_separator is not None]
+
+    @property
     def input_columns(self) -> list[str]:
         """The raw columns :meth:`transform` reads: dense, sparse, then list columns."""
         return self.dense_inputs + self.sparse_inputs + self.list_names
@@ -229,7 +232,8 @@ class FeaturePipeline:
     def spec(self) -> FeatureSpec:
         self._check_fitted()
         fields = [ListField(c.name, int(c.max_length), self.list_vocabulary(c).size_,  # type: ignore[arg-type]
-                            shares=c.vocab_of, kind=c.kind, pooling=c.pooling) for c in self.list_inputs]
+                            shares=c.vocab_of, kind=c.kind, pooling=c.pooling,
+                            weighted=c.weight_separator is not None) for c in self.list_inputs]
         return FeatureSpec(self.dense_outputs, self.sparse_outputs,
                            [self.encoders[c].size_ for c in self.sparse_outputs], lists=fields)
 
@@ -299,14 +303,15 @@ class FeaturePipeline:
         A feature that is not finite raises :class:`InputError`."""
         self._check_fitted()
         present = set(table.column_names)  # (a property that builds a new list on every access)
-        missing = [c for c in self.input_columns if c not in present]
+        missing = [c for c in self.input_columns + self.weight_inputs if c not in present]
         if missing:
             raise ValueError(f"input lacks columns {missing}")
         if table.num_rows <= SMALL_INPUT_ROWS and not self.list_inputs:
             dense, sparse = self._online_encoder().encode(table)
         else:
             dense, sparse = self.encode_vectorized(table)
-        check_finite(dense, self.dense_outputs, lambda col, row: table.column(col)[row].as_py())
+        check_finite(dense[:, : len(self.dense_outputs)], self.dense_outputs,
+                     lambda col, row: table.column(col)[row].as_py())
         return dense, sparse
 
     def transform_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +323,7 @@ class FeaturePipeline:
         self._check_fitted()
         online = self._online_encoder()
         dense, sparse = online.encode_columns(columns, n)
-        check_finite(dense, online.dense_outputs, lambda col, row: columns[col][row])
+        check_finite(dense[:, : len(online.dense_outputs)], online.dense_outputs, lambda col, row: columns[col][row])
         return dense, sparse
 
     def _online_encoder(self) -> OnlineEncoder:
@@ -340,7 +345,9 @@ class FeaturePipeline:
         dense float32[N, n_dense], sparse int32[N, spec.sparse_width] (n_sparse without list
         columns)."""
         n = table.num_rows
-        dense = np.empty((n, len(self.dense_outputs)), dtype=np.float32)
+        weighted = [c for c in self.list_inputs if c.weight_separator is not None]
+        dense = np.empty((n, len(self.dense_outputs) + sum(int(c.max_length) for c in weighted)),  # type: ignore[misc]
+                         dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
             for j, col in enumerate(self.dense_outputs):
                 dense[:, j] = self.encoders[col].transform(column_values(table, col, True))
@@ -366,6 +373,11 @@ class FeaturePipeline:
                 lists = lists.cast(pa.list_(pa.string()))
             length = int(column.max_length)  # type: ignore[arg-type]
             sparse[:, start:start + length] = list_ids(self.list_vocabulary(column), lists, length)[0]
+            start += length
+        start = len(self.dense_outputs)
+        for column in weighted:  # (each weight where its value's id is)
+            length = int(column.max_length)  # type: ignore[arg-type]
+            dense[:, start:start + length] = list_weights(table.column(column.name + WEIGHTS_SUFFIX), length)
             start += length
         return dense, sparse
 

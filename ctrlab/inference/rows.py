@@ -6,7 +6,17 @@ sparse columns, and leave as ``list<string>`` columns, as the readers give them:
 is a list of strings (integer ids become their decimal text) or one string of values split by
 the column's separator exactly as the readers split a file's field ("" is an empty list, an
 empty value inside, ``a||b``, is an error); None or a left-out key is an empty list; a
-sequence longer than ``max_length`` keeps its last (most recent) ``max_length`` values."""
+sequence longer than ``max_length`` keeps its last (most recent) ``max_length`` values.
+
+A weighted list column (``weight_separator`` set, ``tag:0.7``) also gives a ``list<float64>``
+column of its values' weights, ``name`` + WEIGHTS_SUFFIX, right after it (the same lengths, cut
+alike). Its value may be delimited text (``"a:0.7|b"``: a value's weight follows the LAST weight
+separator, no separator = 1.0, as the readers split a file's field), a list of strings each with
+an optional weight suffix (``["a:0.7", "b"]``; an integer id has weight 1.0), or a list of
+``[value, weight]`` pairs (``[["a", 0.7], ["b", 1]]``: a string or integer id and a finite number;
+the value is taken whole, with no suffix to split), the forms mixed at will within a list. A weight
+that is not a finite number (``nan``, ``inf``, a bool, a string in a pair) is an error naming the
+row and field, as is a value left empty by its weight (``":0.7"``)."""
 
 from __future__ import annotations
 
@@ -20,9 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..data.formats import column_list
-from ..data.readers import ID, keep_last, number_error, parse_number, split_list_text
+from ..data.readers import ID, MAX_WEIGHT, keep_last, number_error, parse_number, split_list_text
 from ..features.pipeline import InputError
-from ..schema import LABEL, ListColumn
+from ..schema import LABEL, WEIGHTS_SUFFIX, ListColumn
 
 
 IGNORED_KEYS = (LABEL, ID)  # canonical non-feature columns a row dict may carry
@@ -120,7 +130,8 @@ def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_colu
                   list_columns: Sequence[ListColumn] = ()) -> pa.Table:
     """A list of dicts (keyed by column name) or of lists (values in ``dense + sparse + lists``
     order) -> an Arrow table with the canonical types (float64 dense, string sparse, list<string>
-    for each of ``list_columns``; null = missing, a missing list is an empty one)."""
+    for each of ``list_columns``, followed by its list<float64> weights ``name`` + WEIGHTS_SUFFIX
+    for a weighted one; null = missing, a missing list is an empty one)."""
     lists = _checked_list_columns(list_columns)
     columns = list(dense_columns) + list(sparse_columns)
     n_dense = len(dense_columns)
@@ -134,8 +145,15 @@ def rows_to_table(rows: Sequence[Any], dense_columns: Sequence[str], sparse_colu
                                 numeric=False)
     arrays = [dense_all.slice(j * n, n) for j in range(n_dense)]
     arrays += [sparse_all.slice(j * n, n) for j in range(len(sparse_columns))]
-    arrays += [_list_array(values, column) for column, values in zip(lists, by_column[n_flat:])]
-    return pa.Table.from_arrays(arrays, names=columns + [c.name for c in lists])
+    names = list(columns)
+    for column, values in zip(lists, by_column[n_flat:]):
+        if column.weight_separator is None:
+            arrays.append(_list_array(values, column))
+            names.append(column.name)
+        else:
+            arrays += _weighted_list_arrays(values, column)
+            names += [column.name, column.name + WEIGHTS_SUFFIX]
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str], sparse_columns: Sequence[str],
@@ -144,15 +162,21 @@ def checked_columns(rows: Sequence[Any], dense_columns: Sequence[str], sparse_co
     same errors, the first bad value in the same order) but as Python values: float or None for
     dense columns, str or None for sparse ones, a list of str (cut to its last max_length) for a
     list column (what the online encoder takes, with no Arrow table in between: the lane of a
-    request of a few rows)."""
+    request of a few rows), and for a weighted list column also ``name`` + WEIGHTS_SUFFIX: n lists
+    of float, its values' weights, cut alike."""
     lists = _checked_list_columns(list_columns)
     flat = len(dense_columns) + len(sparse_columns)
     by_column = _raw_columns(rows, list(dense_columns) + list(sparse_columns) + [c.name for c in lists])
     checked = _checked_flat(by_column[:flat], dense_columns, sparse_columns)
     for column, values in zip(lists, by_column[flat:]):
         keep = column.max_length
-        checked[column.name] = [_list_value(v, i, column)[-keep:] if keep else _list_value(v, i, column)
-                                for i, v in enumerate(values)]
+        if column.weight_separator is None:
+            checked[column.name] = [_list_value(v, i, column)[-keep:] if keep else _list_value(v, i, column)
+                                    for i, v in enumerate(values)]
+            continue
+        pairs = [_weighted_value(v, i, column) for i, v in enumerate(values)]
+        checked[column.name] = [ids[-keep:] if keep else ids for ids, _ in pairs]
+        checked[column.name + WEIGHTS_SUFFIX] = [weights[-keep:] if keep else weights for _, weights in pairs]
     return checked
 
 
@@ -225,14 +249,11 @@ _PLAIN_LISTS = {list, _NONE}
 
 
 def _checked_list_columns(list_columns: Sequence[ListColumn]) -> list[ListColumn]:
-    """The list columns, each one a ListColumn the request path can take (not a weighted one)."""
+    """The list columns, each one a ListColumn."""
     lists = list(list_columns)
     for column in lists:
         if not isinstance(column, ListColumn):
             raise TypeError(f"list_columns: expected ListColumn, got {column!r}")
-        if column.weight_separator is not None:
-            raise ValueError(f"list column {column.name!r} has weight_separator {column.weight_separator!r}: "
-                             "weighted multi-valued columns are not encoded yet, so requests cannot carry them")
     return lists
 
 
@@ -288,6 +309,201 @@ def _list_value(value: Any, row: int, column: ListColumn) -> list[str]:
                                f"got {type(value).__name__} {value!r:.40}")
 
 
+# weighted list columns ---------------------------------------------------------------------
+
+WEIGHTS_TYPE = pa.list_(pa.float64())
+# a weight text that Arrow's cast reads as Python's float() does (correctly rounded; no blanks,
+# which Python takes and Arrow may not): anything else goes value by value (parse_number)
+_PLAIN_WEIGHT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def _suffixed(text: str, k: int, row: int, column: ListColumn) -> tuple[str, float]:
+    """One non-empty list value's text -> (value, weight): the weight after the LAST weight
+    separator, 1.0 without one (the readers' rule: ``readers._split_lists``)."""
+    if column.weight_separator not in text:
+        return text, 1.0
+    value, weight_text = text.rsplit(column.weight_separator, 1)  # type: ignore[arg-type]
+    weight = parse_number(weight_text)
+    if weight is None or abs(weight) > MAX_WEIGHT:
+        raise _bad_value(row, column.name, f"value {k} of the list: expected a number as the weight of "
+                                           f"{text[:40]!r}")
+    if value == "":
+        raise _bad_value(row, column.name, f"value {k} of the list, {text[:40]!r}, has a weight but no value")
+    return value, weight
+
+
+def _weight(value: Any, k: int, row: int, col: str) -> float:
+    """The weight of a ``[value, weight]`` pair: a finite number (not a bool, not a string)."""
+    kind = type(value)
+    if kind is float or kind is int or isinstance(value, (np.integer, np.floating)) and kind is not np.bool_:
+        number = value.item() if isinstance(value, np.generic) else value
+        number = float(number) if type(number) is float or abs(number) < 2**1023 else math.inf
+        if abs(number) <= MAX_WEIGHT:  # (NaN fails too)
+            return number
+        raise _bad_value(row, col, f"value {k} of the list: expected a finite float32 weight, got {value!r:.40}")
+    raise _bad_value(row, col, f"value {k} of the list: expected a number as the weight, got {kind.__name__} "
+                               f"{value!r:.40}")
+
+
+def _weighted_value(value: Any, row: int, column: ListColumn) -> tuple[list[str], list[float]]:
+    """One raw weighted list value, checked -> (its values, their weights), not yet cut to
+    max_length: delimited text, or a list of strings (each with an optional weight suffix),
+    integer ids (weight 1.0) and ``[value, weight]`` pairs."""
+    col = column.name
+    if value is None:
+        return [], []
+    if isinstance(value, str):
+        text = str(value)
+        if text == "":
+            return [], []
+        parts = text.split(column.separator)
+        if "" in parts:
+            raise _bad_value(row, col, f"empty value in the list {text!r:.40} (separator {column.separator!r})")
+        pairs = [_suffixed(part, k, row, column) for k, part in enumerate(parts)]
+        return [v for v, _ in pairs], [w for _, w in pairs]
+    if isinstance(value, (list, tuple)):
+        values: list[str] = []
+        weights: list[float] = []
+        for k, item in enumerate(value):
+            kind = type(item)
+            if isinstance(item, str) and item != "":
+                name, weight = _suffixed(str(item), k, row, column)
+            elif kind is int or isinstance(item, np.integer):  # an integer id: its decimal text, weight 1
+                name, weight = str(int(item)), 1.0
+            elif isinstance(item, (list, tuple)):
+                if len(item) != 2:
+                    raise _bad_value(row, col, f"value {k} of the list: expected a [value, weight] pair, got "
+                                               f"{len(item)} items")
+                name = _pair_value(item[0], k, row, col)
+                weight = _weight(item[1], k, row, col)
+            elif isinstance(item, str):
+                raise _bad_value(row, col, f"value {k} of the list is an empty string")
+            else:
+                raise _bad_value(row, col, f"value {k} of the list: expected a string, an integer id or a "
+                                           f"[value, weight] pair, got {kind.__name__} {item!r:.40}")
+            values.append(name)
+            weights.append(weight)
+        return values, weights
+    raise _bad_value(row, col, f"expected a list of values (strings, integer ids or [value, weight] pairs), "
+                               f"a {column.separator!r}-separated string or None, got {type(value).__name__} "
+                               f"{value!r:.40}")
+
+
+def _pair_value(item: Any, k: int, row: int, col: str) -> str:
+    """The value of a ``[value, weight]`` pair: a non-empty string (taken whole) or an integer id."""
+    if isinstance(item, str) and item != "":
+        return str(item)
+    if type(item) is int or isinstance(item, np.integer):
+        return str(int(item))
+    what = "an empty string" if isinstance(item, str) else f"{type(item).__name__} {item!r:.40}"
+    raise _bad_value(row, col, f"value {k} of the list: expected a string or an integer id as the value of "
+                               f"the pair, got {what}")
+
+
+def _split_weights(lists: pa.Array, column: ListColumn) -> tuple[pa.Array, pa.Array] | None:
+    """list<string> (no nulls, every value non-empty) -> (values, weights list<float64>) split by
+    the readers' rule, in a few Arrow calls; None when some value needs a closer look (a weight that
+    is not a plain finite number, or a value left empty): then value by value."""
+    bounds = np.asarray(lists.offsets, dtype=np.int64)
+    strings = lists.values.slice(bounds[0], bounds[-1] - bounds[0])
+    offsets = pa.array((bounds - bounds[0]).astype(np.int32))
+    pairs = pc.split_pattern(strings, column.weight_separator, max_splits=1, reverse=True)
+    has_weight = np.asarray(pc.list_value_length(pairs)) == 2
+    weights = np.ones(len(pairs), dtype=np.float64)
+    if has_weight.any():
+        texts = pc.list_element(pairs.filter(pa.array(has_weight)), 1)
+        if not pc.all(pc.match_substring_regex(texts, _PLAIN_WEIGHT)).as_py():
+            return None
+        parsed = pc.cast(texts, pa.float64()).to_numpy(zero_copy_only=False)
+        if not (np.abs(parsed) <= MAX_WEIGHT).all():
+            return None
+        weights[has_weight] = parsed
+    values = pc.list_element(pairs, 0)
+    if len(values) and pc.any(pc.equal(values, "")).as_py():
+        return None
+    return (pa.ListArray.from_arrays(offsets, values.cast(pa.string())),
+            pa.ListArray.from_arrays(offsets, pa.array(weights, type=pa.float64())))
+
+
+def _weighted_arrays(pairs: list[tuple[list[str], list[float]]]) -> tuple[pa.Array, pa.Array]:
+    return (pa.array([values for values, _ in pairs], type=LIST_TYPE),
+            pa.array([weights for _, weights in pairs], type=WEIGHTS_TYPE))
+
+
+def _cut(values: pa.Array, weights: pa.Array, column: ListColumn) -> list[pa.Array]:
+    """Both lists cut to their last max_length values (the same ones)."""
+    return [keep_last(values, column.max_length)[0], keep_last(weights, column.max_length)[0]]
+
+
+def _weighted_list_arrays(values: Sequence[Any], column: ListColumn) -> list[pa.Array]:
+    """One weighted list column's n raw values -> [list<string>[n], list<float64>[n]] (no nulls,
+    cut to max_length). Plain input (all strings/None, or all lists of non-empty strings/None)
+    converts in a few Arrow calls; anything else, or a bad value, goes value by value, and a bad
+    value raises an error naming its row and field."""
+    kinds = set(map(type, values))
+    lists = None
+    if kinds <= _PLAIN_STRINGS:
+        lists = split_list_text(pa.array(values, type=pa.string()), column.separator)
+    elif kinds <= _PLAIN_LISTS:
+        flat = list(chain.from_iterable(filter(None, values)))
+        if set(map(type, flat)) <= _STR and "" not in flat:
+            lists = pa.array(values, type=LIST_TYPE).fill_null(_EMPTY_LIST)
+    split = _split_weights(lists, column) if lists is not None else None
+    if split is None:
+        split = _weighted_arrays([_weighted_value(v, i, column) for i, v in enumerate(values)])
+    return _cut(*split, column)
+
+
+def _checked_weighted_table_columns(table: pa.Table, column: ListColumn) -> list[pa.Array]:
+    """An Arrow table's weighted list column -> [list<string>, list<float64>] (no nulls, cut to
+    max_length). With a ``name`` + WEIGHTS_SUFFIX column (as the readers give it) the values are
+    taken whole and the weights from it (numbers, one per value, finite; a null list is empty);
+    without one, the weights are split from the values (text or lists of strings) as in rows."""
+    weights_name = column.name + WEIGHTS_SUFFIX
+    if weights_name not in table.column_names:
+        data = table.column(column.name).combine_chunks()
+        kind = data.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            if pa.types.is_integer(kind.value_type) or pa.types.is_null(kind.value_type):
+                values = _checked_list_table_column(table, column)  # integer ids: weight 1.0
+                return [values, pa.ListArray.from_arrays(values.offsets, pa.array(np.ones(len(values.values)),
+                                                                                  type=pa.float64()))]
+        lists = _checked_list_table_column(table, _uncut(column))  # (checked; the weights split below)
+        split = _split_weights(lists, column)
+        if split is None:
+            split = _weighted_arrays([_weighted_value(v, i, column) for i, v in enumerate(lists.to_pylist())])
+        return _cut(*split, column)
+    values = _checked_list_table_column(table, _uncut(column))
+    data = table.column(weights_name).combine_chunks()
+    kind = data.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+            pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
+            or pa.types.is_null(kind.value_type)):
+        raise InputError(f"column {weights_name!r}: expected lists of numbers (the weights of {column.name!r}), "
+                         f"got Arrow type {kind}")
+    weights = data.cast(WEIGHTS_TYPE).fill_null(pa.scalar([], type=WEIGHTS_TYPE))
+    lengths = np.asarray(pc.list_value_length(weights), dtype=np.int64)
+    wrong = np.flatnonzero(lengths != np.diff(np.asarray(values.offsets, dtype=np.int64)))
+    if len(wrong):
+        row = int(wrong[0])
+        raise _bad_value(row, weights_name, f"{lengths[row]} weights for the {len(values[row])} values of "
+                                            f"{column.name!r}")
+    offsets = np.asarray(weights.offsets, dtype=np.int64)
+    flat = weights.values.slice(offsets[0], offsets[-1] - offsets[0])
+    if len(flat) and not (np.abs(flat.to_numpy(zero_copy_only=False)) <= MAX_WEIGHT).all():  # (NaN, null fail)
+        k = int(np.flatnonzero(~(np.abs(flat.to_numpy(zero_copy_only=False)) <= MAX_WEIGHT))[0])
+        row = int(np.searchsorted(offsets - offsets[0], k, side="right") - 1)
+        raise _bad_value(row, weights_name, f"weight {k - int(offsets[row] - offsets[0])} of the list: expected "
+                                            f"a finite float32 number, got {flat[k].as_py()!r}")
+    weights = pa.ListArray.from_arrays(pa.array(offsets - offsets[0]), flat)
+    return _cut(values, weights, column)
+
+
+def _uncut(column: ListColumn) -> ListColumn:
+    """The column without max_length (cut once, with its weights)."""
+    return ListColumn(column.name, kind="multi", separator=column.separator, pooling=column.pooling)
+
+
 def _checked_list_table_column(table: pa.Table, column: ListColumn) -> pa.Array:
     """An Arrow table's list column -> list<string> (no nulls, cut to max_length), checked: a list
     of strings or integers (or all null), or delimited text split as the readers do; a null or
@@ -323,7 +539,9 @@ def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: S
     """An Arrow table of raw rows, checked: every input column present, numeric columns numeric,
     categorical columns strings (integer ids are cast to their text), list columns (``list_columns``)
     lists of strings or integer ids, or delimited text (each returned as list<string>, as
-    :func:`rows_to_table` gives it)."""
+    :func:`rows_to_table` gives it). A weighted list column gets its ``name`` + WEIGHTS_SUFFIX
+    list<float64> column right after it: the table's own (as the readers give it: checked, one
+    finite number per value) or, without one, the weights split from the values as in rows."""
     lists = _checked_list_columns(list_columns)
     present = set(table.column_names)
     needed = list(dense_columns) + list(sparse_columns) + [c.name for c in lists]
@@ -345,6 +563,14 @@ def check_table(table: pa.Table, dense_columns: Sequence[str], sparse_columns: S
                 or pa.types.is_null(kind)):
             raise InputError(f"column {col!r}: expected strings, got Arrow type {kind}")
     for column in lists:
+        if column.weight_separator is None:
+            position = table.column_names.index(column.name)
+            table = table.set_column(position, column.name, _checked_list_table_column(table, column))
+            continue
+        values, weights = _checked_weighted_table_columns(table, column)
+        weights_name = column.name + WEIGHTS_SUFFIX
+        if weights_name in table.column_names:
+            table = table.remove_column(table.column_names.index(weights_name))
         position = table.column_names.index(column.name)
-        table = table.set_column(position, column.name, _checked_list_table_column(table, column))
+        table = table.set_column(position, column.name, values).add_column(position + 1, weights_name, weights)
     return table

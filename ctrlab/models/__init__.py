@@ -20,8 +20,10 @@ from ctrlab.models.registry import (
     get_model_class,
     hyperparameter_defaults,
     list_models,
+    multi_task,
     needs_sequence,
     register,
+    single_task_models,
 )
 
 __all__ = [
@@ -34,8 +36,10 @@ __all__ = [
     "get_model_class",
     "hyperparameter_defaults",
     "list_models",
+    "multi_task",
     "needs_sequence",
     "register",
+    "single_task_models",
 ]
 
 

@@ -23,7 +23,7 @@ class AutoIntPlus(nn.Module):
     Dense features: each numeric column is a field with embedding value * v_i, used by
     the attention tower and the MLP.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         embedding_dim: field embedding size (default 16, the paper's d)

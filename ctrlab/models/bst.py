@@ -20,7 +20,7 @@ class BST(nn.Module):
 
     Dense features: raw values concatenated to the MLP input.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, sparse_width] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, sparse_width] -> logits float32 [B].
     Each list field of kind "sequence" that shares a single-valued field's table ([B, L, D])
     and that field's embedding (the target, [B, D]) go through one post-norm encoder layer
     (BSTLayer, positions by distance to the target); its output ([B, (L + 1) * D] for
@@ -51,7 +51,7 @@ class BST(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.inputs = SequenceInputs(spec, embedding_dim, model="bst")
         self.transformers = nn.ModuleList(
             BSTLayer(embedding_dim, length, num_heads=attention_heads, dropout=dropout, positional=positional,
@@ -67,6 +67,6 @@ class BST(nn.Module):
             transformer(seq, lengths, target)
             for transformer, (seq, lengths, target) in zip(self.transformers, sequences)
         ]
-        if self.use_dense:
-            parts.append(dense)
+        if self.n_dense:
+            parts.append(dense[:, : self.n_dense])
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)

@@ -22,7 +22,7 @@ class DCN(nn.Module):
     Dense features: raw (normalised) values concatenated to the flattened sparse
     embeddings to form x0, as in the paper.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         cross_layers: number of cross layers
@@ -41,7 +41,7 @@ class DCN(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         input_dim = self.embedding.output_dim + spec.n_dense
         self.cross = CrossNet(input_dim, cross_layers)
@@ -53,6 +53,6 @@ class DCN(nn.Module):
         self.output = nn.Linear(input_dim + (self.deep.out_features if self.deep else 0), 1)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x0 = deep_input(self.embedding(dense, sparse), dense, self.use_dense)
+        x0 = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
         parts = [self.cross(x0)] + ([self.deep(x0)] if self.deep is not None else [])
         return self.output(torch.cat(parts, dim=1)).squeeze(-1)

@@ -24,7 +24,7 @@ class DCNV2(nn.Module):
     Dense features: raw (normalised) values concatenated to the flattened sparse
     embeddings to form x0, as in the paper.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         cross_layers: number of cross layers
@@ -56,7 +56,7 @@ class DCNV2(nn.Module):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         self.structure = structure
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         input_dim = self.embedding.output_dim + spec.n_dense
         self.cross = CrossNetV2(
@@ -75,7 +75,7 @@ class DCNV2(nn.Module):
         self.output = nn.Linear(output_dim, 1)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x0 = deep_input(self.embedding(dense, sparse), dense, self.use_dense)
+        x0 = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
         crossed = self.cross(x0)
         if self.deep is None:
             hidden = crossed

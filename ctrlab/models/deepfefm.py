@@ -23,7 +23,7 @@ class DeepFEFM(nn.Module):
     its own field-pair matrices), plus a linear weight; the DNN takes the dense values
     themselves beside the sparse embeddings (PaddleRec's DeepFEFM layout).
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         hidden_units: widths of the DNN, whose input is the F*(F-1)/2 FEFM pair values
@@ -41,6 +41,7 @@ class DeepFEFM(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.n_dense = spec.n_dense
         self.linear = FirstOrder(spec)
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=True)
         self.fefm = FEFMInteraction(self.embedding.num_fields, embedding_dim)
@@ -57,5 +58,5 @@ class DeepFEFM(nn.Module):
         embeddings = self.embedding(dense, sparse)
         pair_values = self.fefm(embeddings)  # [B, P]
         sparse_flat = embeddings[:, : self.embedding.categorical_fields].flatten(1)
-        deep = self.mlp(torch.cat([pair_values, sparse_flat, dense], dim=1)).squeeze(-1)
+        deep = self.mlp(torch.cat([pair_values, sparse_flat, dense[:, : self.n_dense]], dim=1)).squeeze(-1)
         return self.linear(dense, sparse) + pair_values.sum(dim=1) + deep

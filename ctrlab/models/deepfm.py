@@ -23,7 +23,7 @@ class DeepFM(nn.Module):
     treatment of real-valued features), used by both the FM and the MLP, plus a linear
     weight.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
     """
 
     def __init__(

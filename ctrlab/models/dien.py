@@ -20,7 +20,7 @@ class DIEN(nn.Module):
 
     Dense features: raw values concatenated to the MLP input.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, sparse_width] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, sparse_width] -> logits float32 [B].
     Each list field of kind "sequence" that shares a single-valued field's table ([B, L, D])
     goes through a GRU (the interest extractor, states [B, L, D]); a softmax target attention
     of those states against the target field's embedding ([B, D]) gates the interest
@@ -54,7 +54,7 @@ class DIEN(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.inputs = SequenceInputs(spec, embedding_dim, model="dien")
         count = len(self.inputs.sequences)
         self.extractors = nn.ModuleList(AUGRU(embedding_dim, embedding_dim, gate="gru") for _ in range(count))
@@ -83,8 +83,8 @@ class DIEN(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         others, sequences = self.inputs(dense, sparse)
         parts = [others.flatten(1)] + [final for _, final in self._interests(sequences)]
-        if self.use_dense:
-            parts.append(dense)
+        if self.n_dense:
+            parts.append(dense[:, : self.n_dense])
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
 
     def auxiliary_loss(

@@ -20,7 +20,7 @@ class DIN(nn.Module):
 
     Dense features: raw values concatenated to the MLP input.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, sparse_width] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, sparse_width] -> logits float32 [B].
     Each list field of kind "sequence" that shares a single-valued field's table ([B, L, D])
     is pooled by DIN's local activation unit against that target field's embedding ([B, D])
     into one interest vector (raw attention scores, no softmax, as the paper); the MLP takes
@@ -50,7 +50,7 @@ class DIN(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.inputs = SequenceInputs(spec, embedding_dim, model="din")
         self.attentions = nn.ModuleList(
             TargetAttention(embedding_dim, attention_units, activation=attention_activation, softmax=attention_softmax)
@@ -64,6 +64,6 @@ class DIN(nn.Module):
         parts = [others.flatten(1)] + [
             attention(seq, lengths, target) for attention, (seq, lengths, target) in zip(self.attentions, sequences)
         ]
-        if self.use_dense:
-            parts.append(dense)
+        if self.n_dense:
+            parts.append(dense[:, : self.n_dense])
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)

@@ -24,7 +24,7 @@ class DLRM(nn.Module):
     them as top-MLP input. With no dense columns there is no bottom MLP and the top MLP
     sees the sparse pairs only.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         embedding_dim: size of sparse embeddings and of the bottom MLP output (default
@@ -50,6 +50,7 @@ class DLRM(nn.Module):
         bottom = tuple(bottom_mlp_units)
         if not bottom or bottom[-1] != embedding_dim:
             bottom += (embedding_dim,)
+        self.bottom_inputs = spec.n_dense
         self.bottom = MLP(spec.n_dense, bottom) if spec.n_dense > 0 else None
         num_vectors = self.embedding.num_fields + (1 if self.bottom is not None else 0)
         self.interaction = DotInteraction(num_vectors)
@@ -61,7 +62,7 @@ class DLRM(nn.Module):
         if self.bottom is None:
             top_input = self.interaction(embeddings)
         else:
-            dense_vector = self.bottom(dense)  # [B, k]
+            dense_vector = self.bottom(dense[:, : self.bottom_inputs])  # [B, k] (the numeric columns)
             pairs = self.interaction(torch.cat([dense_vector.unsqueeze(1), embeddings], dim=1))
             top_input = torch.cat([dense_vector, pairs], dim=1)
         return self.top(top_input).squeeze(-1)

@@ -23,7 +23,7 @@ class DNN(nn.Module):
 
     Dense features: raw values concatenated to the flattened sparse embeddings.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
     """
 
     def __init__(
@@ -37,7 +37,7 @@ class DNN(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         self.mlp = MLP(
             self.embedding.output_dim + spec.n_dense,
@@ -49,5 +49,5 @@ class DNN(nn.Module):
         )
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = deep_input(self.embedding(dense, sparse), dense, self.use_dense)
+        x = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
         return self.mlp(x).squeeze(-1)

@@ -20,7 +20,7 @@ class FFM(nn.Module):
     Dense features: each numeric column is a field, value * v_{i,f} (one vector per
     field), plus a linear weight.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         embedding_dim: latent size k per (feature, field) pair (default 4, as in the paper

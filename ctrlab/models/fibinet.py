@@ -23,7 +23,7 @@ class FiBiNET(nn.Module):
     re-weighted by SENET and paired bilinearly like the sparse fields), plus a linear
     weight.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         reduction_ratio: SENET squeeze ratio r (paper: 3)

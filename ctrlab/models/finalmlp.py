@@ -22,7 +22,7 @@ class FinalMLP(nn.Module):
     Dense features: each numeric column is a field with embedding value * v_i (FuxiCTR /
     BARS convention) and can be named as gating context.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         mlp1_hidden_units: hidden widths of stream 1

@@ -19,7 +19,7 @@ class FM(nn.Module):
     Dense features: as in the FM model for real-valued x_i, each numeric column is a field
     with latent vector value * v_i (and a linear weight); it interacts with all fields.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         embedding_dim: latent size k (default 10, the BARS Criteo setting)

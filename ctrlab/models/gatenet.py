@@ -22,7 +22,7 @@ class GateNet(nn.Module):
     Dense features: raw values concatenated to the gated sparse embeddings as DNN input
     (as PaddleRec's GateDNN does); the embedding gate applies to sparse fields.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         use_embedding_gate: gate each field embedding, e * sigmoid(W_i e)
@@ -47,7 +47,7 @@ class GateNet(nn.Module):
         hidden_gate_activation: str = "tanh",
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         self.embedding_gate = (
             EmbeddingGate(self.embedding.num_fields, embedding_dim, embedding_gate_type) if use_embedding_gate else None
@@ -67,5 +67,5 @@ class GateNet(nn.Module):
         embeddings = self.embedding(dense, sparse)
         if self.embedding_gate is not None:
             embeddings = self.embedding_gate(embeddings)
-        hidden = self.deep(deep_input(embeddings, dense, self.use_dense))
+        hidden = self.deep(deep_input(embeddings, dense, self.n_dense))
         return self.output(hidden).squeeze(-1)

@@ -19,7 +19,7 @@ class LR(nn.Module):
 
     Dense features: one weight per numeric column (logit is linear in each value).
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
     """
 
     def __init__(self, spec: FeatureSpec) -> None:

@@ -14,7 +14,7 @@ Model docstrings follow one layout, which :func:`describe_model` reads::
 
     Dense features: how the numeric columns are used.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         name: help text (names without an entry use COMMON_HYPERPARAMETER_HELP)
@@ -104,9 +104,19 @@ def needs_sequence(name: str) -> bool:
     return bool(getattr(get_model_class(name), "needs_sequence", False))
 
 
+def multi_task(name: str) -> bool:
+    """Whether model ``name`` predicts several labels at once (logits ``[B, num_tasks]``)."""
+    return bool(getattr(get_model_class(name), "multi_task", False))
+
+
+def single_task_models() -> list[str]:
+    """The registered models with one logit per row."""
+    return [name for name in list_models() if not multi_task(name)]
+
+
 def flat_models() -> list[str]:
-    """The registered models that take single-valued fields alone (every model but the sequence ones)."""
-    return [name for name in list_models() if not needs_sequence(name)]
+    """The single-task models that take single-valued fields alone (every one but the sequence models)."""
+    return [name for name in single_task_models() if not needs_sequence(name)]
 
 
 def _closest(word: str, choices: list[str]) -> str | None:

@@ -23,7 +23,7 @@ class WideDeep(nn.Module):
     sparse ids only; the paper's hand-made cross-product columns are a feature-pipeline
     matter (add a crossed/hashed sparse column).
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
     """
 
     def __init__(
@@ -37,7 +37,7 @@ class WideDeep(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.use_dense = spec.n_dense > 0
+        self.n_dense = spec.n_dense
         self.wide = FirstOrder(spec)
         self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
         self.deep = MLP(
@@ -50,5 +50,5 @@ class WideDeep(nn.Module):
         )
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        deep = self.deep(deep_input(self.embedding(dense, sparse), dense, self.use_dense)).squeeze(-1)
+        deep = self.deep(deep_input(self.embedding(dense, sparse), dense, self.n_dense)).squeeze(-1)
         return self.wide(dense, sparse) + deep

@@ -22,7 +22,7 @@ class XDeepFM(nn.Module):
     Dense features: each numeric column is a field with embedding value * v_i, so it
     takes part in the CIN and the MLP, plus a linear weight.
 
-    Shapes: dense float32 [B, n_dense], sparse int64 [B, n_sparse] -> logits float32 [B].
+    Shapes: dense float32 [B, dense_width], sparse int64 [B, n_sparse] -> logits float32 [B].
 
     Hyperparameters:
         cin_layer_units: feature maps per CIN layer (default (16, 16, 16): small for CPU

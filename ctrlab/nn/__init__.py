@@ -4,7 +4,7 @@ from ctrlab.nn.attention import MultiHeadSelfAttention
 from ctrlab.nn.cin import CIN
 from ctrlab.nn.cross import CrossNet, CrossNetV2
 from ctrlab.nn.dot import DotInteraction
-from ctrlab.nn.embedding import DenseFieldEmbedding, FeatureEmbedding, FieldEmbedding, SequenceInputs, deep_input
+from ctrlab.nn.embedding import DenseFieldEmbedding, FeatureEmbedding, FieldEmbedding, SequenceInputs, deep_input, numeric
 from ctrlab.nn.factorization import FEFMInteraction, FFMInteraction, FMInteraction
 from ctrlab.nn.fibinet import BilinearInteraction, SENet
 from ctrlab.nn.gates import EmbeddingGate, GatedMLP
@@ -46,6 +46,7 @@ __all__ = [
     "deep_input",
     "make_activation",
     "num_pairs",
+    "numeric",
     "pair_indices",
     "projected_pairs",
     "AUGRU",

@@ -229,18 +229,28 @@ def table_layout(spec: FeatureSpec) -> tuple[list[int], list[int], list[str]]:
     return sizes, columns, names
 
 
-def pool_list_fields(embedded: torch.Tensor, sparse: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+def pool_list_fields(embedded: torch.Tensor, sparse: torch.Tensor, spec: FeatureSpec,
+                     dense: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, sparse_width, k]`` embeddings of a spec's sparse matrix -> ``[B, n_sparse + n_lists, k]``:
     the single-valued fields as they are, then each list field pooled over its values (padding,
-    the missing id 0, masked out) with its pooling (sum, mean or max; an empty list gives 0)."""
+    the missing id 0, masked out) with its pooling (sum, mean or max; an empty list gives 0).
+    A weighted list field's values are multiplied by their weights, read from ``dense`` (the
+    whole dense matrix, ``[B, spec.dense_width]``; :attr:`FeatureSpec.weight_columns`) first."""
     if not spec.lists:
         return embedded
     fields = [embedded[:, : spec.n_sparse]]
     start = spec.n_sparse
+    weight_columns = spec.weight_columns
     for field in spec.lists:
         block = embedded[:, start:start + field.length]
         lengths = (sparse[:, start:start + field.length] != MISSING_ID).sum(dim=1)
-        fields.append(masked_pool(block, lengths, field.pooling).unsqueeze(1))
+        weights = None
+        if field.weighted:
+            if dense is None:
+                raise ValueError(f"list field {field.name!r} is weighted: pool_list_fields needs the dense matrix")
+            first, stop = weight_columns[field.name]
+            weights = dense[:, first:stop]
+        fields.append(masked_pool(block, lengths, field.pooling, weights).unsqueeze(1))
         start += field.length
     return torch.cat(fields, dim=1)
 
@@ -278,7 +288,8 @@ class FeatureEmbedding(nn.Module):
     (:func:`pool_list_fields`): fields are sparse, then lists, then dense.
 
     Shapes:
-        dense: float32 ``[B, n_dense]`` (``n_dense`` may be 0), sparse: int64 ``[B, sparse_width]``
+        dense: float32 ``[B, dense_width]`` (the numeric columns, ``n_dense`` may be 0, then any
+        list weights), sparse: int64 ``[B, sparse_width]``
         returns: float32 ``[B, num_fields, embedding_dim]``
     """
 
@@ -302,10 +313,10 @@ class FeatureEmbedding(nn.Module):
         return self.num_fields * self.embedding_dim
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        sparse_emb = pool_list_fields(self.sparse(sparse), sparse, self.spec)
+        sparse_emb = pool_list_fields(self.sparse(sparse), sparse, self.spec, dense)
         if self.dense is None:
             return sparse_emb
-        return torch.cat([sparse_emb, self.dense(dense)], dim=1)
+        return torch.cat([sparse_emb, self.dense(numeric(dense, self.spec))], dim=1)
 
 
 class SequenceInputs(nn.Module):
@@ -345,7 +356,7 @@ class SequenceInputs(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor):
         embedded = self.embedding.sparse(sparse)  # [B, sparse_width, D]
-        others = pool_list_fields(embedded, sparse, self.spec).index_select(1, self.others)
+        others = pool_list_fields(embedded, sparse, self.spec, dense).index_select(1, self.others)
         sequences = [
             (embedded[:, start:start + length], (sparse[:, start:start + length] != MISSING_ID).sum(dim=1),
              embedded[:, target])
@@ -354,8 +365,15 @@ class SequenceInputs(nn.Module):
         return others, sequences
 
 
-def deep_input(embeddings: torch.Tensor, dense: torch.Tensor, include_dense: bool) -> torch.Tensor:
-    """DNN input ``[B, F*k (+ n_dense)]``: flattened field embeddings, optionally followed by
-    the raw dense values (the Wide&Deep / DCN convention for numeric features)."""
+def numeric(dense: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """The numeric columns ``[B, n_dense]`` of a dense matrix ``[B, dense_width]`` (the rest are
+    list weights, which only the list fields' pooling reads)."""
+    return dense if spec.dense_width == spec.n_dense else dense[:, : spec.n_dense]
+
+
+def deep_input(embeddings: torch.Tensor, dense: torch.Tensor, n_dense: int) -> torch.Tensor:
+    """DNN input ``[B, F*k (+ n_dense)]``: flattened field embeddings, followed by the raw
+    numeric values (the first ``n_dense`` columns of ``dense``; none when 0), the Wide&Deep /
+    DCN convention for numeric features."""
     flat = embeddings.flatten(1)
-    return torch.cat([flat, dense], dim=1) if include_dense else flat
+    return torch.cat([flat, dense[:, :n_dense]], dim=1) if n_dense else flat

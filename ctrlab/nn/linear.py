@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ctrlab.fields import FeatureSpec
-from ctrlab.nn.embedding import FieldEmbedding, pool_list_fields, table_layout
+from ctrlab.nn.embedding import FieldEmbedding, numeric, pool_list_fields, table_layout
 
 
 class FirstOrder(nn.Module):
@@ -31,8 +31,8 @@ class FirstOrder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        weights = pool_list_fields(self.sparse_weight(sparse), sparse, self.spec)  # a list field's weights pooled
+        weights = pool_list_fields(self.sparse_weight(sparse), sparse, self.spec, dense)  # a list field's weights pooled
         logit = weights.sum(dim=(1, 2)) + self.bias
         if self.dense_weight is not None:
-            logit = logit + self.dense_weight(dense).squeeze(-1)
+            logit = logit + self.dense_weight(numeric(dense, self.spec)).squeeze(-1)
         return logit

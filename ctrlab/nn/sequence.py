@@ -122,7 +122,7 @@ class Dice(nn.Module):
             raise ValueError(f"Dice expects [B, F] or [B, L, F], got shape {tuple(x.shape)}")
         if mask is not None and x.dim() != 3:
             raise ValueError("Dice: mask applies to [B, L, F] inputs only")
-        if not self.training:
+        if not self.training or (x.dim() == 2 and x.shape[0] < 2):  # (one row has no batch statistics)
             normed = self._running_normalize(x)
         elif x.dim() == 2:
             normed = self.batch_norm(x)
@@ -143,6 +143,12 @@ class TargetAttention(nn.Module):
     ``sum_{t < length} a_t s_t`` with raw scores. ``softmax=True`` instead normalises the
     scores with a softmax over the valid positions (a length-0 row gives zeros).
     ``activation`` is ``"dice"`` or any name :func:`make_activation` knows.
+
+    Computed as written, but faster: the first layer's weight splits into the parts that
+    multiply ``t``, ``s_t``, ``t - s_t`` and ``t * s_t``, so the target's part is computed once
+    per row (``(W_t + W_d) t + (W_s - W_d) s_t + W_p (t * s_t)``), and in training only the
+    valid positions are computed (packed; Dice's statistics are those of the valid positions,
+    as with a mask). Eval and export compute every position, padding zeroed.
 
     Shapes:
         seq: float32 ``[B, L, D]``, lengths: int64 ``[B]``, target: float32 ``[B, D]``
@@ -176,18 +182,39 @@ class TargetAttention(nn.Module):
         Shapes: -> float32 ``[B, L]``
         """
         mask = sequence_mask(lengths, seq.shape[1])
-        seq = zero_padding(seq, mask)
-        query = target.unsqueeze(1).expand_as(seq)
-        hidden = torch.cat([query, seq, query - seq, query * seq], dim=-1)  # [B, L, 4D]
-        for linear, activation in zip(self.linears, self.activations):
-            hidden = linear(hidden)
-            hidden = activation(hidden, mask) if isinstance(activation, Dice) else activation(hidden)
-        scores = self.score(hidden).squeeze(-1)  # [B, L]
+        first = self.linears[0] if self.linears else None
+        if first is None:  # (no hidden layer: the score reads the 4D input itself)
+            first = self.score
+        w_t, w_s, w_d, w_p = first.weight.split(seq.shape[-1], dim=1)
+        target_part = functional.linear(target, w_t + w_d, first.bias)  # [B, units], once per row
+        per_position = torch.cat([w_s - w_d, w_p], dim=1)
+        if self.training and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            rows, cols = mask.nonzero(as_tuple=True)  # the valid positions, packed
+            keys = seq[rows, cols]
+            hidden = target_part[rows] + functional.linear(torch.cat([keys, target[rows] * keys], dim=-1), per_position)
+            valid = self._hidden_scores(hidden, first)
+            scores = torch.zeros(mask.shape, dtype=valid.dtype, device=valid.device).index_put((rows, cols), valid)
+        else:
+            keys = zero_padding(seq, mask)
+            inputs = torch.cat([keys, target.unsqueeze(1) * keys], dim=-1)
+            hidden = target_part.unsqueeze(1) + functional.linear(inputs, per_position)  # [B, L, units]
+            scores = self._hidden_scores(hidden, first, mask)
         zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
         if self.softmax:
             masked = torch.where(mask, scores, torch.full((), MASKED_SCORE, dtype=scores.dtype, device=scores.device))
             scores = torch.softmax(masked, dim=-1)
         return torch.where(mask, scores, zero)
+
+    def _hidden_scores(self, hidden: torch.Tensor, first: nn.Linear, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The first layer's output (``[..., units]``) through the rest of the unit -> scores ``[...]``."""
+        if first is self.score:
+            return hidden.squeeze(-1)
+        layers = list(zip([None, *self.linears[1:]], self.activations))
+        for linear, activation in layers:
+            if linear is not None:
+                hidden = linear(hidden)
+            hidden = activation(hidden, mask) if isinstance(activation, Dice) and hidden.dim() == 3 else activation(hidden)
+        return self.score(hidden).squeeze(-1)
 
     def forward(self, seq: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weights = self.attention_weights(seq, lengths, target)

@@ -172,7 +172,8 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         the fast lane's (:mod:`.fastlane`) one implementation."""
         loaded = state.current  # this request's model, whatever a reload does meanwhile
         columns = loaded.predictor.columns
-        list_values = sum(int(c.max_length) for c in loaded.predictor.list_columns)
+        # (a weighted list's value may come as [value, weight] pairs: two JSON values each)
+        list_values = sum(int(c.max_length) * (2 if c.weight_separator else 1) for c in loaded.predictor.list_columns)
         if len(body) <= INLINE_BODY_BYTES:
             rows = parse_predict_body(body, max_rows, columns, list_values)
             t_json = time.perf_counter()

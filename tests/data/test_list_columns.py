@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from ctrlab.data.formats import file_schema
-from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.readers import WEIGHTS_SUFFIX, DataError, RowReader, _slow_delimited, SkipReport, SourceInfo
 from ctrlab.schema import GenericSchemaConfig, ListColumn, Schema
 
@@ -80,16 +79,6 @@ def test_list_declarations_are_checked():
     shared = Schema("tsv", "delimited", ("label", "item", "hist"), "label", (), ("item",),
                     lists=(ListColumn("hist", max_length=5, vocab_of="item"),))
     assert Schema.from_dict(shared.to_dict()) == shared
-
-
-def test_prepare_refuses_weighted_lists_clearly(tmp_path):
-    """Weights are read, not yet encoded: prepare says so rather than dropping them."""
-    path, _ = _schema(tmp_path, ROWS)
-    lists = {**LISTS, "tags": {**LISTS["tags"], "max_length": 3}}
-    opts = PrepareOptions(train=[str(path)], format="tsv",
-                          schema=GenericSchemaConfig(dense=["price"], sparse=["user"], lists=lists))
-    with pytest.raises(ValueError, match="weighted multi-valued columns are read but not yet encoded"):
-        prepare(opts, tmp_path / "store", progress=False, log=lambda _m: None)
 
 
 def test_generated_behaviour_rows_read_with_their_list_schema(tmp_path):

@@ -2,7 +2,8 @@
 the target item's and category's vocabularies) scored by every path agree with the store's
 evaluation, row by row, within 1e-6: the training run's evaluation of the test split, the torch
 and ONNX predictors on the raw rows (histories as delimited text), HTTP ``/v1/predict`` (histories
-as JSON lists), ``/upload`` of the raw lines, and offline ``predict_file``."""
+as JSON lists, weighted tags as ``[value, weight]`` pairs), ``/upload`` of the raw lines, and
+offline ``predict_file``."""
 
 from __future__ import annotations
 
@@ -27,13 +28,21 @@ from ctrlab.train.trainer import load_weights
 
 TEST_ROWS, TRAIN_ROWS, EVAL_BATCH, TOLERANCE = 300, 1500, 128, 1e-6
 LISTS = {"hist_item_id": {"kind": "sequence", "max_length": 10, "vocab_of": "item_id"},
-         "hist_cate_id": {"kind": "sequence", "max_length": 10, "vocab_of": "cate_id"}}
+         "hist_cate_id": {"kind": "sequence", "max_length": 10, "vocab_of": "cate_id"},
+         "tags": {"kind": "multi", "weight_separator": ":", "max_length": 3, "pooling": "sum"}}  # t3:0.7|t9
 PATHS = ["torch", "onnx", "http", "http_upload", "file"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=["deepfm", "din", "dien", "bst"])
+def _json_value(column: str, text: str):
+    """A row's raw text as JSON: histories as lists, weighted tags as [value, weight] pairs."""
+    if column == "tags":
+        return [[t.rsplit(":", 1)[0], float(t.rsplit(":", 1)[1])] if ":" in t else t for t in text.split("|")] if text else []
+    return (text.split("|") if text else []) if column in LISTS else (text or None)
+
+
+@pytest.fixture(scope="module", params=["deepfm", "din", "dien", "bst", "dmr"])
 def scored(request, tmp_path_factory):
     """Every path's scores of the test rows with ``request.param`` (a flat model taking the
     histories as pooled fields, or a sequence model attending over them)."""
@@ -45,8 +54,7 @@ def scored(request, tmp_path_factory):
     lines = test_file.read_text().splitlines()
     header, body = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
     text_rows = [{c: v for c, v in zip(header, fields) if c != "label"} for fields in body]
-    json_rows = [{c: (v.split("|") if v else []) if c in LISTS else (v or None) for c, v in row.items()}
-                 for row in text_rows]
+    json_rows = [{c: _json_value(c, v) for c, v in row.items()} for row in text_rows]
 
     schema = GenericSchemaConfig(dense=["price"], lists=LISTS)
     store_dir, run_dir, bundle = root / "store", root / "run", root / "bundle"
@@ -80,12 +88,17 @@ def scored(request, tmp_path_factory):
     return scores, store, metadata
 
 
-def test_the_store_holds_the_histories(scored):
+def test_the_store_holds_the_histories_and_weighted_tags(scored):
     _, store, metadata = scored
-    assert [f.name for f in store.spec.lists] == ["hist_item_id", "hist_cate_id"]
-    assert metadata["columns"][-2:] == ["hist_item_id", "hist_cate_id"]
+    assert [f.name for f in store.spec.lists] == ["hist_item_id", "hist_cate_id", "tags"]
+    assert metadata["columns"][-3:] == ["hist_item_id", "hist_cate_id", "tags"]
     lists = metadata["manifest"]["inputs"]["sparse"]["lists"]
-    assert [f["shares"] for f in lists] == ["item_id", "cate_id"]
+    assert [f["shares"] for f in lists] == ["item_id", "cate_id", None]
+    assert [f.get("weighted", False) for f in lists] == [False, False, True]
+    dense = metadata["manifest"]["inputs"]["dense"]
+    assert dense["shape"][1] == 1 + 3 and dense["names"][1:] == ["tags.weight[0]", "tags.weight[1]", "tags.weight[2]"]
+    weights = np.asarray(store.split("test").dense)[:, 1:]
+    assert ((weights != 0) & (weights != 1)).any()  # weights other than the default 1 reach the store
 
 
 @pytest.mark.parametrize("path", PATHS)

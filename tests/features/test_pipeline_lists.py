@@ -206,8 +206,6 @@ def test_pipeline_without_lists_keeps_its_dict():
 def test_list_column_errors():
     with pytest.raises(ValueError, match=r"'genres'.*give it max_length"):
         _pipeline(lists=[ListColumn("genres", kind="multi")])
-    with pytest.raises(ValueError, match=r"'tags'.*weighted multi-valued columns are read but not yet encoded"):
-        _pipeline(lists=[ListColumn("tags", kind="multi", max_length=4, weight_separator=":")])
     with pytest.raises(ValueError, match=r"'hist'.*vocab_of 'user_id'"):
         _pipeline(lists=[ListColumn("hist", max_length=4, vocab_of="user_id")])
     with pytest.raises(ValueError, match=r"vocab_of 'price'"):  # a dense column has no vocabulary

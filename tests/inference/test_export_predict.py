@@ -41,7 +41,7 @@ from ctrlab.export.bundle import export_bundle
 from ctrlab.export.manifest import FORMAT_VERSION, BundleError, load_manifest
 from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
 from ctrlab.fileio import sha256_file
-from ctrlab.models import build_model, get_model_class, hyperparameter_defaults, list_models
+from ctrlab.models import build_model, flat_models, hyperparameter_defaults
 import ctrlab.inference.predictor as predictor_mod
 from ctrlab.features.online import SMALL_INPUT_ROWS
 from ctrlab.inference import InputError, Predictor, predict_file, rows_to_table
@@ -142,7 +142,7 @@ def fake_run(store: Path, run_dir: Path, model: str, *, batch_norm: bool = False
     torch.save({"model": net.state_dict(), "epoch": 1}, run_dir / "checkpoints" / "epoch_1.pt")
 
 
-FLAT_MODELS = [m for m in list_models() if not getattr(get_model_class(m), "needs_sequence", False)]
+FLAT_MODELS = flat_models()
 
 
 @pytest.mark.parametrize("model", FLAT_MODELS)  # (sequence models: tests/e2e/test_consistency_lists.py)

@@ -182,14 +182,6 @@ def test_unknown_keys_and_short_rows_still_count_the_list_columns():
         rows_to_table([[1.0, "i1", "c1", []]], DENSE, SPARSE, LISTS)
 
 
-def test_weighted_lists_are_refused():
-    weighted = ListColumn("tags", kind="multi", max_length=4, weight_separator=":")
-    with pytest.raises(ValueError, match=r"'tags' has weight_separator ':'.*not encoded yet"):
-        rows_to_table([{"tags": "a:0.5"}], [], [], [weighted])
-    with pytest.raises(ValueError, match=r"'tags' has weight_separator"):
-        check_table(pa.table({"tags": pa.array([["a"]], STRINGS)}), [], [], [weighted])
-
-
 # --------------------------------------------------------------------------------------------
 # Arrow tables
 # --------------------------------------------------------------------------------------------

@@ -212,6 +212,8 @@ def loop_target_attention(module: TargetAttention, seq, lengths, target, activat
         ("dice", True, False),
         ("sigmoid", False, False),
         ("relu", True, False),
+        ("relu", True, True),  # (training computes the valid positions only, packed)
+        ("sigmoid", False, True),
     ],
 )
 def test_target_attention_matches_loop(activation, softmax, training):
