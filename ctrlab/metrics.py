@@ -7,6 +7,8 @@ eval``, ``ctrlab predict`` and distributed evaluation (after gathering all ranks
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 LOGLOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] (float32 sigmoid can round to 0/1)
@@ -81,3 +83,54 @@ def evaluate_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, 
         "rows": int(np.asarray(labels).size),
         "positive_rate": float(np.mean(labels)) if np.asarray(labels).size else float("nan"),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# several tasks (a multi-task store's label.npy is uint8[N, T]; MISSING_LABEL = no label)
+# --------------------------------------------------------------------------------------------
+
+MISSING_LABEL = 255  # the same value as ctrlab.data.store.MISSING_LABEL (a row's label is missing)
+
+
+def labelled_rows(labels: np.ndarray) -> np.ndarray:
+    """bool[n]: the rows of one task's label column that carry a label (not MISSING_LABEL)."""
+    return np.asarray(labels) != MISSING_LABEL
+
+
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (a task whose AUC is undefined on a split, e.g. no positive
+    there, does not make the mean NaN); NaN when none is finite."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def evaluate_task_scores(labels: np.ndarray, probabilities: np.ndarray, tasks: list[str]) -> dict[str, float]:
+    """Exact per-task metrics of a multi-task scored set.
+
+    ``labels`` uint8/float ``[n, T]`` (MISSING_LABEL where a row has no label for a task),
+    ``probabilities`` ``[n, T]``. Each task is scored over its labelled rows only. Keys:
+    ``auc/<task>``, ``logloss/<task>``, ``rows/<task>`` (labelled rows), ``positive_rate/<task>``,
+    and ``auc``, ``logloss``: the mean over the tasks (:func:`finite_mean`); ``rows``: all rows."""
+    y = np.asarray(labels)
+    p = np.asarray(probabilities)
+    if y.ndim != 2 or y.shape != p.shape or y.shape[1] != len(tasks):
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} do not match {len(tasks)} tasks")
+    out: dict[str, float] = {}
+    for t, name in enumerate(tasks):
+        keep = labelled_rows(y[:, t])
+        scores = evaluate_scores(y[keep, t], p[keep, t])
+        out[f"auc/{name}"], out[f"logloss/{name}"] = scores["auc"], scores["logloss"]
+        out[f"rows/{name}"], out[f"positive_rate/{name}"] = scores["rows"], scores["positive_rate"]
+    out["auc"] = finite_mean([out[f"auc/{name}"] for name in tasks])
+    out["logloss"] = finite_mean([out[f"logloss/{name}"] for name in tasks])
+    out["rows"] = int(y.shape[0])
+    return out
+
+
+def click_and_conversion_labels(labels: np.ndarray) -> np.ndarray:
+    """ESMM / AITM labels ``[n, 2]``: task 0 the click, task 1 "click AND conversion" over the
+    entire impression space: 0 wherever click is 0 (a missing conversion of an unclicked row is a
+    known 0), the conversion label where click is 1 (MISSING_LABEL stays missing there)."""
+    y = np.array(labels, copy=True)
+    y[y[:, 0] == 0, 1] = 0
+    return y

@@ -25,6 +25,13 @@ CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
 
 
 LIST_KINDS = ("sequence", "multi")
+#: the formats whose readers emit list columns
+LIST_FORMATS = ("kv", "parquet", "libsvm", "libffm", "feasign")
+#: formats whose lines or files name their own columns (no header, no column order); their
+#: schema comes from ``data.schema`` (and, for parquet, the file's column names)
+SELF_DESCRIBING_FORMATS = ("parquet", "libsvm", "libffm", "feasign")
+#: libsvm without ``data.schema.fields``: every ``idx:val`` goes to this one weighted list
+LIBSVM_FEATURES = "features"
 #: a list column with weights has them in a column of this suffix: list<float64>, one per value
 WEIGHTS_SUFFIX = ".weights"
 #: the options of a ``data.schema.lists`` entry (:class:`ListColumn`'s fields but its name)
@@ -110,9 +117,14 @@ class Schema:
     """How to read one layout of raw rows.
 
     format: the reader to use: ``delimited`` (TSV/CSV), ``slot`` (PaddleRec slot lines) or ``kv``
-        (``key:value`` tokens, a list column's key repeated once per value: PaddleRec's BST sample).
+        (``key:value`` tokens separated by ``delimiter``, a list column's key repeated once per
+        value: PaddleRec's BST sample; after the ``positional`` fields, if any: Ali-CCP's
+        ``id,click,conversion,field:id,...``), ``parquet`` (:mod:`ctrlab.data.parquet`), ``libsvm`` /
+        ``libffm`` (:mod:`ctrlab.data.libsvm`), ``feat_idx`` / ``feasign`` (PaddleRec's
+        logistic_regression and slot_dnn lines: :mod:`ctrlab.data.paddle_formats`).
     columns: every column of the file, in file order (delimited formats only); columns that are
-        neither label, dense, sparse nor id are read and dropped.
+        neither label, dense, sparse nor id are read and dropped. For ``kv``: the positional
+        fields and the keys.
     label: name of the label column in the file, or None (e.g. the Kaggle test file).
     dense / sparse: names of the numeric and categorical columns.
     id_column: a row id column to carry through to predictions (Kaggle ``Id``), or None.
@@ -124,6 +136,11 @@ class Schema:
         task i is canonical column :func:`task_column` (i). Delimited formats only.
     optional_labels: label columns whose value may be empty in a row (the label is missing
         there: the row does not count for that task); any other empty or non-0/1 label is bad.
+    positional: ``kv`` only: the leading fields of every line, by position, before its
+        ``key:value`` tokens (``[sample_id, click, conversion]``); each is the id, a label, a
+        dense or a sparse column (an empty field is a missing value).
+    field_map: ``libsvm``: (field, first index, last index) per field; ``libffm``: (field, field
+        number, same); ``feasign``: (field, slot, same), the label's slot too.
     """
 
     name: str
@@ -139,14 +156,26 @@ class Schema:
     lists: tuple[ListColumn, ...] = ()
     more_labels: tuple[str, ...] = ()
     optional_labels: tuple[str, ...] = ()
+    positional: tuple[str, ...] = ()
+    field_map: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("columns", "dense", "sparse", "more_labels", "optional_labels"):
+        for name in ("columns", "dense", "sparse", "more_labels", "optional_labels", "positional"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "field_map", tuple((str(n), int(lo), int(hi)) for n, lo, hi in self.field_map))
         object.__setattr__(self, "lists", tuple(c if isinstance(c, ListColumn) else ListColumn(**c) for c in self.lists))
         list_names = [c.name for c in self.lists]
-        if self.more_labels and (self.label is None or self.format != "delimited"):
-            raise ValueError(f"schema {self.name!r}: several labels need a first label and a delimited format")
+        if self.more_labels and (self.label is None or self.format not in ("delimited", "kv", "parquet")):
+            raise ValueError(f"schema {self.name!r}: several labels need a first label and a delimited format "
+                             "(or key:value)")
+        if self.positional:
+            singles = {*self.labels, self.id_column, *self.dense, *self.sparse}
+            if self.format != "kv":
+                raise ValueError(f"schema {self.name!r}: positional fields apply to the key:value format only")
+            wrong = [c for c in self.positional if c not in singles]
+            if wrong or len(set(self.positional)) != len(self.positional):
+                raise ValueError(f"schema {self.name!r}: positional fields {list(self.positional)} must each be "
+                                 f"the id, a label, a dense or a sparse column, once (not: {wrong or 'repeated'})")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"schema {self.name!r}: a label column is named twice: {list(self.labels)}")
         if set(self.optional_labels) - set(self.labels):
@@ -172,9 +201,9 @@ class Schema:
                                  "columns and also used otherwise (label, id, dense, sparse or another list)")
         elif any(c.columns is not None for c in self.lists):
             raise ValueError(f"schema {self.name!r}: lists built from columns are read from delimited files only")
-        elif self.lists and self.format != "kv":
-            raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited or key:value "
-                             "files only")
+        elif self.lists and self.format not in LIST_FORMATS:
+            raise ValueError(f"schema {self.name!r}: list-valued columns are read from delimited, key:value, "
+                             "parquet, libsvm, libffm or feasign files only")
         overlap = set(self.dense) & set(self.sparse)
         if overlap:
             raise ValueError(f"schema {self.name!r}: columns both dense and sparse: {sorted(overlap)}")
@@ -210,10 +239,11 @@ class Schema:
         if self.label is None:
             return self
         plain = {"label": None, "more_labels": (), "optional_labels": ()}
-        if self.format == "slot":
+        if self.format in ("slot", "feat_idx"):
             return Schema(**{**self.to_dict(), "name": self.name, **plain})
         columns = tuple(c for c in self.columns if c not in self.labels)
-        return Schema(**{**self.to_dict(), "columns": columns, **plain})
+        positional = tuple(c for c in self.positional if c not in self.labels)
+        return Schema(**{**self.to_dict(), "columns": columns, "positional": positional, **plain})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +260,8 @@ class Schema:
             **({"lists": [c.to_dict() for c in self.lists]} if self.lists else {}),
             **({"more_labels": list(self.more_labels)} if self.more_labels else {}),
             **({"optional_labels": list(self.optional_labels)} if self.optional_labels else {}),
+            **({"positional": list(self.positional)} if self.positional else {}),
+            **({"field_map": [list(f) for f in self.field_map]} if self.field_map else {}),
         }
 
     @classmethod
@@ -259,17 +291,25 @@ def _criteo_csv() -> Schema:
     )
 
 
+def _feat_idx() -> Schema:
+    # PaddleRec's criteo_lr_reader (logistic_regression): "feat_idx:i (x39) feat_value:v (x39) label:y";
+    # position k of the 39 is I{k} (k <= 13: the value is the number) or C{k-13} (the idx is the id)
+    return Schema("feat_idx", "feat_idx", (LABEL, *CRITEO_DENSE, *CRITEO_SPARSE), LABEL, CRITEO_DENSE,
+                  CRITEO_SPARSE, delimiter=" ")
+
+
 def _slot() -> Schema:
     # PaddleRec: "click:0 dense_feature:v (x13) 1:id ... 26:id". Slot k maps to C{k}.
     return Schema("slot", "slot", (), LABEL, CRITEO_DENSE, CRITEO_SPARSE, delimiter=" ")
 
 
 PRESETS: dict[str, Schema] = {
-    s.name: s for s in (_criteo_tsv(), _criteo_test_tsv(), _criteo_kaggle_csv(), _criteo_csv(), _slot())
+    s.name: s for s in (_criteo_tsv(), _criteo_test_tsv(), _criteo_kaggle_csv(), _criteo_csv(), _slot(), _feat_idx())
 }
 
 #: Names accepted by ``--format``: the presets plus ``csv``/``tsv`` (generic, schema from config).
-FORMAT_NAMES = tuple(PRESETS) + ("csv", "tsv", "kv")
+#: ``parquet``, ``libsvm``, ``libffm`` and ``feasign`` (PaddleRec slot_dnn) take their roles from data.schema.
+FORMAT_NAMES = tuple(PRESETS) + ("csv", "tsv", "kv") + SELF_DESCRIBING_FORMATS
 
 
 @dataclass
@@ -282,14 +322,22 @@ class GenericSchemaConfig:
     dense: list[str] = field(default_factory=list)
     sparse: list[str] | None = None
     id_column: str | None = None
-    header: bool = True
+    # true, false, or "auto": a file's first line is its header when it names the declared
+    # ``columns`` (files with and without a header line in one data set: PaddleRec's aitm sample)
+    header: bool | str = True
     delimiter: str | None = None
+    # kv only: the leading fields of every line, by position, before the key:value tokens
+    # (Ali-CCP: [sample_id, click, conversion]); see Schema.positional
+    positional: list[str] = field(default_factory=list)
     # list-valued columns: name -> {kind: sequence|multi, separator, max_length, weight_separator,
     # pooling, vocab_of, columns, padding} (see ListColumn); they are neither dense nor sparse (nor
     # are the source columns of a list built from ``columns``)
     lists: dict[str, dict[str, Any]] = field(default_factory=dict)
     # label columns whose value may be empty (that row does not count for that task)
     optional_labels: list[str] = field(default_factory=list)
+    # libsvm: field name -> [first, last] index (inclusive); libffm: field name -> field number;
+    # feasign: field name -> slot number (see ctrlab.data.libsvm / ctrlab.data.paddle_formats)
+    fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -328,13 +376,132 @@ def generic_schema(cfg: GenericSchemaConfig, fmt: str, header_columns: list[str]
         if unknown:
             raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: {', '.join(LIST_OPTIONS)}")
         lists.append(ListColumn(name=name, **options))
-    if fmt == "kv":  # key:value tokens: the columns are the keys; no header, no quoting
+    if fmt == "kv":  # key:value tokens (after the positional fields): the columns are their names; no header
         return Schema(name=fmt, format="kv", columns=tuple(columns), label=label, dense=tuple(cfg.dense),
-                      sparse=tuple(sparse), id_column=cfg.id_column, delimiter=" ", lists=tuple(lists),
-                      more_labels=more_labels, optional_labels=tuple(cfg.optional_labels))
+                      sparse=tuple(sparse), id_column=cfg.id_column, delimiter=cfg.delimiter or " ",
+                      lists=tuple(lists), more_labels=more_labels, optional_labels=tuple(cfg.optional_labels),
+                      positional=tuple(cfg.positional))
+    if cfg.positional:
+        raise ValueError("data.schema.positional applies to the kv format only")
+    if not isinstance(cfg.header, bool):
+        raise ValueError(f"data.schema.header: expected true, false or auto, got {cfg.header!r}")
     return Schema(
         name=fmt, format="delimited", columns=tuple(columns), label=label, dense=tuple(cfg.dense),
         sparse=tuple(sparse), id_column=cfg.id_column, header=cfg.header, delimiter=delimiter,
         quoted=delimiter == ",", lists=tuple(lists), more_labels=more_labels,
         optional_labels=tuple(cfg.optional_labels),
     )
+
+
+#: feasign (PaddleRec slot_dnn) slots are multi-valued lists; ids kept per slot unless its
+#: ``data.schema.lists`` entry sets max_length
+FEASIGN_MAX_LENGTH = 32
+
+
+def _int_pair(name: str, value: Any, fmt: str) -> tuple[int, int]:
+    if fmt == "libsvm":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value) and value[0] <= value[1]
+        if not ok:
+            raise ValueError(f"data.schema.fields.{name}: expected [first, last] feature indices (integers >= 0, "
+                             f"first <= last) or one index, got {value!r}")
+        return int(value[0]), int(value[1])
+    what = "field number" if fmt == "libffm" else "slot number"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"data.schema.fields.{name}: expected a {what} (an integer >= 0), got {value!r}")
+    return value, value
+
+
+def self_describing_schema(cfg: GenericSchemaConfig, fmt: str, file_columns: list[str] | None) -> Schema:
+    """The Schema of a ``parquet``, ``libsvm``, ``libffm`` or ``feasign`` input from ``data.schema``.
+
+    ``file_columns``: parquet: the file's column names; libffm / feasign without
+    ``data.schema.fields``: the fields / slots found in the file (``f<field>`` / ``s<slot>``)."""
+    labels = cfg.labels
+    label, more = (labels[0], tuple(labels[1:])) if labels else (None, ())
+    options = {}
+    for name, opts in cfg.lists.items():
+        if not isinstance(opts, dict):
+            raise ValueError(f"data.schema.lists.{name}: expected a mapping of options, got {opts!r}")
+        unknown = sorted(set(opts) - set(LIST_OPTIONS))
+        if unknown:
+            raise ValueError(f"data.schema.lists.{name}: unknown option(s) {unknown}; valid: {', '.join(LIST_OPTIONS)}")
+        options[name] = dict(opts)
+    if fmt == "parquet":
+        if cfg.fields or cfg.positional:
+            raise ValueError("data.schema.fields and positional do not apply to parquet (its columns have names)")
+        columns = list(file_columns or [])
+        taken = {*labels, cfg.id_column, *cfg.dense, *cfg.lists}
+        sparse = list(cfg.sparse) if cfg.sparse is not None else [c for c in columns if c not in taken]
+        missing = [c for c in (*labels, cfg.id_column, *cfg.dense, *sparse, *cfg.lists) if c and c not in columns]
+        if missing:
+            raise ValueError(f"parquet input lacks the declared column(s) {missing} (its columns: {columns})")
+        lists = tuple(ListColumn(name=n, **o) for n, o in options.items())
+        return Schema(name=fmt, format="parquet", columns=tuple(columns), label=label, dense=tuple(cfg.dense),
+                      sparse=tuple(sparse), id_column=cfg.id_column, lists=lists, more_labels=more,
+                      optional_labels=tuple(cfg.optional_labels))
+    if more or cfg.id_column or cfg.positional or cfg.optional_labels:
+        raise ValueError(f"{fmt} input has one label, first on each line (libsvm, libffm) or in slot 1 "
+                         "(feasign): data.schema.label must be one name; id_column, positional and "
+                         "optional_labels do not apply")
+    if label is None:
+        label = LABEL
+    if fmt == "libsvm" and not cfg.fields:  # one weighted multi-valued field: ids = indices, weights = values
+        extra = [c for c in (*cfg.dense, *(cfg.sparse or []), *cfg.lists) if c != LIBSVM_FEATURES]
+        if extra or LIBSVM_FEATURES not in options or options[LIBSVM_FEATURES].get("max_length") is None:
+            raise ValueError(f"libsvm without data.schema.fields reads every idx:val of a line as one weighted "
+                             f"list {LIBSVM_FEATURES!r}: declare data.schema.lists.{LIBSVM_FEATURES}: {{max_length: N}} "
+                             f"(and nothing else), or map index ranges to fields with data.schema.fields"
+                             + (f" (not: {extra})" if extra else ""))
+        opts = {"kind": "multi", "pooling": "sum", "weight_separator": ":", **options[LIBSVM_FEATURES]}
+        return Schema(name=fmt, format="libsvm", columns=(label, LIBSVM_FEATURES), label=label, dense=(), sparse=(),
+                      lists=(ListColumn(name=LIBSVM_FEATURES, **opts),), delimiter=" ")
+    if cfg.fields:
+        field_map = [(str(n), *_int_pair(str(n), v, fmt)) for n, v in cfg.fields.items()]
+    elif fmt in ("libffm", "feasign"):
+        prefix = "f" if fmt == "libffm" else "s"
+        field_map = [(c, int(c[1:]), int(c[1:])) for c in (file_columns or [])]
+        if fmt == "feasign":
+            field_map = [(label if n == "s1" else n, lo, hi) for n, lo, hi in field_map if n != label]
+            if not any(lo == 1 for _, lo, _ in field_map):
+                field_map.insert(0, (label, 1, 1))
+        if not field_map:
+            raise ValueError(f"{fmt} input: no {prefix}<n> fields found; declare data.schema.fields")
+    else:
+        raise ValueError(f"{fmt} input needs data.schema.fields")
+    names = [n for n, _, _ in field_map]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.schema.fields: a name is used twice: {names}")
+    ordered = sorted(field_map, key=lambda f: f[1])
+    for (a, _, a_hi), (b, b_lo, _) in zip(ordered, ordered[1:]):
+        if b_lo <= a_hi:
+            raise ValueError(f"data.schema.fields: {a!r} and {b!r} overlap (each index, field or slot belongs to "
+                             "one field)")
+    if fmt == "feasign":
+        if label not in names:
+            raise ValueError(f"feasign input: data.schema.fields must map the label {label!r} to its slot (1)")
+        features = [n for n in names if n != label]
+        field_map = [f for f in field_map if f[0] != label] + [f for f in field_map if f[0] == label]
+    else:
+        if label in names:
+            raise ValueError(f"{fmt} input: the label {label!r} is the first token of a line, not a field")
+        features = names
+    unknown = [c for c in (*cfg.dense, *cfg.lists, *(cfg.sparse or [])) if c not in features]
+    if unknown:
+        raise ValueError(f"data.schema: {unknown} are not fields of data.schema.fields ({features})")
+    spans = {n: (lo, hi) for n, lo, hi in field_map}
+    wide = [c for c in cfg.dense if fmt == "libsvm" and spans[c][0] != spans[c][1]]
+    if wide:
+        raise ValueError(f"libsvm dense field(s) {wide} must be one index ([i, i]): its value is the number")
+    if fmt == "feasign":  # every slot but the declared single-valued (sparse) or dense ones is a list
+        singles = set(cfg.sparse or []) | set(cfg.dense)
+        for name in features:
+            if name not in singles:
+                options[name] = {"kind": "multi", "pooling": "sum", "max_length": FEASIGN_MAX_LENGTH,
+                                 **options.get(name, {})}
+    lists = tuple(ListColumn(name=n, **options[n]) for n in features if n in options)
+    sparse = [n for n in features if n not in cfg.dense and n not in options]
+    return Schema(name=fmt, format=fmt, columns=(label, *features), label=label, dense=tuple(cfg.dense),
+                  sparse=tuple(sparse), lists=lists, delimiter=" ", field_map=tuple(field_map))

@@ -91,9 +91,12 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                     "Kaggle CSV with Id (with or without Label), criteo_csv, PaddleRec slot, generic CSV/TSV; "
                     "plain or .gz; labelled or not) through the bundle's feature pipeline and model, and write one "
                     "output line per input line (after a header line), in input order, to a TSV file: line k of the "
-                    "output belongs to data line k of the input. Columns: [id] probability [skipped]. Each file's "
+                    "output belongs to data line k of the input. Columns: [id] probability [skipped]; a multi-task "
+                    "bundle writes one probability per task, in task order ([id] probability.click "
+                    "probability.conversion [skipped]; --header names them). Each file's "
                     "format is detected from its first line (or --format) and its feature columns must equal the "
-                    "bundle's inputs. With labels, the exact AUC and logloss over the scored rows are printed. Bad "
+                    "bundle's inputs. With labels, the exact AUC and logloss over the scored rows are printed (per "
+                    "task for a multi-task bundle). Bad "
                     "lines (wrong field count, non-numeric or non-finite numbers such as nan, inf or 1e400, invalid "
                     "UTF-8, a stray carriage return) stop the run with file:line and field (default) or, with "
                     "--bad-lines skip, keep their place in the output with an empty probability and the reason in "
@@ -122,7 +125,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="write an id before each probability: the input's Id column (Kaggle CSV; empty on a "
                         "skipped line), or else the 1-based line number in the input file (FILE:LINE when "
                         "there are several input files)")
-    p.add_argument("--header", action="store_true", help="write a header line (id, probability, skipped)")
+    p.add_argument("--header", action="store_true",
+                   help="write a header line (id, probability or probability.<task> per task, skipped)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per inference call (default 4096)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads (default: the available cores for onnx, one less for torch)")

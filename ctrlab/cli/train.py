@@ -58,7 +58,7 @@ def train_config(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.distributed import env_world, launch_local
-    from ..train.run import check_run_config, ensure_store, run_training
+    from ..train.run import check_run_config, check_tasks, ensure_store, run_training
 
     cfg = train_config(args)
     check_run_config(cfg)  # before any data is read (--nproc prepares the store first)
@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
         if args.nproc > 1 and env_world() is None:  # not already one of torchrun's workers
             # the store is prepared once here, not raced by every worker
-            ensure_store(cfg, progress=not args.quiet)
+            # (and the model is checked against its labels once, not on every worker)
+            check_tasks(cfg, ensure_store(cfg, progress=not args.quiet))
             return launch_local(args.nproc, args.argv)
     run_training(cfg, resume=not args.no_resume, progress=not args.quiet)
     return 0

@@ -19,6 +19,7 @@ NATIVE_SECTIONS = ("data", "features", "model", "train", "eval", "run_dir")
 PADDLE_MODEL_NAMES = {
     "gatednn": "gatenet", "gate_dnn": "gatenet", "dcn_v2": "dcn_v2", "dcnv2": "dcn_v2", "wide_deep": "wide_deep",
     "widedeep": "wide_deep", "logistic_regression": "lr", "autoint": "autoint", "fibinet": "fibinet", "dmr": "dmr",
+    "share_bottom": "shared_bottom", "escm2": "esmm",  # (escm2: ctrlab has no ESCM2; see _multitask_notes)
 }
 
 # hyper_parameters key -> model parameter (per PaddleRec model extras)
@@ -106,6 +107,63 @@ def _paddle_sequence_data(name: str) -> dict[str, Any]:
         "columns": ["hist_item_id", "hist_cate_id", "item_id", "cate_id", "label"], "label": "label",
         "dense": [], "sparse": ["item_id", "cate_id"], "header": False, "delimiter": ";",
         "lists": {"hist_item_id": {**history, "vocab_of": "item_id"}, "hist_cate_id": {**history, "vocab_of": "cate_id"}}}}
+
+# PaddleRec's multi-task models (models/multitask) and their readers' layouts, as ctrlab schemas.
+# census_reader (mmoe, ple, share_bottom): 501 comma-separated numbers a line, no header: the
+# marital label (never married), the income label (>50K), then 499 features (one-hot indicators
+# and raw continuous values) that PaddleRec feeds as one dense vector: 499 dense columns here.
+# PaddleRec's tasks are income then marital (the reader yields them in that order; auc_income is
+# its first metric): so are ctrlab's (task 0 income, task 1 marital).
+PADDLE_MULTITASK_MODELS = ("mmoe", "ple", "shared_bottom", "esmm", "aitm")
+CENSUS_FEATURES = tuple(f"feature_{i}" for i in range(499))
+CENSUS_COLUMNS = ("marital", "income", *CENSUS_FEATURES)
+# aitm_reader: CSV click,purchase then 18 Ali-CCP field columns (hyper_parameters.feature_vocabulary
+# names them, in this order); train.csv has a header line, test.csv none
+AITM_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "216", "508",
+               "509", "702", "853", "301")
+# esmm_reader / escm_reader (Ali-CCP): sample_id,click,conversion then field:id tokens, all
+# comma-separated; the reader's 23 fields, of which those that repeat in a line are list columns
+ALICCP_FIELDS = ("101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126", "127", "128",
+                 "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301")
+ALICCP_MULTI = ("109_14", "110_14", "127_14", "150_14", "210", "853")
+ALICCP_MAX_LEN = 3  # esmm_reader's hyper_parameters.max_len default: ids kept per field
+
+
+def _census_data() -> dict[str, Any]:
+    return {"format": "csv", "schema": {
+        "columns": list(CENSUS_COLUMNS), "label": ["income", "marital"], "dense": list(CENSUS_FEATURES),
+        "sparse": [], "header": False, "delimiter": ","}}
+
+
+def _aitm_data(fields: list[str]) -> dict[str, Any]:
+    return {"format": "csv", "schema": {
+        "columns": ["click", "purchase", *fields], "label": ["click", "purchase"], "dense": [],
+        "sparse": list(fields), "header": "auto", "delimiter": ","}}
+
+
+def _aliccp_data(max_len: int) -> dict[str, Any]:
+    lists = {f: {"kind": "multi", "max_length": max_len, "pooling": "sum"} for f in ALICCP_MULTI}
+    return {"format": "kv", "schema": {
+        "columns": ["sample_id", "click", "conversion", *ALICCP_FIELDS],
+        "positional": ["sample_id", "click", "conversion"], "id_column": "sample_id",
+        "label": ["click", "conversion"], "dense": [], "delimiter": ",",
+        "sparse": [f for f in ALICCP_FIELDS if f not in ALICCP_MULTI], "lists": lists}}
+
+
+# hyper_parameters key -> (model parameter, how the value maps) for the multi-task models
+PADDLE_MULTITASK_PARAMS = {
+    "expert_num": "num_experts",  # mmoe
+    "exp_per_task": "num_experts",  # ple: task-specific experts per task
+    "shared_num": "num_shared_experts",  # ple
+    "level_number": "num_levels",  # ple
+    "expert_size": "expert_units",  # one hidden layer per expert (PaddleRec: Linear + ReLU)
+    "tower_size": "tower_units",  # one hidden layer per tower, then the logit
+    "bottom_size": "hidden_units",  # share_bottom: one shared hidden layer
+    "embedding_size": "embedding_dim",  # aitm
+    "dims": "tower_units",  # aitm
+    "ctr_fc_sizes": "tower_units",  # esmm: both towers take one list in ctrlab
+}
+PADDLE_LAYER_WIDTHS = ("expert_size", "tower_size", "bottom_size")  # one width -> a one-layer list
 
 # PaddleRec's layer lists that end with the network's output layer: a final 2 is PaddleRec's
 # 2-class softmax, a final 1 a sigmoid unit; ctrlab's equivalent of either is its 1-logit output
@@ -222,10 +280,16 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
     params = m.setdefault("params", {})
 
     name = m.get("name") or runner.pop("model", None)
+    folder = config_dir.resolve().name.lower()
     if not name:
-        folder = config_dir.resolve().name.lower()
         name = PADDLE_MODEL_NAMES.get(folder, folder)
     m["name"] = name
+    escm2 = folder == "escm2" and name == "esmm"  # PaddleRec's escm2 folder, trained as ESMM
+    if escm2:
+        notes.append("model: ctrlab has no ESCM2; PaddleRec's escm2 config trains ctrlab's esmm (CTR and CTCVR "
+                     "towers over shared embeddings, the same data and labels). ESCM2's counterfactual CVR risk "
+                     "(runner.counterfact_mode IPS/DR, with its imputation tower) and its MMoE-style experts "
+                     "are not implemented")
 
     sections = {"train": t, "eval": e, "data": d}
     for key, value in runner.items():
@@ -251,6 +315,12 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
                          "store (set data.format to force one)")
         elif key in ("use_inference", "inference", "save_inference_feed_varnames", "save_inference_fetch_varnames"):
             notes.append(f"runner.{key} does not apply: export a deployable bundle with `ctrlab export`")
+        elif key == "counterfact_mode" and escm2:
+            notes.append(f"runner.counterfact_mode ({value}) does not apply: ctrlab trains ESMM, without ESCM2's "
+                         "counterfactual (IPS/DR) CVR regulariser")
+        elif key == "auc_num":
+            notes.append(f"runner.auc_num ({value}) is not needed: ctrlab reports an exact AUC per task "
+                         "(auc/<task>) and their mean")
         elif key == "use_fleet":
             if value:
                 notes.append("runner.use_fleet: distributed training is chosen at launch, not in the config: "
@@ -296,6 +366,8 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
                          "field holds the ids that occur instead of a table of this size")
         elif key in ("dense_input_dim", "sparse_inputs_slots", "sparse_input_dim", "slot_num"):
             notes.append(f"hyper_parameters.{key} is derived from the data by ctrlab (value {value} not needed)")
+        elif name in PADDLE_MULTITASK_MODELS and _multitask_param(name, escm2, key, value, params, notes, hyper):
+            pass
         elif key in PADDLE_MODEL_PARAMS:
             _model_param(name, key, value, params, notes, hyper)
         elif key in ("distributed_embedding",):
@@ -327,6 +399,16 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
                       else "hist items;hist cates;item;cate;label")
             notes.append(f"data: PaddleRec's {name} reader layout ({layout}); histories keep their most recent "
                          f"{PADDLE_HISTORY_LENGTH} items")
+    if name in PADDLE_MULTITASK_MODELS and "schema" not in d and "format" not in d:
+        d.update(_multitask_data(name, hyper))
+        notes.append(_multitask_layout_note(name, hyper))
+    if folder == "logistic_regression" and name == "lr" and "schema" not in d and "format" not in d:
+        d["format"] = "feat_idx"  # criteo_lr_reader's lines (ctrlab.data.paddle_formats)
+        notes.append("data: PaddleRec's criteo_lr_reader layout (feat_idx:i x39, feat_value:v x39, label:y): "
+                     "positions 1-13 are the dense I1..I13 (their feat_value), 14-39 the categorical C1..C26 "
+                     "(their feat_idx as the id); feat_idx 0 is a missing value. PaddleRec's LR sums "
+                     "w[feat_idx] * feat_value over the 39; ctrlab's lr has one weight per dense column and per "
+                     "id of each categorical column")
     if "cat_emb_size" in hyper and hyper.get("cat_emb_size") != hyper.get("item_emb_size"):
         notes.append(f"hyper_parameters.cat_emb_size ({hyper['cat_emb_size']}) differs from item_emb_size: ctrlab "
                      "embeds every field with model.params.embedding_dim (item_emb_size)")
@@ -336,6 +418,126 @@ def paddlerec_to_native(data: dict[str, Any], config_dir: Path) -> tuple[dict[st
                      "(main_embedding_size)")
     _merge_defaults(out, PADDLE_DEFAULTS)
     return out, notes
+
+
+def _multitask_fields(hyper: dict[str, Any]) -> list[str]:
+    """aitm's field columns: the names of hyper_parameters.feature_vocabulary, in order."""
+    vocabulary = hyper.get("feature_vocabulary")
+    if vocabulary is None:
+        return list(AITM_FIELDS)
+    if not isinstance(vocabulary, list) or not vocabulary or not all(
+            isinstance(v, (list, tuple)) and len(v) == 2 for v in vocabulary):
+        raise ConfigError(f"hyper_parameters.feature_vocabulary: expected a list of [field, vocabulary size] "
+                          f"pairs, got {vocabulary!r}")
+    return [str(v[0]) for v in vocabulary]
+
+
+def _max_len(hyper: dict[str, Any]) -> int:
+    value = hyper.get("max_len", ALICCP_MAX_LEN)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"hyper_parameters.max_len: expected a number of ids >= 1, got {value!r}")
+    return value
+
+
+def _multitask_data(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """data.format and data.schema of PaddleRec's reader for multi-task model ``name``."""
+    if name == "esmm":
+        return _aliccp_data(_max_len(hyper))
+    if name == "aitm":
+        return _aitm_data(_multitask_fields(hyper))
+    return _census_data()
+
+
+def _multitask_layout_note(name: str, hyper: dict[str, Any]) -> str:
+    if name == "esmm":
+        n = _max_len(hyper)
+        return ("data: PaddleRec's esmm_reader layout (Ali-CCP: sample_id,click,conversion, then field:id tokens, "
+                "comma-separated; kv format with 3 positional fields); tasks: click, conversion (ctrlab's esmm "
+                "scores task 1 as click AND conversion, PaddleRec's ctcvr). Every token from column 3 on is read: "
+                "PaddleRec's reader starts at column 4 and loses that token (on its sample a row's only 216, 301, "
+                f"205 or 206 id, or a 210 id). The fields that repeat in a line ({', '.join(ALICCP_MULTI)}) are "
+                f"multi-valued lists sum-pooled over at most max_len ({n}) ids, as PaddleRec sums its padded "
+                f"ids; but of a longer list ctrlab keeps the last {n} ids, PaddleRec the first {n}; the other "
+                "fields are single ids. A field id outside the reader's 23 is a bad line naming it (PaddleRec "
+                "skips it)")
+    if name == "aitm":
+        return ("data: PaddleRec's aitm_reader layout (CSV: click, purchase, then the feature_vocabulary field "
+                "columns); tasks: click, purchase (task 1 scored as click AND purchase). data.schema.header: "
+                "auto: a file's first line is skipped only when it is the header (train.csv), so the "
+                "header-less test.csv keeps every row (PaddleRec's reader drops the first line of every file "
+                "and loses a test row)")
+    return (f"data: PaddleRec's census_reader layout (501 comma-separated numbers: the marital label, the income "
+            f"label, then {len(CENSUS_FEATURES)} dense features feature_0..feature_{len(CENSUS_FEATURES) - 1}, "
+            "used as given); tasks in PaddleRec's order: income (task 0), marital (task 1)")
+
+
+def _multitask_param(name: str, escm2: bool, key: str, value: Any, params: dict[str, Any], notes: list[str],
+                     hyper: dict[str, Any]) -> bool:
+    """Map or note one multi-task hyper_parameters key; False when it is not a multi-task key
+    (the generic mapping then handles it)."""
+    from ..models import check_params  # (torch: imported only when a PaddleRec config is mapped)
+
+    n_tasks = 2  # every PaddleRec multi-task reader yields two labels
+    if escm2 and key in ("expert_num", "gate_num", "expert_size", "tower_size", "feature_size", "global_w",
+                         "counterfactual_w"):
+        notes.append(f"hyper_parameters.{key} ({value}) is not used: ESCM2's experts, gates and counterfactual "
+                     "loss weights have no counterpart in ctrlab's esmm")
+        return True
+    if key == "feature_size":
+        width = len(CENSUS_FEATURES) if name in ("mmoe", "ple", "shared_bottom") else None
+        notes.append(f"hyper_parameters.feature_size ({value}) is derived from the data by ctrlab"
+                     + (f" (the reader layout's {width} dense columns)" if width else ""))
+        if width is not None and value != width:
+            raise ConfigError(f"hyper_parameters.feature_size ({value}) differs from census_reader's {width} features")
+        return True
+    if key in ("gate_num", "task_num"):
+        if value != n_tasks:
+            raise ConfigError(f"hyper_parameters.{key}: expected {n_tasks} (the reader's two labels: one "
+                              f"{'gate' if key == 'gate_num' else 'tower'} per task), got {value!r}")
+        if key == "gate_num":
+            notes.append(f"hyper_parameters.gate_num ({value}) is derived from the data by ctrlab: one gate per task "
+                         "(the store's 2 tasks)")
+        else:
+            params["num_tasks"] = value
+        return True
+    if key == "cvr_fc_sizes" and name == "esmm":
+        if value != hyper.get("ctr_fc_sizes", value):
+            notes.append(f"hyper_parameters.cvr_fc_sizes ({value}) differs from ctr_fc_sizes: ctrlab's esmm gives both "
+                         "towers model.params.tower_units (ctr_fc_sizes)")
+        elif "ctr_fc_sizes" not in hyper:
+            params["tower_units"] = value
+        return True
+    if key == "drop_prob" and name == "aitm":
+        rates = value if isinstance(value, list) else [value]
+        chosen = max(set(rates), key=lambda r: (rates.count(r), r)) if rates else 0.0
+        if len(set(rates)) > 1:
+            notes.append(f"hyper_parameters.drop_prob ({value}): ctrlab applies one dropout rate after every tower "
+                         f"layer: model.params.dropout = {chosen} (the rate of most layers)")
+        params["dropout"] = _checked_param(name, "dropout", chosen, "drop_prob", check_params)
+        return True
+    if key == "feature_vocabulary" and name == "aitm":
+        notes.append(f"hyper_parameters.feature_vocabulary: its {len(_multitask_fields(hyper))} field names name the "
+                     "data columns; the vocabulary sizes are derived from the data by ctrlab (a vocabulary per "
+                     "field holds the ids that occur)")
+        return True
+    if key == "max_len" and name == "esmm":
+        return True  # (used by the data layout: see its note)
+    target = PADDLE_MULTITASK_PARAMS.get(key)
+    if target is None or (key == "ctr_fc_sizes" and name != "esmm") or (key in ("embedding_size", "dims")
+                                                                        and name != "aitm"):
+        return False
+    if key in PADDLE_LAYER_WIDTHS:
+        value = [value]
+    params[target] = _checked_param(name, target, value, key, check_params)
+    return True
+
+
+def _checked_param(name: str, target: str, value: Any, key: str, check_params: Any) -> Any:
+    try:
+        value = check_params(name, {target: value})[target]
+    except ValueError as exc:
+        raise ConfigError(f"hyper_parameters.{key} (ctrlab model.params.{target}): {exc}") from None
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _epoch_number(value: Any, origin: str, low: int) -> int:

@@ -78,6 +78,15 @@ class TrainConfig:
     # (0: off); the reported train loss stays the click loss, comparable across models
     auxiliary_loss_weight: float = 1.0
     monitor: str = "auc"  # validation metric for early stopping / LR reduction: auc | logloss
+    # several labels (a multi-task store): the task whose valid metric is monitored, or "mean" (the
+    # mean over the tasks)
+    monitor_task: str = "mean"
+    # train a SINGLE-task model on this task of a multi-task store (rows without its label are left
+    # out of training and metrics); null: a multi-task model trains on every task
+    task: str | None = None
+    # multi-task loss = sum over tasks of weight * (the task's mean BCE over its labelled rows);
+    # task name -> weight, default 1 each
+    task_weights: dict[str, float] = field(default_factory=dict)
     # early stopping and LR reduction need a validation split; without one every epoch runs
     early_stopping_patience: int = 2  # stop after this many epochs without improvement (0: never stop early)
     min_epochs: int = 1  # early stopping cannot stop a run before this many epochs
@@ -366,8 +375,22 @@ def _check_columns(columns: dict[str, dict[str, Any]], where: str) -> None:
             from_dict(cls, values, f"{where}.{col}")
 
 
+def _check_task_weights(weights: dict[str, float], where: str) -> None:
+    """Each weight finite and >= 0 (the task names are checked against the store when it is read)."""
+    for name, weight in weights.items():
+        NON_NEGATIVE.check(weight, f"{where}.{name}")
+
+
+def _check_task_name(name: str, where: str) -> None:
+    if not name.strip():
+        raise ConfigError(f"{where}: expected a task name (a label column of the store), got {name!r}")
+
+
 #: Further checks of particular settings (beyond type, choices and range).
 RULES: dict[tuple[type, str], Any] = {
+    (TrainConfig, "task_weights"): _check_task_weights,
+    (TrainConfig, "task"): _check_task_name,
+    (TrainConfig, "monitor_task"): _check_task_name,
     (DataConfig, "split"): _check_split,
     (EvalConfig, "epochs"): lambda text, where: parse_epoch_range_text(text, where),
     (FeaturesConfig, "columns"): _check_columns,

@@ -8,6 +8,12 @@ once, the last partial batch included.
 
 ``rank``/``world_size`` give each of several processes its own disjoint share of every
 epoch's permutation (for distributed training).
+
+Labels: ``float32[B]`` for a single-label split; ``float32[B, T]`` for a multi-task split
+(label.npy ``uint8[N, T]``), where a missing label stays ``MISSING_LABEL`` (255.0): the loss and
+the metrics mask ``label != 255`` per task (:mod:`ctrlab.train.trainer`, :mod:`ctrlab.metrics`).
+``rows`` restricts the iteration to a subset of the split's rows (training one task of a
+multi-task store, ``train.task``: the rows that carry its label).
 """
 
 from __future__ import annotations
@@ -25,16 +31,21 @@ class BatchIterator:
 
     shuffle: a seeded per-epoch permutation (training) or the stored order (evaluation).
     drop_last: drop the final partial batch (never for evaluation).
-    Yields ``dense float32[B, n_dense]``, ``sparse int64[B, n_sparse]``, ``label float32[B]``.
+    rows: iterate over these row indices of the split only (ascending; default every row).
+    Yields ``dense float32[B, n_dense]``, ``sparse int64[B, n_sparse]``, ``label float32[B]``
+    (``float32[B, T]`` for a multi-task split, MISSING_LABEL = 255.0 kept).
     """
 
     def __init__(self, split: SplitArrays, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 rows: np.ndarray | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if len(split) == 0:  # training on it would "succeed" with NaN loss and metrics
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(split) == 0 or (self.rows is not None and len(self.rows) == 0):
+            # training on it would "succeed" with NaN loss and metrics
             raise ValueError(f"{split.where} has no rows: nothing to train or evaluate on")
         self.split = split
         self.batch_size = int(batch_size)
@@ -51,11 +62,13 @@ class BatchIterator:
 
     def indices(self) -> np.ndarray:
         """This process's row indices for the current epoch, in iteration order."""
-        n = len(self.split)
+        n = self.rows_total
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
         else:
             order = np.arange(n)
+        if self.rows is not None:
+            order = self.rows[order]
         if self.world_size > 1:
             # equal shares (the few rows past the last full share are dropped while shuffling,
             # so ranks step in lock-step; evaluation keeps every row)
@@ -65,8 +78,13 @@ class BatchIterator:
             order = order[self.rank:: self.world_size]
         return order
 
+    @property
+    def rows_total(self) -> int:
+        """The rows iterated over (all processes together, before any per-rank drop)."""
+        return len(self.split) if self.rows is None else len(self.rows)
+
     def __len__(self) -> int:
-        n = len(self.indices()) if self.world_size > 1 else len(self.split)
+        n = len(self.indices()) if self.world_size > 1 else self.rows_total
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

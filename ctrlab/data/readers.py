@@ -82,13 +82,17 @@ def describe(message: str, field: str | None) -> str:
 class DataError(ValueError):
     """A bad input line: names the file, the line (1-based), the field and what was expected."""
 
-    def __init__(self, path: str | os.PathLike, line: int | None, message: str, field: str | None = None):
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str, field: str | None = None,
+                 where: str | None = None):
         self.path = str(path)
         self.line = line
         self.field = field
         self.reason = message
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {describe(message, field)}")
+        self.where = where  # a place that is not a line (Parquet: "row group 0, row 3")
+        at = f"{self.path}:{line}" if line is not None else self.path
+        if where:
+            at = f"{at}, {where}"
+        super().__init__(f"{at}: {describe(message, field)}")
 
 
 @dataclass
@@ -159,6 +163,9 @@ def resolve_inputs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         path = Path(text)
         if path.is_dir():
             parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            parquet = [p for p in parts if is_parquet_name(p)]
+            if parquet:  # a directory of Parquet parts: its parts, not _SUCCESS or _common_metadata
+                parts = parquet
             if not parts:
                 raise FileNotFoundError(f"{path}: directory holds no data files")
             out.extend(parts)
@@ -172,6 +179,14 @@ def resolve_inputs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
     return out
+
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".parquet.gz", ".parq.gz")
+
+
+def is_parquet_name(path: str | os.PathLike) -> bool:
+    """Whether a file's name says Parquet (``.parquet``/``.parq``, optionally gzipped)."""
+    return str(path).lower().endswith(PARQUET_SUFFIXES)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -677,7 +692,7 @@ def small_file_rows(path: str | os.PathLike | MemoryFile, schema: Schema, column
     (a small upload) that goes on to the small-request lane with no Arrow table and no reader
     threads. None when the file is not delimited or holds more than ``max_rows`` rows (then
     :class:`RowReader` reads it)."""
-    if schema.format == "slot" or schema.lists:  # (list columns: the reader's tables)
+    if schema.format != "delimited" or schema.lists:  # (slot, kv, parquet, libsvm...; list columns: the reader's tables)
         return None
     index = [schema.columns.index(c) for c in columns]
     dense = set(schema.dense)
@@ -801,40 +816,66 @@ def _read_slot(path: Path, schema: Schema, bad_lines: str, report: SkipReport, i
 
 
 def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo) -> Iterator[Chunk]:
-    """``key:value`` tokens, space separated (PaddleRec's BST sample: ``userid:3 history:12
-    history:7 cate:5 cate:5 ... target:9 label:0``). A list column's key repeats once per value, in
-    order (a sequence keeps its most recent ``max_length``, cut rows counted); another key at most
-    once; an absent key is a missing value or an empty list. An unknown or repeated key, a token
-    without ``:`` or with an empty value, a label other than 0/1 or a dense value that is not a
-    number is a bad line naming the file, line and key. The label is optional (scoring input)."""
+    """``key:value`` tokens separated by ``schema.delimiter`` (a space: any run of whitespace), after
+    the ``schema.positional`` fields, if any.
+
+    PaddleRec's BST sample: ``userid:3 history:12 history:7 cate:5 cate:5 ... target:9 label:0``.
+    Ali-CCP (PaddleRec's esmm/escm2 sample), comma-separated with three positional fields:
+    ``sample_id,click,conversion,210:1,210:2,216:4,...,150_14:18,150_14:19,...``.
+
+    A positional field is taken by its position (empty: a missing value); a line with fewer fields
+    than the positional ones is bad. A list column's key repeats once per value, in order (a
+    sequence or multi column keeps its last ``max_length`` values, cut rows counted); another key at
+    most once (nor may it repeat a positional field); an absent key is a missing value or an empty
+    list. An unknown or repeated key, a token without ``:`` or with an empty key or value, an empty
+    token (``a:1,,b:2``), a label other than 0/1 (or absent, unless optional) or a dense value that
+    is not a number is a bad line naming the file, line and field. Without labels (scoring input)
+    the lines carry none."""
     lists = {c.name: c for c in schema.lists}
-    singles = {c for c in (schema.label, *schema.dense, *schema.sparse) if c is not None}
+    positional = schema.positional
+    singles = {c for c in (*schema.labels, schema.id_column, *schema.dense, *schema.sparse) if c is not None}
+    keyed = sorted((singles - set(positional)) | set(lists))
+    whitespace = schema.delimiter.strip() == ""
     builder = _ChunkBuilder(path, bad_lines, report, info)
     info.sha256 = sha256_file(path)
     info.bytes = path.stat().st_size
-    out_cols = [*([LABEL] if schema.label else []), *schema.dense, *schema.sparse, *lists]
+    task_of = {name: task_column(i) for i, name in enumerate(schema.labels)}
+    out_cols = [*([ID] if schema.id_column else []), *task_of.values(), *schema.dense, *schema.sparse, *lists]
     columns: dict[str, list[Any]] = {c: [] for c in out_cols}
 
     def parse(line: str) -> tuple[dict[str, Any], None] | tuple[str, str | None]:
         row: dict[str, Any] = {c: [] for c in lists}
-        for token in line.split():
+        fields = line.split() if whitespace else [f.strip() for f in line.split(schema.delimiter)]
+        if len(fields) < len(positional):
+            return (f"expected {len(positional)} leading fields ({', '.join(positional)}) before the key:value "
+                    f"tokens, got {len(fields)}"), None
+        for name, value in zip(positional, fields):
+            row[name] = value if value != "" else None
+        for token in fields[len(positional):]:
             key, sep, value = token.partition(":")
-            if not sep or value == "":
+            if not sep or value == "" or key == "":
                 return f"expected key:value, got {token[:40]!r}", None
             if key in lists:
                 row[key].append(value)
             elif key in singles:
                 if key in row:
-                    return f"key {key!r} appears twice (only list columns repeat)", key
+                    where = "a positional field" if key in positional else "only list columns repeat"
+                    return f"key {key!r} appears twice ({where})", key
                 row[key] = value
             else:
-                return f"unknown key {key!r} (expected {', '.join(sorted(singles | set(lists)))})", key
-        label = row.pop(schema.label, None) if schema.label else None
-        if schema.label is not None:
+                shown = ", ".join(keyed[:12]) + (", ..." if len(keyed) > 12 else "")
+                return f"unknown key {key!r} (expected {shown})", key
+        for name, column in task_of.items():
+            label = row.pop(name, None)
             number = None if label is None else parse_number(label)
             if number not in (0.0, 1.0):
-                return f"expected a 0/1 label, got {'none' if label is None else repr(label[:40])}", schema.label
-            row[LABEL] = number
+                if label is None and name in schema.optional_labels:
+                    row[column] = None
+                    continue
+                return f"expected a 0/1 label, got {'none' if label is None else repr(label[:40])}", name
+            row[column] = number
+        if schema.id_column:
+            row[ID] = row.pop(schema.id_column, None)
         for col in schema.dense:
             if row.get(col) is not None:
                 number = parse_number(row[col])
@@ -849,8 +890,8 @@ def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, inf
             if col in lists:
                 arrays.append(pa.array(columns[col], type=pa.list_(pa.string())))
             else:
-                arrays.append(pa.array(columns[col], type=pa.float64() if col == LABEL or col in schema.dense
-                                       else pa.string()))
+                numeric = col in schema.dense or col in task_of.values()
+                arrays.append(pa.array(columns[col], type=pa.float64() if numeric else pa.string()))
             columns[col] = []
         return builder.take(pa.Table.from_arrays(arrays, names=out_cols))
 
@@ -906,8 +947,27 @@ class RowReader:
             self.sources.append(info)
             if self.schema.format == "slot":
                 yield from _read_slot(path, self.schema, self.bad_lines, self.skipped, info)
+            elif self.schema.format in _OTHER_READERS:
+                yield from _other_reader(self.schema.format)(path, self.schema, self.bad_lines, self.skipped, info)
             elif self.schema.format == "kv":
                 yield from _read_kv(path, self.schema, self.bad_lines, self.skipped, info)
             else:
                 yield from _read_delimited(path, self.schema, self.bad_lines, self.skipped, info, self.block_bytes,
                                            self.chunk_rows)
+
+
+# formats with a module of their own (imported when first used): format -> (module, reader function)
+_OTHER_READERS = {
+    "parquet": ("parquet", "read_parquet"),
+    "libsvm": ("libsvm", "read_libsvm"),
+    "libffm": ("libsvm", "read_libffm"),
+    "feat_idx": ("paddle_formats", "read_feat_idx"),
+    "feasign": ("paddle_formats", "read_feasign"),
+}
+
+
+def _other_reader(fmt: str) -> Callable[..., Iterator[Chunk]]:
+    import importlib
+
+    module, function = _OTHER_READERS[fmt]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)

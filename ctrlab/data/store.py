@@ -11,6 +11,10 @@
         label.npy   uint8[N], or uint8[N, T] with several labels (meta.json "tasks": their
                     names; MISSING_LABEL where a row's label is missing)
 
+A partitioned store (``ctrlab prepare --partition``, ``--append``; layout and policy in
+``ctrlab.data.append``) holds ``partitions/NAME/`` with the same three arrays instead of the
+splits, and ``vocab/`` with its versioned pipeline, vocabulary state and id changes.
+
 Arrays are ordinary .npy files (``np.load(path, mmap_mode="r")`` reads them), written by
 appending rows and fixing the header's row count at the end. ``prepare`` builds a store beside
 its target and swaps it in whole; :class:`Store` verifies what it opens against meta.json.
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..features.pipeline import FeaturePipeline
-from ..fields import FeatureSpec
+from ..fields import OOV_ID, FeatureSpec
 from ..fileio import recover_dir
 
 SPLITS = ("train", "valid", "test")
@@ -129,6 +133,17 @@ class Store:
                 raise StoreError(f"{meta_path}: unknown split {name!r}")
             if rows > 0:
                 self._verify_split(name, rows, spec.dense_width, spec.sparse_width, len(tasks))
+        if self.partitioned:
+            try:
+                parts = {str(p["name"]): int(p["rows"]) for p in self.meta["partitions"]}
+                int(self.meta["vocab_version"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreError(f"{meta_path}: not a valid partitioned store description (missing or bad {exc})") from None
+            if not (self.path / "vocab" / f"pipeline-v{self.vocab_version:04d}.json").is_file():
+                raise StoreError(f"{self.path}: vocab/pipeline-v{self.vocab_version:04d}.json is missing; the store "
+                                 "is damaged")
+            for name, rows in parts.items():
+                self._verify_split(f"partitions/{name}", rows, spec.dense_width, spec.sparse_width, len(tasks))
         self._pipeline: FeaturePipeline | None = None
 
     def _read_json(self, path: Path) -> dict[str, Any]:
@@ -144,8 +159,9 @@ class Store:
         return data
 
     def _verify_split(self, name: str, rows: int, n_dense: int, n_sparse: int, n_tasks: int) -> None:
-        """Each array of the split: the recorded dtype, ``rows`` rows, the spec's columns, one
-        label per task (several tasks) and a file long enough to hold them."""
+        """Each array of the split (``name``: a split, or ``partitions/NAME``): the recorded dtype,
+        ``rows`` rows, the spec's columns, one label per task (several tasks) and a file long
+        enough to hold them."""
         labels = (rows, n_tasks) if n_tasks > 1 else (rows,)
         expected = {"dense": (rows, n_dense), "sparse": (rows, n_sparse), "label": labels}
         for array, dtype in self.ARRAYS.items():
@@ -162,6 +178,84 @@ class Store:
             if data_bytes < needed:
                 raise StoreError(f"{path}: truncated ({data_bytes} of {needed} data bytes for {rows} rows); the "
                                  "store is damaged: prepare it again")
+
+    # partitions ----------------------------------------------------------------------------
+    @property
+    def partitioned(self) -> bool:
+        """A store of named partitions (``ctrlab prepare --partition`` / ``--append``)."""
+        return self.meta.get("layout") == "partitions"
+
+    @property
+    def partitions(self) -> list[str]:
+        """The partitions' names, in the order they were added (empty for a split store)."""
+        return [str(p["name"]) for p in self.meta.get("partitions", [])]
+
+    def partition_meta(self, name: str) -> dict[str, Any]:
+        for entry in self.meta.get("partitions", []):
+            if entry["name"] == name:
+                return entry
+        raise ValueError(f"{self.path}: no partition {name!r} (partitions: {', '.join(self.partitions) or 'none'})")
+
+    def partition(self, name: str) -> SplitArrays:
+        """A partition's arrays (memory-mapped) as stored: ids of its own vocabulary version
+        (:meth:`current_ids` maps those changed since to OOV)."""
+        self.partition_meta(name)
+        folder = self.path / "partitions" / name
+        return SplitArrays(np.load(folder / "dense.npy", mmap_mode="r"), np.load(folder / "sparse.npy", mmap_mode="r"),
+                           np.load(folder / "label.npy", mmap_mode="r"), where=f"{self.path}: partition {name}")
+
+    @property
+    def vocab_version(self) -> int:
+        """The latest vocabulary version (= the number of partitions; 0 for a split store)."""
+        return int(self.meta.get("vocab_version", 0))
+
+    def vocab_sizes(self, version: int | None = None) -> dict[str, int]:
+        """Per vocabulary (by name, see ``FeaturePipeline.vocabularies``), its number of ids
+        (reserved ones included) at ``version`` (default: the latest): the embedding rows a
+        model trained at that version has."""
+        version = self.vocab_version if version is None else int(version)
+        for entry in self.meta.get("partitions", []):
+            if int(entry["vocab_version"]) == version:
+                return {k: int(v) for k, v in entry["vocab_sizes"].items()}
+        raise ValueError(f"{self.path}: no vocabulary version {version} (1..{self.vocab_version})")
+
+    def spec_at(self, version: int) -> FeatureSpec:
+        """The feature spec a partition of ``version`` was encoded with."""
+        for entry in self.meta.get("partitions", []):
+            if int(entry["vocab_version"]) == int(version):
+                return FeatureSpec.from_dict(entry["spec"])
+        raise ValueError(f"{self.path}: no vocabulary version {version} (1..{self.vocab_version})")
+
+    def id_changes(self, from_version: int, to_version: int | None = None) -> dict[str, np.ndarray]:
+        """Per vocabulary, the ids (sorted int32) whose meaning changed after ``from_version`` up to
+        ``to_version`` (default: the latest): retired (their value now maps to OOV) or reused (now
+        a new value's). A model trained at ``from_version`` continues at ``to_version`` by resetting
+        these embedding rows (and growing each table to :meth:`vocab_sizes`); ids appended are new
+        rows, not listed here."""
+        to_version = self.vocab_version if to_version is None else int(to_version)
+        changed: dict[str, list[np.ndarray]] = {}
+        for version in range(int(from_version) + 1, to_version + 1):
+            path = self.path / "vocab" / f"changes-v{version:04d}.npz"
+            with np.load(path) as data:
+                for key in data.files:
+                    changed.setdefault(key.split("::")[0], []).append(data[key])
+        return {name: np.unique(np.concatenate(parts)).astype(np.int32) for name, parts in changed.items()}
+
+    def current_ids(self, partition: str, sparse: np.ndarray) -> np.ndarray:
+        """A block of ``partition``'s sparse ids (rows of :meth:`partition`'s ``sparse``) as the
+        latest vocabulary reads them: ids retired or reused since the partition's version become
+        OOV (a copy; the block itself when nothing changed). How an old partition is trained on
+        after ids were reused."""
+        version = int(self.partition_meta(partition)["vocab_version"])
+        changes = {k: v for k, v in self.id_changes(version).items() if len(v)}
+        if not changes:
+            return sparse
+        out = np.array(sparse, dtype=np.int32, copy=True)
+        for j, vocab in enumerate(self.meta.get("column_vocabularies", [])):
+            if vocab in changes:
+                col = out[:, j]
+                col[np.isin(col, changes[vocab])] = OOV_ID
+        return out
 
     @property
     def spec(self) -> FeatureSpec:
@@ -185,7 +279,9 @@ class Store:
     @property
     def pipeline(self) -> FeaturePipeline:
         if self._pipeline is None:
-            self._pipeline = FeaturePipeline.load(self.path / "pipeline.json")
+            path = (self.path / "vocab" / f"pipeline-v{self.vocab_version:04d}.json" if self.partitioned
+                    else self.path / "pipeline.json")  # (a partitioned store's pipeline.json is a copy)
+            self._pipeline = FeaturePipeline.load(path)
         return self._pipeline
 
     @property

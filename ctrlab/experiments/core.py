@@ -43,7 +43,7 @@ from ..fileio import write_bytes_atomic
 from ..models import hyperparameter_defaults
 from ..train import run as train_run
 from ..train.rundir import RunDir
-from ..train.evaluate import predict_split
+from ..train.evaluate import predict_split, split_labels, task_setup
 from ..train.trainer import load_weights
 from . import plots
 from .layout import MANIFEST, RUNS_DIR, STORE_DIR, experiment_lock, now, read_manifest, write_manifest
@@ -309,8 +309,9 @@ def score_run(cfg: Config, summary: dict[str, Any]) -> list[Path]:
         if summary.get(f"{split}_auc") is None or not store.has_split(split):
             continue
         rows = store.split(split)
+        setup = task_setup(model, store, cfg.train.task)  # (several labels: what the run's metrics saw)
         buf = io.BytesIO()
-        np.savez(buf, labels=np.asarray(rows.label, dtype=np.uint8),
+        np.savez(buf, labels=np.asarray(split_labels(rows, setup), dtype=np.uint8),
                  scores=predict_split(model, rows, cfg.train.eval_batch_size, device))
         write_bytes_atomic(run.scores(split), buf.getvalue())
         paths.append(run.scores(split))

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..fileio import write_bytes_atomic
-from ..metrics import roc_auc
+from ..metrics import MISSING_LABEL, finite_mean, roc_auc
 from ..train.rundir import RunDir
 
 try:
@@ -89,9 +89,10 @@ def load_experiment_runs(exp_dir: Path, manifest: dict[str, Any]) -> list[dict[s
 
 
 def read_scores(run_dir: Path, split: str, summary: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(labels uint8[n], scores f32[n]) of a finished run on a split, verified against its summary;
-    None when the run has no scores file. Raises ValueError naming the file when it does not
-    belong to the run."""
+    """(labels uint8[n], scores f32[n]) of a finished run on a split, or ``[n, T]`` both for a
+    multi-task run (MISSING_LABEL where a row has no label for a task), verified against its
+    summary; None when the run has no scores file. Raises ValueError naming the file when it does
+    not belong to the run."""
     run = RunDir(run_dir)
     path = run.scores(split)
     if not path.is_file():
@@ -101,16 +102,32 @@ def read_scores(run_dir: Path, split: str, summary: dict[str, Any]) -> tuple[np.
             labels, scores = data["labels"], data["scores"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: unreadable scores file ({type(exc).__name__}: {exc})") from None
-    if labels.ndim != 1 or labels.shape != scores.shape:
+    if labels.ndim not in (1, 2) or labels.shape != scores.shape:
         raise ValueError(f"{path}: labels {labels.shape} and scores {scores.shape} differ in shape")
     rows = summary.get(f"{split}_rows")
-    if rows is not None and rows != labels.size:
-        raise ValueError(f"{path}: {labels.size} rows, but the run's {run.summary.name} says {rows}")
-    expected, got = summary.get(f"{split}_auc"), roc_auc(labels, scores)
+    labelled = int((labels != MISSING_LABEL).sum()) if labels.ndim == 1 else len(labels)
+    if rows is not None and rows not in (len(labels), labelled):  # (train.task: its labelled rows)
+        raise ValueError(f"{path}: {len(labels)} rows, but the run's {run.summary.name} says {rows}")
+    expected, got = summary.get(f"{split}_auc"), scores_auc(labels, scores)
     if expected is None or not abs(got - expected) <= SCORES_AUC_TOLERANCE:
         raise ValueError(f"{path}: AUC {got:.6f}, but the run's {run.summary.name} says {expected}: the file is "
                          "not this run's; delete it and run the command again to rescore")
     return labels, scores
+
+
+def task_columns(labels: np.ndarray, scores: np.ndarray, task: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One task's labelled rows: (labels, scores) of column ``task`` (None: a one-label file)."""
+    y, s = (labels, scores) if task is None else (labels[:, task], scores[:, task])
+    keep = y != MISSING_LABEL
+    return y[keep], s[keep]
+
+
+def scores_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The AUC a run reports for its scores: over the labelled rows; the mean over the tasks of a
+    multi-task run (as its ``auc``: :func:`ctrlab.metrics.finite_mean`)."""
+    if labels.ndim == 1:
+        return roc_auc(*task_columns(labels, scores))
+    return finite_mean([roc_auc(*task_columns(labels, scores, t)) for t in range(labels.shape[1])])
 
 
 @contextlib.contextmanager

@@ -112,7 +112,7 @@ def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -
 
     parts.append("<h2>Results</h2>")
     classes = ["best" if r.vs_best == "best" else "noise" if r.vs_best.startswith("tie") else "" for r in table.rows]
-    parts.append(_table(headers(table), [cells(r, table.metric) for r in table.rows], len(table.label_headers),
+    parts.append(_table(headers(table), [cells(r, table.metric, table.tasks) for r in table.rows], len(table.label_headers),
                         classes))
     parts.append('<div class="footer">' + "".join(f"<p>{_e(line)}</p>" for line in table.footer) + "</div>")
 
@@ -127,7 +127,7 @@ def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -
 
     parts.append("<h2>Runs</h2>")
     run_head = ["run", "seed", "status", "epochs", "best epoch", "train loss", "valid AUC", "test AUC",
-                "test logloss", "train time (s)", "samples/s"]
+                *[f"test AUC {t}" for t in table.tasks], "test logloss", "train time (s)", "samples/s"]
     run_rows = []
     for run in runs:
         s = run["summary"]
@@ -135,10 +135,11 @@ def render_report(exp_dir: Path, manifest: dict[str, Any], charts: list[Path]) -
             m = run_metrics(s)
             fmt = lambda v, d=4: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
             run_rows.append([run["name"], str(run["seed"]), "done", str(s.get("epochs_run")), str(s.get("best_epoch")),
-                             fmt(m["train_loss"]), fmt(m["valid_auc"]), fmt(m["test_auc"]), fmt(m["test_logloss"]),
+                             fmt(m["train_loss"]), fmt(m["valid_auc"]), fmt(m["test_auc"]),
+                             *[fmt(m.get(f"test_auc/{t}")) for t in table.tasks], fmt(m["test_logloss"]),
                              fmt(m["train_seconds"], 1), fmt(m["samples_per_s"], 0)])
         else:
-            run_rows.append([run["name"], str(run["seed"]), run.get("status", "pending")] + ["-"] * 8)
+            run_rows.append([run["name"], str(run["seed"]), run.get("status", "pending")] + ["-"] * (8 + len(table.tasks)))
     parts.append(_table(run_head, run_rows, 3, ["failed" if r[2] == "failed" else "" for r in run_rows]))
     for run in failed:
         parts.append(f'<p class="failed">{_e(run["name"])}: {_e(run.get("error", ""))}</p>')

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..fileio import write_bytes_atomic
+from ..metrics import MISSING_LABEL
 from ..train.significance import TEST_NAMES, paired_test
 from .layout import load_experiment_runs, read_scores
 
@@ -45,6 +46,32 @@ RANKING_METRICS = ("test_auc", "valid_auc", "test_logloss", "valid_logloss")
 TABLE_METRICS = ("parameters", "epochs_run", "train_loss", "valid_auc", "test_auc", "test_logloss",
                  "train_seconds", "samples_per_s")
 WITH_STD = ("train_loss", "valid_auc", "test_auc", "test_logloss")
+#: per task of a multi-task run (several labels): ``test_auc/<task>`` etc., after the means
+PER_TASK = ("valid_auc", "test_auc", "test_logloss")
+
+
+def metric_info(key: str) -> tuple[str, bool, int]:
+    """(header, higher is better, decimals) of a table metric, per-task ones (``test_auc/click``) included."""
+    base, _, task = key.partition("/")
+    header, higher, decimals = METRICS[base]
+    return (f"{header} {task}" if task else header), higher, decimals
+
+
+def table_metrics(tasks: list[str]) -> list[str]:
+    """The table's metric columns: TABLE_METRICS, and for a multi-task experiment each task's
+    valid AUC, test AUC and logloss after their means (``test_auc`` is then the mean over tasks)."""
+    out = []
+    for key in TABLE_METRICS:
+        out.append(key)
+        if key in PER_TASK:
+            out += [f"{key}/{task}" for task in tasks]
+    return out
+
+
+def run_tasks(summary: dict[str, Any]) -> list[str]:
+    """The tasks a finished run reports one by one: a multi-task run's (not one trained with train.task)."""
+    tasks = summary.get("tasks") or []
+    return list(tasks) if len(tasks) > 1 and not summary.get("task") else []
 
 
 def run_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
@@ -55,6 +82,7 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
     history = summary.get("history") or []
     seconds = sum(h.get("seconds", 0.0) for h in history) if history else summary.get("train_seconds")
     out: dict[str, float | None] = {key: summary.get(key) for key in METRICS}
+    out.update({f"{key}/{t}": summary.get(f"{key}/{t}") for key in PER_TASK for t in run_tasks(summary)})
     out["train_seconds"] = seconds
     return out
 
@@ -81,6 +109,7 @@ class PointResult:
     scores: list[Any] | None = None  # per finished run: per-row scores on the metric's split (None: some missing)
     vs_best: str = ""  # best | tie | worse | tie (1 seed) | unclear (1 seed) | - (no paired test) | "" (no result)
     test: Any = None  # PairedTest of this row against the best one
+    task_tests: dict[str, Any] = field(default_factory=dict)  # multi-task: per task, PairedTest against the best
 
     def values(self, key: str) -> list[float]:
         return [r[key] for r in self.runs if r.get(key) is not None]
@@ -100,6 +129,11 @@ class ResultsTable:
     label_headers: list[str]
     rows: list[PointResult]
     footer: list[str]
+    tasks: list[str] = field(default_factory=list)  # a multi-task experiment's tasks (one column each)
+
+    @property
+    def metrics(self) -> list[str]:
+        return table_metrics(self.tasks)
 
 
 def metric_split_kind(metric: str) -> tuple[str, str]:
@@ -109,33 +143,55 @@ def metric_split_kind(metric: str) -> tuple[str, str]:
 
 
 def rank_and_flag(rows: list[PointResult], metric: str, labels: Any = None,
-                  alpha: float = ALPHA) -> list[PointResult]:
+                  alpha: float = ALPHA, tasks: list[str] | None = None) -> list[PointResult]:
     """Sort best first by ``metric`` (points without a result last) and judge every other row
     against the best one with the paired test over the rows (``labels`` of the metric's split, and
-    each row's ``scores``); "-" where a side has no per-row scores."""
+    each row's ``scores``); "-" where a side has no per-row scores. A multi-task experiment
+    (``tasks``, labels and scores ``[n, T]``) is ranked by the mean over the tasks and tested task
+    by task on each task's labelled rows: "worse (task)" when worse on some task and better on
+    none, "mixed" when worse on one and better on another."""
     higher = METRICS[metric][1]
     _, kind = metric_split_kind(metric)
     done = [r for r in rows if r.mean(metric) is not None]
     rest = [r for r in rows if r.mean(metric) is None]
     done.sort(key=lambda r: -r.mean(metric) if higher else r.mean(metric))
     for i, row in enumerate(done):
-        row.test = None
+        row.test, row.task_tests = None, {}
         if i == 0:
             row.vs_best = "best"
-            continue
-        best = done[0]
-        if labels is None or not row.scores or not best.scores:
+        elif labels is None or not row.scores or not done[0].scores:
             row.vs_best = "-"
-            continue
-        row.test = paired_test(kind, labels, row.scores, best.scores)
-        differs = row.test.p < alpha and (row.test.diff < 0 if higher else row.test.diff > 0)
-        if row.test.se_seeds is None:  # one seed: the rows can show a tie, but not that the settings differ
-            row.vs_best = "unclear (1 seed)" if differs else "tie (1 seed)"
+        elif tasks:
+            row.vs_best = _judge_tasks(row, done[0], kind, labels, higher, alpha, tasks)
         else:
-            row.vs_best = "worse" if differs else "tie"
+            row.vs_best = _judge(row, done[0], kind, labels, higher, alpha)
     for row in rest:
         row.vs_best = ""
     return done + rest
+
+
+def _judge(row: PointResult, best: PointResult, kind: str, labels: Any, higher: bool, alpha: float) -> str:
+    keep = labels != MISSING_LABEL  # (train.task on a store where some rows lack that label)
+    row.test = paired_test(kind, labels[keep], [s[keep] for s in row.scores], [s[keep] for s in best.scores])
+    differs = row.test.p < alpha and (row.test.diff < 0 if higher else row.test.diff > 0)
+    if row.test.se_seeds is None:  # one seed: the rows can show a tie, but not that the settings differ
+        return "unclear (1 seed)" if differs else "tie (1 seed)"
+    return "worse" if differs else "tie"
+
+
+def _judge_tasks(row: PointResult, best: PointResult, kind: str, labels: Any, higher: bool, alpha: float,
+                 tasks: list[str]) -> str:
+    worse, better = [], []
+    for t, task in enumerate(tasks):
+        keep = labels[:, t] != MISSING_LABEL
+        test = paired_test(kind, labels[keep, t], [s[keep, t] for s in row.scores], [s[keep, t] for s in best.scores])
+        row.task_tests[task] = test
+        if test.p < alpha:
+            (worse if (test.diff < 0 if higher else test.diff > 0) else better).append(task)
+    verdict = ("mixed" if worse and better else f"worse ({', '.join(worse)})" if worse
+               else f"better ({', '.join(better)})" if better else "tie")
+    one_seed = any(test.se_seeds is None for test in row.task_tests.values())
+    return f"{verdict} (1 seed)" if one_seed else verdict
 
 
 def format_value(value: Any) -> str:
@@ -167,7 +223,7 @@ def _num(value: float | None, decimals: int) -> str:
 
 
 def metric_cell(row: PointResult, key: str) -> str:
-    decimals = METRICS[key][2]
+    decimals = metric_info(key)[2]
     values = row.values(key)
     if not values:
         return "-"
@@ -175,14 +231,17 @@ def metric_cell(row: PointResult, key: str) -> str:
         lo, hi = min(values), max(values)
         return f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
     mean, std = mean_std(values)
-    if key in WITH_STD and std is not None:
+    if key.partition("/")[0] in WITH_STD and std is not None:
         return f"{_num(mean, decimals)} ± {_num(std, decimals)}"
     return _num(mean, decimals)
 
 
 def headers(table: ResultsTable) -> list[str]:
-    return (table.label_headers + [METRICS[k][0] for k in TABLE_METRICS]
-            + ["seeds", f"{METRICS[table.metric][0]} - best ± SE", "p", "vs best"])
+    header = METRICS[table.metric][0]
+    tests = ([f"{header} {t} - best ± SE" if i == 0 else f"{t} - best ± SE" for i, t in enumerate(table.tasks)]
+             if table.tasks else [f"{header} - best ± SE"])
+    return (table.label_headers + [metric_info(k)[0] for k in table.metrics]
+            + ["seeds"] + [c for test in tests for c in (test, "p")] + ["vs best"])
 
 
 def p_cell(p: float) -> str:
@@ -196,10 +255,17 @@ def paired_cells(row: PointResult, decimals: int) -> list[str]:
     return [f"{row.test.diff:+.{decimals}f} ± {row.test.se:.{decimals}f}", p_cell(row.test.p)]
 
 
-def cells(row: PointResult, metric: str) -> list[str]:
+def cells(row: PointResult, metric: str, tasks: list[str] | None = None) -> list[str]:
     seeds = f"{len(row.runs)}" if len(row.runs) == row.seeds_planned else f"{len(row.runs)}/{row.seeds_planned}"
-    return (row.labels + [metric_cell(row, k) for k in TABLE_METRICS] + [seeds]
-            + paired_cells(row, METRICS[metric][2]) + [row.vs_best])
+    decimals = METRICS[metric][2]
+    if tasks:
+        tests = []
+        for task in tasks:
+            test = row.task_tests.get(task)
+            tests += ["-", "-"] if test is None else [f"{test.diff:+.{decimals}f} ± {test.se:.{decimals}f}", p_cell(test.p)]
+    else:
+        tests = paired_cells(row, decimals)
+    return row.labels + [metric_cell(row, k) for k in table_metrics(tasks or [])] + [seeds] + tests + [row.vs_best]
 
 
 def _md_escape(text: str) -> str:
@@ -213,7 +279,7 @@ def markdown(table: ResultsTable) -> str:
              "| " + " | ".join(head) + " |",
              "| " + " | ".join(["---"] * n_labels + ["---:"] * (len(head) - n_labels - 1) + ["---"]) + " |"]
     for row in table.rows:
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells(row, table.metric)) + " |")
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells(row, table.metric, table.tasks)) + " |")
     lines.append("")
     lines += [f"{line}  " for line in table.footer]
     return "\n".join(lines).rstrip() + "\n"
@@ -224,14 +290,14 @@ def csv_text(table: ResultsTable) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     metric_cols = []
-    for key in TABLE_METRICS:
+    for key in table.metrics:
         metric_cols += [f"{key}_mean", f"{key}_std"]
     test_cols = ("diff", "se", "se_rows", "se_seeds", "p")
     writer.writerow(table.label_headers + ["seeds_done", "seeds_planned"] + metric_cols
                     + ["epochs_run_min", "epochs_run_max"] + [f"{c}_vs_best" for c in test_cols] + ["vs_best"])
     for row in table.rows:
         values = []
-        for key in TABLE_METRICS:
+        for key in table.metrics:
             mean, std = mean_std(row.values(key))
             values += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
         epochs = row.values("epochs_run")
@@ -321,11 +387,17 @@ def experiment_results(exp_dir: Path, manifest: dict[str, Any]) -> ResultsTable:
                 break
             row.scores.append(scored[1])
         rows.append(row)
-    rows = rank_and_flag(rows, metric, labels)
+    finished = [r["summary"] for r in runs if r["summary"]]
+    tasks = run_tasks(finished[0]) if finished and all(run_tasks(s) == run_tasks(finished[0]) for s in finished) else []
+    rows = rank_and_flag(rows, metric, labels, tasks=tasks if labels is None or labels.ndim == 2 else None)
     unfinished = [r["name"] for r in runs if r["summary"] is None]
-    footer = footer_lines(manifest, metric, unfinished, None if labels is None else int(labels.size), untested)
+    footer = footer_lines(manifest, metric, unfinished, None if labels is None else len(labels), untested)
+    if tasks:
+        footer.append(f"Several labels: {METRICS[metric][0]} and logloss are the means over the tasks "
+                      f"({', '.join(tasks)}), each task scored on its labelled rows; the paired tests are per task. "
+                      "ESMM and AITM: the conversion task is click AND conversion over every impression (CTCVR).")
     return ResultsTable(manifest.get("title") or manifest["kind"], manifest["kind"], metric,
-                        label_columns(manifest), rows, footer)
+                        label_columns(manifest), rows, footer, tasks)
 
 
 def runs_csv_text(exp_dir: Path, manifest: dict[str, Any]) -> str:

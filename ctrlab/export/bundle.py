@@ -26,12 +26,12 @@ from ..config import Config, dump_config, fitted_features, load_config, to_dict
 from ..data.store import Store
 from ..features.pipeline import FeaturePipeline
 from ..fileio import DiskFullError, disk_errors, replace_dir, short_of_space, stale_siblings, write_json_atomic
-from ..models import build_model
+from ..models import build_model, multi_task
 from ..train.rundir import RunDir
 from ..train.trainer import load_weights
 from .manifest import (CONFIG, FORMAT_VERSION, MANIFEST, ONNX_INT8, ONNX_MODEL, PIPELINE, TORCH_WEIGHTS,
                        file_entries, library_versions)
-from .onnx_export import BATCH_AXIS, DEFAULT_OPSET, export_onnx, onnx_parity
+from .onnx_export import BATCH_AXIS, DEFAULT_OPSET, export_onnx, onnx_parity, output_tasks
 from .quantize import quantize_bundle_model
 
 PARITY_TOLERANCE = 1e-5
@@ -44,13 +44,19 @@ GOLDEN_ROWS = 256
 
 def epoch_metrics(run: RunDir, epoch: int) -> dict[str, Any]:
     """Metrics of one epoch: its epoch record; the test metrics from the run's summary when that
-    epoch is the best one (the test split is evaluated on the best epoch only)."""
+    epoch is the best one (the test split is evaluated on the best epoch only).
+
+    Several tasks (issue 16): the per-task ``valid_*``/``test_*`` entries of the record/summary
+    (:func:`_per_task_entries`: ``valid_auc/click``, ``test_ctcvr_auc``, an object per task) are
+    copied as they are; a run without them (or without epoch records or a summary at all) exports
+    with what there is."""
     metrics: dict[str, Any] = {"epoch": epoch}
     record = next((r for r in run.epoch_records() if r.get("epoch") == epoch), None)
     if record:
         for key in ("valid_auc", "valid_logloss", "train_loss"):
             if record.get(key) is not None:
                 metrics[key] = record[key]
+        metrics.update(_per_task_entries(record, "valid_"))
     summary = run.read_summary()
     if summary is not None:
         metrics["best_epoch"] = summary.get("best_epoch")
@@ -58,7 +64,43 @@ def epoch_metrics(run: RunDir, epoch: int) -> dict[str, Any]:
             for key in ("test_auc", "test_logloss", "test_rows"):
                 if summary.get(key) is not None:
                     metrics[key] = summary[key]
+            metrics.update(_per_task_entries(summary, "test_"))
     return metrics
+
+
+def _per_task_entries(record: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The per-task entries of ``record``: named ``prefix``* with a value that is an object, or
+    named ``prefix``*``/``* (``valid_auc/click``) or ``prefix``c[t]cvr_* (ESMM's) with a value."""
+    return {k: v for k, v in record.items() if k.startswith(prefix) and v is not None and (
+        isinstance(v, dict) or "/" in k or k[len(prefix):].startswith(("ctcvr_", "cvr_")))}
+
+
+def model_params(name: str, params: Any, store: Store) -> dict[str, Any]:
+    """The run's model hyperparameters as the bundle records them: a multi-task model's
+    ``num_tasks`` is the store's task count (as training builds it) unless the config sets it, so
+    that the manifest alone rebuilds the model (:func:`ctrlab.export.load.torch_model`)."""
+    params = dict(to_dict(params) if not isinstance(params, dict) else params)
+    if multi_task(name) and "num_tasks" not in params:
+        params["num_tasks"] = len(store.tasks)
+    return params
+
+
+def bundle_tasks(model: torch.nn.Module, store: Store) -> tuple[list[str] | None, bool]:
+    """(the task names of a multi-task bundle, else None; whether a ``[B, 1]`` model's column is
+    squeezed to a single-task ``[batch]`` output). A model with logits ``[B, T]`` on a store of T
+    >= 2 labels gives a multi-task bundle (outputs ``[batch, T]``, the store's task names); a
+    ``[B]`` model, or a ``[B, 1]`` one on a single-label store, a single-task bundle. Any other
+    pairing is a ValueError."""
+    columns = output_tasks(model, store.spec)
+    tasks = store.tasks
+    if columns == 0:
+        return None, False
+    if columns == 1 and not store.multi_task:
+        return None, True
+    if store.multi_task and columns == len(tasks):
+        return list(tasks), False
+    raise ValueError(f"the model gives {columns} output column(s) but its store {store.path} has "
+                     f"{len(tasks)} task(s) {tasks}; train it with num_tasks={len(tasks)}")
 
 
 def _run_store(cfg: Config, run: RunDir) -> Store:
@@ -113,9 +155,11 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint; saved epochs: {run.saved_epochs() or 'none'}")
     spec = store.spec
+    cfg.model.params = model_params(cfg.model.name, cfg.model.params, store)
     model = build_model(cfg.model.name, spec, cfg.model.params)
     model.load_state_dict(load_weights(checkpoint))
     model.eval()
+    tasks, single_column = bundle_tasks(model, store)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in stale_siblings(out, "tmp"):  # left by a killed export
@@ -137,14 +181,14 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
         with writing(TORCH_WEIGHTS):
             torch.save(model.state_dict(), tmp / TORCH_WEIGHTS)
         with writing(ONNX_MODEL):
-            export_onnx(model, spec, tmp / ONNX_MODEL)
+            export_onnx(model, spec, tmp / ONNX_MODEL, single_column=single_column)
 
         # parity on real rows, with the model rebuilt from the files as a loader will see them
         split_name, dense, sparse = golden_batch(store, golden_rows)
         reloaded = build_model(cfg.model.name, spec, cfg.model.params)
         reloaded.load_state_dict(torch.load(tmp / TORCH_WEIGHTS, map_location="cpu", weights_only=True))
         reloaded.eval()
-        diff = onnx_parity(reloaded, tmp / ONNX_MODEL, dense, sparse)
+        diff = onnx_parity(reloaded, tmp / ONNX_MODEL, dense, sparse, single_column=single_column)
         if not diff <= PARITY_TOLERANCE:  # (NaN fails too)
             raise RuntimeError(f"export refused: model.onnx differs from the torch model by {diff:.3g} "
                                f"(> {PARITY_TOLERANCE:g}) on {len(dense)} rows of the store's {split_name} split; "
@@ -152,9 +196,11 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epo
         log(f"parity: onnxruntime vs torch max |diff| {diff:.2e} on {len(dense)} {split_name} rows")
 
         with writing(ONNX_INT8):
-            quantized = quantize_bundle_model(tmp, store, log=log) if quantize else None
+            quantized = quantize_bundle_model(tmp, store, log=log, tasks=tasks,
+                                                  model_name=cfg.model.name) if quantize else None
 
-        manifest = build_manifest(cfg, store, run, epoch, checkpoint, reloaded, tmp,
+        manifest = build_manifest(cfg, store, run, epoch, checkpoint, reloaded, tmp, tasks=tasks,
+                                  task=getattr(cfg.train, "task", None) if tasks is None and store.multi_task else None,
                                   parity={"rows": int(len(dense)), "split": split_name, "max_abs_diff": diff,
                                           "tolerance": PARITY_TOLERANCE},
                                   quantized=quantized)
@@ -198,8 +244,12 @@ def input_rates(meta: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 
 
 def build_manifest(cfg: Config, store: Store, run: RunDir, epoch: int, checkpoint: Path, model: torch.nn.Module,
-                   folder: Path, *, parity: dict[str, Any], quantized: dict[str, Any] | None) -> dict[str, Any]:
-    """The manifest of the bundle files written to ``folder`` (see :mod:`ctrlab.export.manifest`)."""
+                   folder: Path, *, parity: dict[str, Any], quantized: dict[str, Any] | None,
+                   tasks: list[str] | None = None, task: str | None = None) -> dict[str, Any]:
+    """The manifest of the bundle files written to ``folder`` (see :mod:`ctrlab.export.manifest`).
+    ``tasks``: a multi-task bundle's task names (the top-level ``tasks``; outputs ``[batch, T]``).
+    ``task``: a single-task model trained on one task of a multi-task store (``train.task``): the
+    top-level ``task``, the label its probability is for."""
     pipeline = FeaturePipeline.load(folder / PIPELINE)
     spec = store.spec
     if pipeline.spec != spec:  # the model's layout must be what this pipeline produces
@@ -211,6 +261,8 @@ def build_manifest(cfg: Config, store: Store, run: RunDir, epoch: int, checkpoin
         "versions": library_versions(),
         "model": {"name": cfg.model.name, "params": to_dict(cfg.model.params),
                   "parameters": int(sum(p.numel() for p in model.parameters()))},
+        **({"tasks": list(tasks)} if tasks else {}),
+        **({"task": task} if task else {}),
         "schema": store.meta["schema"],
         "pipeline": {"dense_inputs": pipeline.dense_inputs, "sparse_inputs": pipeline.sparse_inputs,
                      **({"list_inputs": [c.to_dict() for c in pipeline.list_inputs]} if pipeline.list_inputs else {})},
@@ -222,9 +274,9 @@ def build_manifest(cfg: Config, store: Store, run: RunDir, epoch: int, checkpoin
                        "vocab_sizes": list(spec.vocab_sizes),
                        **({"lists": [f.to_dict() for f in spec.lists]} if spec.lists else {})},
         },
-        "outputs": {
-            "logits": {"dtype": "float32", "shape": [BATCH_AXIS]},
-            "probabilities": {"dtype": "float32", "shape": [BATCH_AXIS]},
+        "outputs": {  # (several tasks: [batch, T], column t = tasks[t])
+            "logits": {"dtype": "float32", "shape": [BATCH_AXIS, *([len(tasks)] if tasks else [])]},
+            "probabilities": {"dtype": "float32", "shape": [BATCH_AXIS, *([len(tasks)] if tasks else [])]},
         },
         "onnx": {"opset": DEFAULT_OPSET, "file": ONNX_MODEL},
         "spec": spec.to_dict(),

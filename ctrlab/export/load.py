@@ -44,7 +44,10 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, provide
 
 
 def torch_model(folder: str | os.PathLike, manifest: dict[str, Any]):
-    """The bundle's torch model (eval mode), weights loaded with weights_only=True."""
+    """The bundle's torch model (eval mode), weights loaded with weights_only=True. A multi-task
+    bundle's model gives logits ``[B, T]`` (T = len(manifest["tasks"]), column t = task t), as its
+    graph does; a single-task bundle's ``[B]`` (or ``[B, 1]`` for a multi-task architecture with
+    one task, whose graph squeezes that column: :class:`~ctrlab.inference.Predictor` does too)."""
     # torch, and ctrlab.models (torch modules): only the torch backend pays their import
     import torch
 
@@ -53,7 +56,10 @@ def torch_model(folder: str | os.PathLike, manifest: dict[str, Any]):
     spec = FeatureSpec.from_dict(manifest["spec"])
     weights = Path(folder) / TORCH_WEIGHTS
     try:
-        model = build_model(manifest["model"]["name"], spec, manifest["model"]["params"])
+        params = dict(manifest["model"]["params"])
+        if manifest.get("tasks") and "num_tasks" not in params:  # (a multi-task model: one output per task)
+            params["num_tasks"] = len(manifest["tasks"])
+        model = build_model(manifest["model"]["name"], spec, params)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (ValueError, TypeError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
         raise BundleError(f"{weights}: does not load as the model {manifest['model']['name']!r} that "

@@ -8,8 +8,16 @@ Layout of a bundle folder::
     BUNDLE/config.yaml     the run's resolved config
     BUNDLE/model.pt        the state_dict alone (``torch.load(..., weights_only=True)``)
     BUNDLE/model.onnx      inputs dense f32[batch, n_dense], sparse i64[batch, n_sparse];
-                           outputs logits f32[batch], probabilities f32[batch]
+                           outputs logits f32[batch], probabilities f32[batch]; a multi-task
+                           bundle: f32[batch, T], column t = task t of the manifest's "tasks"
     BUNDLE/model.int8.onnx optional: dynamically quantized (int8 weights) variant
+
+Several tasks (a multi-task model on a store of several labels, issue 16): the manifest has a
+top-level ``"tasks": ["click", "conversion"]`` (the store's label names, in output column order)
+and ``outputs.logits/probabilities.shape`` ``["batch", T]`` (the graph's task axis is the fixed
+dimension T); ``model.params.num_tasks`` is T. A single-task bundle has no ``tasks`` (outputs
+``["batch"]``); one trained on one task of a multi-task store (``train.task``) names it in a
+top-level ``"task"``. The int8 section of a multi-task bundle measures every task (``int8.tasks``).
 
 :func:`load_manifest` checks the format version, the manifest's structure (every key a loader
 reads, with its type; every file entry a relative path with a sha256) and that the folder holds
@@ -185,11 +193,57 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
         size = entry.get("bytes")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             problems.append(f"files.{name}.bytes: expected a byte count, found {size!r}")
+    problems += _task_problems(manifest)
     graphs = [manifest["onnx"]["file"]] + ([manifest["int8"]["file"]] if "int8" in manifest else [])
     for required in dict.fromkeys([PIPELINE, TORCH_WEIGHTS, ONNX_MODEL, *graphs]):
         if required not in files:
             problems.append(f"files: {required} is not listed")
     return problems
+
+
+def _task_problems(manifest: dict[str, Any]) -> list[str]:
+    """A multi-task manifest's ``tasks`` (2+ distinct names) and its outputs' ``[batch, T]`` shapes;
+    a single-task one's ``task`` (a name)."""
+    if "task" in manifest and (not isinstance(manifest["task"], str) or not manifest["task"]):
+        return [f"task: expected a task name, found {manifest['task']!r}"]
+    if "tasks" not in manifest:
+        return []
+    tasks = manifest["tasks"]
+    if not isinstance(tasks, list) or len(tasks) < 2 or not all(isinstance(t, str) and t for t in tasks) \
+            or len(set(tasks)) != len(tasks):
+        return [f"tasks: expected a list of 2 or more distinct names, found {tasks!r}"]
+    problems = []
+    for name in ("logits", "probabilities"):
+        shape = manifest["outputs"].get(name, {}).get("shape") if isinstance(manifest["outputs"].get(name), dict) \
+            else None
+        if not isinstance(shape, list) or len(shape) != 2 or shape[1] != len(tasks):
+            problems.append(f"outputs.{name}.shape: expected [batch, {len(tasks)}] for the tasks {tasks}, "
+                            f"found {shape!r}")
+    return problems
+
+
+#: models whose task 1 is "click AND conversion" over all impressions (as ctrlab.train.evaluate's
+#: CLICK_AND_CONVERSION_MODELS, kept here: readers of a bundle import no torch)
+CLICK_AND_CONVERSION_MODELS = ("esmm", "aitm")
+
+
+def task_labels(model_name: str, labels: Any) -> Any:
+    """A multi-task bundle's labels ``[n, T]`` (NaN or 255 where missing) as its model's task columns
+    see them: for ESMM / AITM (2 tasks) task 1 is "click AND conversion", a known 0 wherever click
+    is 0 (so column 1, pCTCVR, is scored over every row, as training scores it)."""
+    import numpy as np  # (numpy only where labels are scored)
+
+    y = np.array(labels, copy=True)
+    if model_name in CLICK_AND_CONVERSION_MODELS and y.ndim == 2 and y.shape[1] == 2:
+        y[y[:, 0] == 0, 1] = 0
+    return y
+
+
+def manifest_tasks(manifest: dict[str, Any]) -> list[str] | None:
+    """A multi-task bundle's task names, in output column order; None for a single-task bundle
+    (outputs ``[batch]``; its manifest has no ``tasks``)."""
+    tasks = manifest.get("tasks")
+    return list(tasks) if tasks else None
 
 
 def verify_files(folder: Path, manifest: dict[str, Any]) -> None:

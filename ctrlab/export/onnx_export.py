@@ -2,7 +2,9 @@
 
 The exported graph has inputs ``dense: float32[batch, dense_width]`` and
 ``sparse: int64[batch, n_sparse]`` and outputs ``logits: float32[batch]`` and
-``probabilities = sigmoid(logits)``, with a dynamic ``batch`` axis.
+``probabilities = sigmoid(logits)``, with a dynamic ``batch`` axis. A multi-task model (logits
+``[B, T]``, issue 16) gives ``logits``/``probabilities: float32[batch, T]``: column t is task t,
+the task axis a fixed dimension T (only the batch axis is dynamic).
 
 Exporter: torch 2.13 defaults to the torch.export-based ("dynamo") exporter, which needs
 the extra ``onnxscript`` package. We use the TorchScript exporter (``dynamo=False``),
@@ -48,15 +50,40 @@ DEFAULT_OPSET = 17
 
 
 class _LogitsAndProbabilities(nn.Module):
-    """Wraps a model so the graph returns both logits and sigmoid(logits)."""
+    """Wraps a model so the graph returns both logits and sigmoid(logits).
 
-    def __init__(self, model: nn.Module) -> None:
+    ``single_column``: the model gives ``[B, 1]`` (a multi-task architecture with one task) and the
+    bundle is single-task: the column is squeezed so the outputs are ``[B]`` like every single-task
+    bundle's."""
+
+    def __init__(self, model: nn.Module, single_column: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.single_column = single_column
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(dense, sparse)
+        if self.single_column:
+            logits = logits.reshape(-1)
         return logits, torch.sigmoid(logits)
+
+
+def output_tasks(model: nn.Module, spec: FeatureSpec) -> int:
+    """How many output columns the model gives: 0 for a single-task model (logits ``[B]``), T for
+    a model whose logits are ``[B, T]`` (multi-task; T may be 1). Found by running it on 2 zero rows
+    (eval mode; the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(*example_inputs(spec, batch_size=2))
+    finally:
+        model.train(was_training)
+    if logits.dim() == 1:
+        return 0
+    if logits.dim() == 2:
+        return int(logits.shape[1])
+    raise ValueError(f"the model's logits have shape {tuple(logits.shape)}; expected [batch] or [batch, tasks]")
 
 
 def example_inputs(spec: FeatureSpec, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,14 +99,20 @@ def export_onnx(
     spec: FeatureSpec,
     path: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
+    *,
+    single_column: bool = False,
 ) -> Path:
     """Export ``model`` (in eval mode) to ``path``; returns the path.
 
+    Outputs: ``float32[batch]`` for a single-task model; ``float32[batch, T]`` (only the batch axis
+    dynamic, the task axis fixed to T) for a model whose logits are ``[B, T]``, unless
+    ``single_column`` (a ``[B, 1]`` model exported as a single-task ``[batch]`` graph).
     The model's train/eval mode is restored afterwards. The graph is checked with
     ``onnx.checker``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tasks = 0 if single_column else output_tasks(model, spec)
     was_training = model.training
     model.eval()
     # Batch 2, not 1: a size-1 example invites the tracer to treat the batch as broadcastable.
@@ -90,7 +123,7 @@ def export_onnx(
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
-                _LogitsAndProbabilities(model),
+                _LogitsAndProbabilities(model, single_column),
                 (dense, sparse),
                 str(path),
                 dynamo=False,
@@ -105,8 +138,14 @@ def export_onnx(
     # Weights stay where the exporter put them: over 2 GB (protobuf's limit) they are
     # external data files next to the graph, which a graph-only load/save keeps valid.
     graph = onnx.load(str(path), load_external_data=False)
+    changed = False
     if "dense" not in {value.name for value in graph.graph.input}:
         _declare_unused_dense_input(graph, spec)
+        changed = True
+    if tasks:
+        _fix_task_axis(graph, tasks)
+        changed = True
+    if changed:
         onnx.save(graph, str(path))
     if not any(t.data_location == TensorProto.EXTERNAL for t in graph.graph.initializer):
         externalize_large_initializers(path)
@@ -156,6 +195,19 @@ def externalize_large_initializers(path: str | os.PathLike[str], min_bytes: int 
     return True
 
 
+def _fix_task_axis(graph, tasks: int) -> None:
+    """Declare the outputs ``float32[batch, tasks]``: the exporter names the task axis as a
+    symbolic dimension (only the batch axis was declared dynamic); it is the model's fixed T."""
+    for output in graph.graph.output:
+        if output.name in OUTPUT_NAMES:
+            dims = output.type.tensor_type.shape.dim
+            if len(dims) != 2:
+                raise ValueError(f"onnx output {output.name!r} has {len(dims)} axes; "
+                                 "a multi-task model's are [batch, T]")
+            dims[1].Clear()
+            dims[1].dim_value = tasks
+
+
 def _declare_unused_dense_input(graph, spec: FeatureSpec) -> None:
     """Put back a pruned ``dense`` input as ``float32[batch, dense_width]`` so the signature is stable."""
     dense_input = helper.make_tensor_value_info("dense", TensorProto.FLOAT, [BATCH_AXIS, spec.dense_width])
@@ -176,11 +228,14 @@ def onnx_parity(
     path: str | os.PathLike[str],
     dense: torch.Tensor | np.ndarray,
     sparse: torch.Tensor | np.ndarray,
+    *,
+    single_column: bool = False,
 ) -> float:
     """Max absolute difference between eager (eval mode) and onnxruntime outputs.
 
-    Compares both ``logits`` and ``probabilities`` and returns the larger difference.
-    The model's train/eval mode is restored afterwards.
+    Compares both ``logits`` and ``probabilities`` (every task column of a multi-task model, same
+    shapes required) and returns the larger difference. ``single_column``: as for
+    :func:`export_onnx`. The model's train/eval mode is restored afterwards.
     """
     dense_t = torch.as_tensor(dense, dtype=torch.float32)
     sparse_t = torch.as_tensor(sparse, dtype=torch.int64)
@@ -191,6 +246,8 @@ def onnx_parity(
             logits = model(dense_t, sparse_t)
     finally:
         model.train(was_training)
+    if single_column:
+        logits = logits.reshape(-1)
     expected = {"logits": logits.numpy(), "probabilities": torch.sigmoid(logits).numpy()}
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = session.run(list(OUTPUT_NAMES), onnx_runtime_inputs(session, dense_t.numpy(), sparse_t.numpy()))

@@ -551,3 +551,197 @@ def encoder_from_dict(data: dict[str, Any]):
     if data["kind"] in kinds:
         return kinds[data["kind"]].from_dict(data)
     return NumericTransform.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Growing vocabularies (``ctrlab prepare --append``: one partition after another)
+# --------------------------------------------------------------------------------------------
+
+#: a retired id's slot in ``Vocabulary.keys_`` holds a placeholder no real value equals (a string
+#: key beginning with NUL, or an int bucket key far below any log-square bucket), so that the
+#: value it held maps to OOV everywhere a fitted vocabulary is used (bundle, server, online lane)
+RETIRED_PREFIX = "\x00ctrlab-retired:"
+_RETIRED_INT_BASE = np.iinfo(np.int64).min + 1
+
+
+def retired_placeholders(ids: np.ndarray, like_ints: bool) -> Keys:
+    """The placeholder keys of retired ids (one per id: distinct, never a real value)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if like_ints:
+        return _RETIRED_INT_BASE + ids
+    return pa.array([f"{RETIRED_PREFIX}{int(i)}" for i in ids], type=pa.string())
+
+
+class VocabState:
+    """What a growing vocabulary remembers between partitions (the store's sidecar, not
+    pipeline.json): per tracked value (kept ones and candidates below min_count) its key hash,
+    cumulative count, the vocabulary version it was last seen in and its id (0 = a candidate);
+    and the free list of retired ids waiting for reuse."""
+
+    FIELDS = ("hashes", "counts", "last_seen", "ids", "free")
+
+    def __init__(self, hashes: np.ndarray | None = None, counts: np.ndarray | None = None,
+                 last_seen: np.ndarray | None = None, ids: np.ndarray | None = None, free: np.ndarray | None = None):
+        self.hashes = np.zeros(0, np.uint64) if hashes is None else np.asarray(hashes, np.uint64)
+        self.counts = np.zeros(0, np.int64) if counts is None else np.asarray(counts, np.int64)
+        self.last_seen = np.zeros(0, np.int32) if last_seen is None else np.asarray(last_seen, np.int32)
+        self.ids = np.zeros(0, np.int32) if ids is None else np.asarray(ids, np.int32)
+        self.free = np.zeros(0, np.int32) if free is None else np.asarray(free, np.int32)
+        if not len(self.hashes) == len(self.counts) == len(self.last_seen) == len(self.ids):
+            raise ValueError("vocabulary state: its arrays differ in length")
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}::{name}": getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_arrays(cls, data: Any, prefix: str) -> "VocabState":
+        return cls(*(data[f"{prefix}::{name}"] for name in cls.FIELDS))
+
+
+class _GrowAccumulator:
+    """Streams a new partition's values like :class:`_VocabAccumulator` (provisional codes,
+    counts), then ``finish`` extends the vocabulary instead of refitting it: counts add to the
+    carried-over ones, ids unseen for ``unseen_partitions`` versions are retired (their slot goes
+    to the free list, their key becomes a placeholder), candidates reaching ``min_count`` are
+    admitted (most frequent first, ties by hash) into freed slots, lowest first, then at the end
+    of the id range; existing ids never move. After ``finish``: ``state`` (the new sidecar part)
+    and ``changes`` ({retired, reused: int32 ids, added: count})."""
+
+    def __init__(self, vocab: Vocabulary, state: VocabState, version: int, unseen_partitions: int | None,
+                 int_keys: bool):
+        self.vocab = vocab
+        self.state = state
+        self.version = int(version)
+        self.unseen_partitions = unseen_partitions
+        self.inner = _VocabAccumulator(vocab)
+        self.inner.int_keys = int_keys
+        self.changes: dict[str, Any] = {}
+
+    @property
+    def distinct_seen(self) -> int:
+        return self.inner.distinct_seen
+
+    def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
+        return self.inner.update(values, train_mask)
+
+    def finish(self) -> Finalize:
+        inner, st, v, vocab = self.inner, self.state, self.version, self.vocab
+        n = inner.table.size
+        new_counts = inner.counts[1: n + 1]
+        new_hashes = inner.table.hashes().copy()
+        new_keys = _concat(inner.key_chunks, inner.int_keys)
+        old_keys = vocab.keys_ if vocab.keys_ is not None else _concat([], inner.int_keys)
+        k = len(st)
+        # the partition's values in the carried-over state (O(distinct values), numpy only)
+        known = KeyTable(2 * k + 16)
+        known.insert(st.hashes)
+        pos = known.lookup(new_hashes).astype(np.int64) if n else np.zeros(0, np.int64)
+        seen = pos >= 0
+        fresh = np.flatnonzero(~seen)
+        counts = np.concatenate([st.counts, new_counts[fresh]])
+        counts[pos[seen]] += new_counts[seen]
+        last = np.concatenate([st.last_seen, np.full(len(fresh), v, np.int32)])
+        last[pos[seen]] = v
+        ids = np.concatenate([st.ids, np.zeros(len(fresh), np.int32)])
+        hashes = np.concatenate([st.hashes, new_hashes[fresh]])
+        row_of_code = np.empty(n, np.int64)
+        row_of_code[seen] = pos[seen]
+        row_of_code[fresh] = k + np.arange(len(fresh))
+        # eviction: values (kept or candidates) unseen in the last `unseen_partitions` versions
+        if self.unseen_partitions:
+            drop = last <= v - int(self.unseen_partitions)
+        else:
+            drop = np.zeros(len(hashes), bool)
+        retired = np.sort(ids[drop & (ids > 0)])
+        free = np.union1d(st.free, retired).astype(np.int32)
+        # admission: candidates seen now whose cumulative count reaches min_count
+        live = int(np.count_nonzero((ids > 0) & ~drop))
+        cand = np.flatnonzero((ids == 0) & ~drop & (last == v) & (counts >= vocab.min_count))
+        cand = cand[np.lexsort((hashes[cand], -counts[cand]))]
+        if vocab.max_size is not None:
+            cand = cand[: max(0, vocab.max_size - live)]
+        reuse = min(len(free), len(cand))
+        appended = len(cand) - reuse
+        slots = np.concatenate([free[:reuse], NUM_RESERVED_IDS + len(old_keys) + np.arange(appended)]).astype(np.int32)
+        ids[cand] = slots
+        code_of_row = np.full(len(hashes), -1, np.int64)
+        code_of_row[row_of_code] = np.arange(n)
+        cand_keys = _take(new_keys, code_of_row[cand])
+        # the new key list: placeholders where ids retired, new keys in reused slots, then appended
+        keys = _replace_keys(old_keys, retired, retired_placeholders(retired, inner.int_keys), inner.int_keys)
+        keys = _replace_keys(keys, slots[:reuse], _take(cand_keys, np.arange(reuse)), inner.int_keys)
+        keys = _concat([keys, _take(cand_keys, np.arange(reuse, len(cand)))], inner.int_keys)
+        vocab._set_keys(keys)
+        keep = ~drop
+        self.state = VocabState(hashes[keep], counts[keep], last[keep], ids[keep], free[reuse:])
+        self.changes = {"retired": retired.astype(np.int32), "reused": np.sort(slots[:reuse]).astype(np.int32),
+                        "added": int(appended)}
+        remap = np.full(n + 1, OOV_ID, dtype=np.int32)
+        remap[0] = MISSING_ID
+        row_ids = ids[row_of_code]
+        remap[1:] = np.where(row_ids > 0, row_ids, OOV_ID)
+        inner.table, inner.key_chunks = KeyTable(), []
+        return RemapFinalize(remap)
+
+
+def _replace_keys(keys: Keys, ids: np.ndarray, values: Keys, like_ints: bool) -> Keys:
+    """``keys`` with the entries of ``ids`` (ids, i.e. position + 2; ascending) set to ``values``."""
+    if len(ids) == 0:
+        return keys
+    positions = np.asarray(ids, np.int64) - NUM_RESERVED_IDS
+    if like_ints:
+        out = np.array(keys, dtype=np.int64, copy=True)
+        out[positions] = values
+        return out
+    order = np.argsort(positions, kind="stable")
+    mask = np.zeros(len(keys), bool)
+    mask[positions] = True
+    values = values.take(pa.array(order, type=pa.int64())) if isinstance(values, pa.Array) else values
+    return pc.replace_with_mask(keys, pa.array(mask), values)
+
+
+def vocab_state_of(vocab: Vocabulary, version: int) -> VocabState:
+    """The state of a vocabulary fitted in one go (a store prepared before growing ones): every
+    kept key with count min_count (its true count is not recorded), last seen at ``version``."""
+    keys = vocab.keys_
+    n = 0 if keys is None else len(keys)
+    hashes = hash_keys(keys) if n else np.zeros(0, np.uint64)
+    return VocabState(hashes, np.full(n, vocab.min_count, np.int64), np.full(n, version, np.int32),
+                      NUM_RESERVED_IDS + np.arange(n, dtype=np.int32))
+
+
+class _FrozenAccumulator:
+    """A fitted numeric transform kept as it is while a partition is appended: codes are the raw
+    values, ``finish`` returns the existing transform (no refit: the features of rows already
+    stored keep their meaning)."""
+
+    def __init__(self, transform: NumericTransform):
+        self.t = transform
+
+    distinct_seen = 0
+
+    def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    def finish(self) -> Finalize:
+        return self.t.transform
+
+
+def growing_accumulator(encoder: Any, state: VocabState | None, version: int,
+                        unseen_partitions: int | None) -> Accumulator:
+    """The accumulator that appends a partition through ``encoder``: a vocabulary (or a bucketized
+    column's) grows from ``state``; hash buckets need nothing; a numeric transform stays fitted."""
+    if isinstance(encoder, Vocabulary):
+        return _GrowAccumulator(encoder, state or VocabState(), version, unseen_partitions,
+                                int_keys=isinstance(encoder.keys_, np.ndarray))
+    if isinstance(encoder, BucketizedNumeric):
+        return _BucketAccumulator(_GrowAccumulator(encoder.vocab, state or VocabState(), version, unseen_partitions,
+                                                   int_keys=True))  # type: ignore[arg-type]
+    if isinstance(encoder, HashBuckets):
+        return encoder.accumulator()
+    if encoder.mean_ is None and encoder.needs_fit:  # a new store's first partition fits it
+        return encoder.accumulator()
+    return _FrozenAccumulator(encoder)

@@ -36,8 +36,8 @@ from ..fields import FeatureSpec, ListField
 from ..fileio import write_bytes_atomic
 from ..schema import WEIGHTS_SUFFIX, ListColumn
 from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
-                       BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, stacked_tables,
-                       vocabulary_ids)
+                       BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, growing_accumulator,
+                       stacked_tables, vocabulary_ids)
 from .lists import list_ids, list_values, list_weights
 from .online import SMALL_INPUT_ROWS, OnlineEncoder
 
@@ -252,6 +252,52 @@ class FeaturePipeline:
         for column in self.list_inputs:
             accs[column.name] = (accs[column.vocab_of] if column.vocab_of is not None
                                  else self.list_encoders[column.name].accumulator())
+        return accs
+
+    def vocabularies(self) -> dict[str, Vocabulary]:
+        """Every distinct vocabulary by the name it is known under in a store's sidecar and id
+        changes: a single-valued column's (a bucketized numeric column's inner one too) by the
+        column's name, a list column's own by the list's name (a shared one is its column's)."""
+        out: dict[str, Vocabulary] = {}
+        for col in self.sparse_outputs:
+            enc = self.encoders[col]
+            if isinstance(enc, BucketizedNumeric):
+                out[col] = enc.vocab
+            elif isinstance(enc, Vocabulary):
+                out[col] = enc
+        for column in self.list_inputs:
+            if column.vocab_of is None:
+                out[column.name] = self.list_encoders[column.name]
+        return out
+
+    def vocabulary_of_column(self) -> list[str | None]:
+        """Per column of the sparse matrix (list blocks included), the name of its vocabulary in
+        :meth:`vocabularies` (None for a hash-bucketed column)."""
+        names = set(self.vocabularies())
+        out: list[str | None] = [col if col in names else None for col in self.sparse_outputs]
+        for column in self.list_inputs:
+            out += [column.vocab_of or column.name] * int(column.max_length)  # type: ignore[arg-type]
+        return out
+
+    def growing_accumulators(self, states: Mapping[str, Any], version: int,
+                             unseen_partitions: int | None = None) -> dict[str, Accumulator]:
+        """Like :meth:`accumulators`, for appending a partition to a store (``ctrlab.data.append``):
+        each vocabulary grows from its carried-over state (``states[name]``, a
+        :class:`~.encoders.VocabState`; absent = empty), numeric transforms stay as fitted (a
+        new store's first partition fits them). After :meth:`finish_fit`, each vocabulary's
+        accumulator holds its new ``state`` and ``changes``."""
+        vocab_name = {id(v): name for name, v in self.vocabularies().items()}
+        accs: dict[str, Accumulator] = {}
+        for col in self.dense_inputs + self.sparse_inputs:
+            enc = self.encoders[col]
+            inner = enc.vocab if isinstance(enc, BucketizedNumeric) else enc
+            accs[col] = growing_accumulator(enc, states.get(vocab_name.get(id(inner), "")), version, unseen_partitions)
+        for column in self.list_inputs:
+            if column.vocab_of is not None:
+                accs[column.name] = accs[column.vocab_of]
+            else:
+                accs[column.name] = growing_accumulator(self.list_encoders[column.name], states.get(column.name),
+                                                        version, unseen_partitions)
         return accs
 
     def finish_fit(self, accumulators: dict[str, Accumulator],

@@ -7,6 +7,11 @@ Files take :meth:`Predictor.predict`'s stages (``transform``, ``predict_encoded`
 rather than ``predict`` itself: a reader already yields checked tables (no ``to_table``), the
 stages run in different threads so they overlap, and a bad line's error must name the file and
 line rather than the row of a chunk.
+
+Several tasks (a multi-task bundle, issue 16): the scores are float32[N, T] (column t = task t of
+``Predictor.tasks``), a labelled file's labels float32[N, T] (NaN where a row has no label for a
+task, or the file has no column for it), and ``ctrlab predict`` writes one probability column per
+task, in task order (:func:`predict_file`), and reports AUC / logloss per task.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from ..data.readers import (BLOCK_BYTES, ID, DataError, MemoryFile, RowReader, S
 from ..features.online import SMALL_INPUT_ROWS
 from ..features.pipeline import InputError
 from ..fileio import atomic_write
-from ..metrics import evaluate_scores
+from ..export.manifest import task_labels
+from ..metrics import MISSING_LABEL, evaluate_scores, evaluate_task_scores
 from ..runtime import available_cores, prefetch
-from ..schema import LABEL
+from ..schema import LABEL, Schema, task_column
 from .predictor import InputCounts, Predictor, Timings, input_drift
 
 
@@ -45,8 +51,8 @@ READ_CHUNK_ROWS = 32768
 class ScoredChunk:
     """Scores of consecutive input rows, in input order."""
 
-    probabilities: np.ndarray  # float32[N]
-    labels: np.ndarray | None  # float32[N] when the input has labels
+    probabilities: np.ndarray  # float32[N]; a multi-task bundle: [N, T]
+    labels: np.ndarray | None  # float32[N] when the input has labels; multi-task: [N, T], NaN = no label
     ids: pa.Array | None  # the input's id column (e.g. Kaggle CSV Id), when it has one
     path: str
     rows_before: int  # scored rows before this chunk (all files)
@@ -91,6 +97,7 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
         report.has_ids &= schema.id_column is not None
     if report.inputs is None:
         report.inputs = InputCounts(predictor.pipeline)
+    columns = (len(predictor.tasks),) if predictor.multi_task else ()
 
     def encoded() -> Iterator[_Encoded]:
         for path, _, schema in plans:
@@ -101,9 +108,9 @@ def score_files(predictor: Predictor, inputs: str | os.PathLike | Iterable[str |
                     table, dense, sparse = _transform_chunk(predictor, chunk, bad_lines, reader.skipped)
                     elapsed = time.perf_counter() - t0
                     report.inputs.add(table, sparse)  # type: ignore[union-attr]
-                    labels = table.column(LABEL).to_numpy().astype(np.float32) if schema.label else None
+                    labels = _labels(table, schema, predictor) if schema.label else None
                     ids = table.column(ID).combine_chunks() if schema.id_column else None
-                    yield _Encoded(chunk, dense, sparse, labels, ids, elapsed)
+                    yield _Encoded(chunk, dense, sparse, labels, ids, elapsed, columns)
             finally:
                 report.skipped.merge_from(reader.skipped)
 
@@ -133,13 +140,48 @@ def score_small_file(predictor: Predictor, path: str | os.PathLike | MemoryFile,
         return None
     rows, lines = read
     if not rows:
-        return np.zeros(0, dtype=np.float32), file_fmt
+        return predictor.empty_scores(0), file_fmt
     try:
         return predictor.predict(rows).scores, file_fmt
     except InputError as exc:  # (a feature that overflows float32): the file's line
         if exc.row is None:
             raise
         raise DataError(path, lines[exc.row], exc.reason, field=exc.field) from None
+
+
+def _labels(table: pa.Table, schema: Schema, predictor: Predictor) -> np.ndarray:
+    """A labelled chunk's labels: float32[N] (single-task: the first label), or for a multi-task
+    bundle float32[N, T] in the bundle's task order, NaN where a row's label is missing (an optional
+    label left empty) or the file has no column for that task."""
+    tasks = predictor.tasks
+    if not predictor.multi_task:
+        if len(schema.labels) > 1 or (tasks[0] not in schema.labels and tasks[0] in predictor.schema.labels[1:]):
+            # a single-task bundle trained on one task of several (train.task): its task's column
+            if tasks[0] not in schema.labels:
+                return np.full(table.num_rows, np.nan, dtype=np.float32)
+            column = task_column(schema.labels.index(tasks[0]))
+            return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float32)
+        return table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
+    out = np.full((table.num_rows, len(tasks)), np.nan, dtype=np.float32)
+    for k, name in enumerate(schema.labels):
+        t = tasks.index(name) if name in tasks else k  # (a file's column named "label": task 0)
+        if t < len(tasks):
+            values = table.column(task_column(k)).to_numpy(zero_copy_only=False)
+            out[:, t] = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def task_metrics(predictor: Predictor, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUC and logloss per task of a multi-task bundle's scored labelled rows (labels float32[N, T],
+    NaN = no label), with training's keys (:func:`ctrlab.metrics.evaluate_task_scores`):
+    ``auc/<task>``, ``logloss/<task>``, ``rows/<task>`` (labelled rows), ``positive_rate/<task>``,
+    ``auc`` / ``logloss`` the means over the tasks, ``rows`` all rows. Each task is scored over its
+    labelled rows (ESMM / AITM: task 1 = click AND conversion, 0 wherever click is 0, as training
+    scores it); a task without a labelled row (no column in the file) is left out."""
+    present = [t for t in range(labels.shape[1]) if np.isfinite(labels[:, t]).any()]  # (before ESMM's zeros)
+    y = task_labels(predictor.manifest["model"]["name"], labels)
+    coded = np.where(np.isnan(y[:, present]), MISSING_LABEL, y[:, present]).astype(np.uint8)
+    return evaluate_task_scores(coded, probs[:, present], [predictor.tasks[t] for t in present])
 
 
 @dataclass
@@ -152,12 +194,13 @@ class _Encoded:
     labels: np.ndarray | None
     ids: pa.Array | None
     transform_s: float
-    probs: np.ndarray = field(init=False)  # float32[N]
+    columns: tuple[int, ...] = ()  # (T,) for a multi-task bundle
+    probs: np.ndarray = field(init=False)  # float32[N], or [N, T]
     unscored: int = field(init=False)
     inference_s: float = 0.0  # this chunk's share of the inference calls its rows were in
 
     def __post_init__(self) -> None:
-        self.probs = np.empty(len(self.dense), dtype=np.float32)
+        self.probs = np.empty((len(self.dense), *self.columns), dtype=np.float32)
         self.unscored = len(self.dense)
 
 
@@ -241,6 +284,7 @@ class PredictResult:
     skipped: SkipReport
     formats: dict[str, str]
     metrics: dict[str, float] | None  # exact AUC / logloss over all rows, when the input has labels
+    # (a multi-task bundle: per task, :func:`task_metrics`' keys: auc/<task>, logloss/<task>, ...)
     out: str
 
     @property
@@ -257,7 +301,11 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     header line of the input), in input order, so that line k of the output belongs to data
     line k of the input.
 
-    Columns: [``id``] ``probability`` [``skipped``]. ``id_column``: the input's id column (Kaggle
+    Columns: [``id``] ``probability`` [``skipped``]; a multi-task bundle (several tasks): one
+    probability column per task, in task order, named ``probability.<task>`` in the header
+    (``[id] probability.click probability.conversion [skipped]``). There is no header line unless
+    ``header`` (for either kind), so that line k stays data line k of the input (joinable line by
+    line, e.g. ``paste``) and every line is data. ``id_column``: the input's id column (Kaggle
     CSV ``Id``) when every input has one, else the 1-based line number in the input file
     (``file:line`` when there are several input files). With ``bad_lines="skip"`` a bad line
     keeps its place with an empty probability (and an empty id when the ids come from the
@@ -266,7 +314,8 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     quantized graph (onnx). ``predictor``: an already loaded Predictor to use (then
     ``bundle_dir``, ``backend``, ``threads`` and ``variant`` are not used).
 
-    Labelled input: exact AUC and logloss over the scored rows in the result (and logged). A
+    Labelled input: exact AUC and logloss over the scored rows in the result (and logged); a
+    multi-task bundle: per task over its labelled rows (:func:`task_metrics`, logged per task). A
     warning is logged when a field's missing or OOV rate is far above the bundle's training
     rates (the wrong bundle for the data, or a changed upstream).
     """
@@ -286,7 +335,8 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     labels_parts: list[np.ndarray] = []
     prob_parts: list[np.ndarray] = []
     options = pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    names = (["id"] if id_column else []) + ["probability"] + (["skipped"] if bad_lines == "skip" else [])
+    prob_names = probability_columns(predictor)
+    names = (["id"] if id_column else []) + prob_names + (["skipped"] if bad_lines == "skip" else [])
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -295,7 +345,7 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
             if header:
                 fh.write(("\t".join(names) + "\n").encode())
             for chunk in chunks:
-                columns = _output_columns(chunk, id_column and report.has_ids, len(report.formats) > 1)
+                columns = _output_columns(chunk, id_column and report.has_ids, len(report.formats) > 1, prob_names)
                 pa_csv.write_csv(pa.table({n: columns[n] for n in names}), fh, write_options=options)
                 prob_parts.append(chunk.probabilities)
                 if chunk.labels is not None and report.has_labels:
@@ -305,7 +355,15 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     seconds = time.perf_counter() - started
     metrics = None
     if report.has_labels and prob_parts:
-        metrics = evaluate_scores(np.concatenate(labels_parts), np.concatenate(prob_parts))
+        labels, probs = np.concatenate(labels_parts), np.concatenate(prob_parts)
+        if predictor.multi_task:
+            metrics = task_metrics(predictor, labels, probs)
+        else:
+            keep = ~np.isnan(labels)  # (a single-task bundle of one task of several: its labelled rows)
+            if keep.all():
+                metrics = evaluate_scores(labels, probs)
+            else:
+                metrics = evaluate_scores(labels[keep], probs[keep]) if keep.any() else None
     result = PredictResult(report.rows, seconds, report.skipped, report.formats, metrics, str(out))
     log(f"scored {result.rows:,} rows in {seconds:.2f} s ({result.rows_per_second:,.0f} rows/s) -> {out}")
     if report.skipped.total:
@@ -314,7 +372,12 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
             log(f"  {count:>10,}  {reason}")
         for example in report.skipped.examples[:5]:
             log(f"  e.g. {example}")
-    if metrics is not None:
+    if metrics is not None and predictor.multi_task:
+        for task in predictor.tasks:
+            if f"auc/{task}" in metrics:
+                log(f"{task}: AUC {metrics[f'auc/{task}']:.6f}  logloss {metrics[f'logloss/{task}']:.6f}  "
+                    f"({metrics[f'rows/{task}']:,} labelled rows)")
+    elif metrics is not None:
         log(f"AUC {metrics['auc']:.6f}")
         log(f"logloss {metrics['logloss']:.6f}")
     drift = input_drift(report.inputs.snapshot(), predictor.input_rates) if report.inputs else []
@@ -324,17 +387,26 @@ def predict_file(bundle_dir: str | os.PathLike, inputs: str | os.PathLike | Iter
     return result
 
 
-def _output_columns(chunk: ScoredChunk, input_ids: bool, several_files: bool) -> dict[str, pa.Array]:
-    """A scored chunk's output lines: its scored rows and skipped lines merged in line order."""
+def probability_columns(predictor: Predictor) -> list[str]:
+    """The probability columns of a predict file: ``probability``, or for a multi-task bundle
+    ``probability.<task>`` per task, in task order."""
+    return [f"probability.{task}" for task in predictor.tasks] if predictor.multi_task else ["probability"]
+
+
+def _output_columns(chunk: ScoredChunk, input_ids: bool, several_files: bool,
+                    prob_names: list[str] = ["probability"]) -> dict[str, pa.Array]:  # noqa: B006 (read only)
+    """A scored chunk's output lines: its scored rows and skipped lines merged in line order
+    (``prob_names``: one per score column)."""
     n = len(chunk.probabilities)
     skip_lines = np.array([line for line, _ in chunk.skipped], dtype=np.int64)
     lines = np.concatenate([chunk.lines if chunk.lines is not None else np.zeros(n, np.int64), skip_lines])
     order = pa.array(np.argsort(lines, kind="stable"))
     is_skipped = np.arange(len(lines)) >= n
-    probs = np.concatenate([chunk.probabilities.astype(np.float32), np.zeros(len(skip_lines), np.float32)])
-    columns = {"probability": pa.array(probs, mask=is_skipped).take(order),
-               "skipped": pa.array([None] * n + [" ".join(why.split()) for _, why in chunk.skipped],
-                                   type=pa.string()).take(order)}
+    scores = chunk.probabilities.astype(np.float32).reshape(n, -1)
+    columns = {name: pa.array(np.concatenate([scores[:, t], np.zeros(len(skip_lines), np.float32)]),
+                              mask=is_skipped).take(order) for t, name in enumerate(prob_names)}
+    columns["skipped"] = pa.array([None] * n + [" ".join(why.split()) for _, why in chunk.skipped],
+                                  type=pa.string()).take(order)
     if input_ids:
         ids = pa.concat_arrays([chunk.ids.cast(pa.string()), pa.nulls(len(skip_lines), pa.string())])  # type: ignore[union-attr]
         columns["id"] = ids.take(order)

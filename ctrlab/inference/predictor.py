@@ -1,6 +1,11 @@
 """Score raw rows with a bundle: ``Predictor(bundle).predict(rows) -> Prediction`` (probabilities
 float32[N] in ``.scores``, the seconds per stage in ``.timings``).
 
+Several tasks (a multi-task bundle, issue 16): ``.scores`` is float32[N, T], column t the
+probability of task t, named by ``Predictor.tasks[t]`` (the manifest's ``tasks``, e.g. ["click",
+"conversion"]; ESMM / AITM: column 1 is P(click and conversion)). ``Predictor.multi_task`` says
+which; a single-task bundle's ``tasks`` is its one label's name and its scores stay float32[N].
+
 Rows go through the bundle's fitted :class:`~ctrlab.features.pipeline.FeaturePipeline` (the one
 implementation of feature encoding, the same object that encoded the training data) and then
 through the ONNX graph (onnxruntime) or the torch model::
@@ -38,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..export.load import onnx_session, torch_model
-from ..export.manifest import PIPELINE, graph_file, load_manifest, version_notes
+from ..export.manifest import PIPELINE, graph_file, load_manifest, manifest_tasks, version_notes
 from ..features.online import SMALL_INPUT_ROWS
 from ..features.pipeline import FeaturePipeline, InputError
 from ..fields import MISSING_ID, OOV_ID
@@ -175,7 +180,7 @@ class Prediction:
     """What :meth:`Predictor.predict` returns: a value, so that threads sharing one predictor (a
     server) each get their own call's timings."""
 
-    scores: np.ndarray  # float32[N]: the probability of a click per row, in input order
+    scores: np.ndarray  # float32[N]: the probability of a click per row, in input order; [N, T]: per task
     timings: Timings
 
 
@@ -207,6 +212,7 @@ class Predictor:
         self.input_rates: dict[str, dict[str, float | None]] = self.manifest.get("input_rates") or {}
         self.input_counts = InputCounts(self.pipeline)
         self.schema = Schema.from_dict(self.manifest["schema"])
+        self._tasks = manifest_tasks(self.manifest)
         self.backend = backend
         self.variant = variant
         self._session = None
@@ -229,6 +235,21 @@ class Predictor:
 
     # layout ----------------------------------------------------------------------------------
     @property
+    def multi_task(self) -> bool:
+        """Whether the bundle gives one probability per task (scores float32[N, T])."""
+        return self._tasks is not None
+
+    @property
+    def tasks(self) -> list[str]:
+        """The names of the score columns: a multi-task bundle's tasks in column order; for a
+        single-task bundle, its one label's name: the manifest's ``task`` (a model trained on one
+        task of a multi-task store), else its schema's label (``label`` when it has none)."""
+        if self._tasks is not None:
+            return list(self._tasks)
+        task = self.manifest.get("task")  # (a single-task model trained on one task of several: train.task)
+        return [task if isinstance(task, str) and task else self.schema.label or "label"]
+
+    @property
     def dense_columns(self) -> list[str]:
         return list(self.pipeline.dense_inputs)
 
@@ -243,6 +264,10 @@ class Predictor:
         return self.pipeline.input_columns
 
     # scoring ---------------------------------------------------------------------------------
+    def empty_scores(self, rows: int = 0) -> np.ndarray:
+        """An uninitialised scores array of ``rows`` rows: float32[rows], or [rows, T] (multi-task)."""
+        return np.empty((rows, len(self._tasks)) if self._tasks is not None else rows, dtype=np.float32)
+
     @property
     def list_columns(self) -> list[ListColumn]:
         """The list-valued input columns (issue 15), last in :attr:`columns`."""
@@ -295,7 +320,7 @@ class Predictor:
         return dense, sparse, (t1 - t0, time.perf_counter() - t1)
 
     def predict_encoded(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-        """Probabilities float32[N] for encoded features."""
+        """Probabilities float32[N] (multi-task: [N, T]) for encoded features."""
         if self._session is not None:
             feed = {}
             if "dense" in self._feeds:
@@ -307,14 +332,17 @@ class Predictor:
         with torch.inference_mode():
             dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(self._device)
             sparse_t = torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)).to(self._device)
-            return torch.sigmoid(self._model(dense_t, sparse_t)).float().cpu().numpy()
+            probs = torch.sigmoid(self._model(dense_t, sparse_t)).float().cpu().numpy()
+        # (a [B, 1] model in a single-task bundle: its graph squeezes the column, and so does this)
+        return probs if self._tasks is not None or probs.ndim == 1 else probs.reshape(len(probs))
 
     def predict(self, rows: Any) -> Prediction:
-        """Probabilities float32[N] for raw rows (Arrow table, list of dicts, or list of lists) and
-        the seconds each stage took. Bad input raises :class:`InputError` naming the row and field."""
+        """Probabilities float32[N] (multi-task: [N, T]) for raw rows (Arrow table, list of dicts, or
+        list of lists) and the seconds each stage took. Bad input raises :class:`InputError` naming
+        the row and field."""
         dense, sparse, (parse, transform) = self._encode_timed(rows)
         t2 = time.perf_counter()
-        output = self.predict_encoded(dense, sparse) if len(dense) else np.zeros(0, dtype=np.float32)
+        output = self.predict_encoded(dense, sparse) if len(dense) else self.empty_scores()
         t3 = time.perf_counter()
         scores = np.ascontiguousarray(output, dtype=np.float32)  # (no copy for the backends' float32 output)
         t4 = time.perf_counter()

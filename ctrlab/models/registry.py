@@ -289,9 +289,15 @@ def describe_model(name: str) -> dict[str, Any]:
     }
 
 
+def model_inputs(name: str) -> str:
+    """What a model needs beyond single-valued fields and one label ('' for most)."""
+    return "several labels" if multi_task(name) else "behaviour sequence" if needs_sequence(name) else ""
+
+
 def format_model_table() -> str:
-    """One line per registered model: name and summary (for ``ctrlab models``)."""
-    rows = [(name, describe_model(name)["summary"]) for name in list_models()]
+    """One line per registered model: name and summary, and what it needs (for ``ctrlab models``)."""
+    rows = [(name, describe_model(name)["summary"] + (f" [{model_inputs(name)}]" if model_inputs(name) else ""))
+            for name in list_models()]
     width = max([len("MODEL")] + [len(name) for name, _ in rows])
     lines = [f"{'MODEL'.ljust(width)}  SUMMARY"]
     lines += [f"{name.ljust(width)}  {summary}" for name, summary in rows]

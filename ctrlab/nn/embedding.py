@@ -298,7 +298,8 @@ class FeatureEmbedding(nn.Module):
         self.spec = spec
         self.embedding_dim = int(embedding_dim)
         sizes, columns, names = table_layout(spec)
-        self.sparse = FieldEmbedding(sizes, embedding_dim, field_names=names, columns=columns)
+        # (no categorical field at all: PaddleRec's census configs feed 499 numeric features alone)
+        self.sparse = FieldEmbedding(sizes, embedding_dim, field_names=names, columns=columns) if sizes else None
         self.dense = DenseFieldEmbedding(spec.n_dense, embedding_dim) if embed_dense and spec.n_dense > 0 else None
         list_names = tuple(f.name for f in spec.lists)
         #: the categorical fields (single-valued, then list fields), before any dense ones
@@ -313,7 +314,10 @@ class FeatureEmbedding(nn.Module):
         return self.num_fields * self.embedding_dim
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        sparse_emb = pool_list_fields(self.sparse(sparse), sparse, self.spec, dense)
+        if self.sparse is None:
+            sparse_emb = dense.new_zeros(dense.shape[0], 0, self.embedding_dim)
+        else:
+            sparse_emb = pool_list_fields(self.sparse(sparse), sparse, self.spec, dense)
         if self.dense is None:
             return sparse_emb
         return torch.cat([sparse_emb, self.dense(numeric(dense, self.spec))], dim=1)

@@ -26,13 +26,14 @@ class FirstOrder(nn.Module):
         super().__init__()
         self.spec = spec
         sizes, columns, names = table_layout(spec)
-        self.sparse_weight = FieldEmbedding(sizes, 1, field_names=names, columns=columns)
+        self.sparse_weight = FieldEmbedding(sizes, 1, field_names=names, columns=columns) if sizes else None
         self.dense_weight = nn.Linear(spec.n_dense, 1, bias=False) if spec.n_dense > 0 else None
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        weights = pool_list_fields(self.sparse_weight(sparse), sparse, self.spec, dense)  # a list field's weights pooled
-        logit = weights.sum(dim=(1, 2)) + self.bias
+        logit = self.bias.expand(dense.shape[0])
+        if self.sparse_weight is not None:  # (a list field's weights pooled)
+            logit = logit + pool_list_fields(self.sparse_weight(sparse), sparse, self.spec, dense).sum(dim=(1, 2))
         if self.dense_weight is not None:
             logit = logit + self.dense_weight(numeric(dense, self.spec)).squeeze(-1)
         return logit

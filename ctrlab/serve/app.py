@@ -6,10 +6,15 @@ Endpoints::
     POST /v1/predict     {"rows": [...]} (dicts keyed by column, or lists in schema order), or the
                          columnar {"columns": {"I1": [...], "C1": [...]}}
                          -> {"probabilities": [...], "model_version": "...", "timing_ms": {...}}
+                         a multi-task bundle (several tasks): {"tasks": ["click", "conversion"],
+                         "probabilities": {"click": [...], "conversion": [...]}, "model_version": ...,
+                         "timing_ms": ...} (one list per task, in row order)
     POST /upload         multipart file of raw lines in any format ``ctrlab predict`` reads (detected
                          from the content) -> {"code": 200, "dtype": "float32", "data": [[p], ...],
-                         "user_id": ...}  (the PaddleRec serving tutorial's answer)
+                         "user_id": ...}  (the PaddleRec serving tutorial's answer; several tasks:
+                         [[p_task0, p_task1, ...], ...], one column per task in /metadata's order)
     GET  /health         liveness;  GET /ready: a model is loaded;  GET /metadata: the manifest
+                         (and "tasks": the score columns' names; one name for a single-task bundle)
     GET  /metrics        Prometheus text: requests by endpoint and status, latency histogram, rows, errors,
                          this worker's resident memory
     POST /admin/reload   {"bundle": PATH}: load a new bundle fully, then swap one reference
@@ -186,6 +191,10 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         metrics.add_rows("/v1/predict", len(rows))
         timing = {"read": (t_read - started) * 1e3, "json": (t_json - t_read) * 1e3, **timing}
         timing["total"] = (time.perf_counter() - started) * 1e3
+        if loaded.predictor.multi_task:  # one list per task, named
+            tasks = loaded.predictor.tasks
+            return {"tasks": tasks, "probabilities": dict(zip(tasks, probs.T.tolist())),
+                    "model_version": loaded.version, "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
         return {"probabilities": probs.tolist(), "model_version": loaded.version,
                 "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
 
@@ -207,7 +216,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
             return score_upload(loaded, data)
         probs, fmt = work() if len(data) <= INLINE_BODY_BYTES else await in_worker(work)
         metrics.add_rows("/upload", len(probs))
-        answer: dict[str, Any] = {"code": 200, "dtype": "float32", "data": probs.reshape(-1, 1).tolist(),
+        answer: dict[str, Any] = {"code": 200, "dtype": "float32", "data": probs.reshape(len(probs), -1).tolist(),
                                   "user_id": user_id}
         if debug:
             answer["debug"] = {"rows": int(len(probs)), "format": fmt, "model_version": loaded.version,
@@ -253,7 +262,8 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         loaded = state.current
         predictor = loaded.predictor
         manifest = {k: v for k, v in predictor.manifest.items() if k != "source"}  # no server paths
-        return {"model_version": loaded.version, "backend": state.backend, "columns": predictor.columns,
+        return {"model_version": loaded.version, "backend": state.backend, "tasks": predictor.tasks,
+                "multi_task": predictor.multi_task, "columns": predictor.columns,
                 "dense_columns": predictor.dense_columns, "sparse_columns": predictor.sparse_columns,
                 "limits": {"max_rows": max_rows, "max_body_bytes": max_body_bytes},
                 "loaded_at": loaded.loaded_at, "manifest": manifest}

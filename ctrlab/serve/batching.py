@@ -1,5 +1,6 @@
 """Micro-batching of small /v1/predict requests: those that arrive within a short window are scored
-in one :meth:`Predictor.predict` call and the scores split back (as Triton's dynamic batcher does).
+in one :meth:`Predictor.predict` call and the scores split back (as Triton's dynamic batcher does;
+by row: a multi-task bundle's float32[N, T] splits into each request's [n, T]).
 
 A 5-row request spends most of its model time on per-call work (building the columns, one
 onnxruntime run), so ten such requests scored together cost about what two cost alone. Every

@@ -15,7 +15,8 @@ def predict_rows(base_url: str, rows: Sequence[Any], *, timeout: float = 10.0) -
 
     ``rows``: N raw rows, each a dict keyed by column or a list in the bundle's column order
     (``None`` for a missing value). The answer holds ``probabilities`` (N floats, in row order),
-    ``model_version`` and ``timing_ms``. An HTTP error status raises ``urllib.error.HTTPError``
+    ``model_version`` and ``timing_ms``; for a multi-task bundle ``tasks`` (their names) and
+    ``probabilities`` as ``{task: [N floats]}``. An HTTP error status raises ``urllib.error.HTTPError``
     (an OSError) whose body names the bad row and field."""
     request = urllib.request.Request(base_url.rstrip("/") + "/v1/predict", data=json.dumps({"rows": rows}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -88,8 +88,9 @@ def check_text(rows: list[Any], columns: list[str]) -> None:
 
 
 def score_rows(loaded: LoadedModel, rows: list[Any]) -> tuple[np.ndarray, dict[str, float]]:
-    """Probabilities float32[N] and the milliseconds of each stage of this call (parse, transform,
-    inference: the Prediction's own timings, safe with threads sharing the predictor)."""
+    """Probabilities float32[N] (a multi-task bundle: [N, T]) and the milliseconds of each stage of
+    this call (parse, transform, inference: the Prediction's own timings, safe with threads sharing
+    the predictor)."""
     try:
         prediction = loaded.predictor.predict(rows)  # (a value whose feature overflows is the client's)
     except InputError as exc:  # names the row and field
@@ -97,7 +98,7 @@ def score_rows(loaded: LoadedModel, rows: list[Any]) -> tuple[np.ndarray, dict[s
     except (ValueError, ArithmeticError, UnicodeError) as exc:  # a bad value the checks missed: still a 4xx
         raise ClientError(422, f"the rows hold a value that cannot be encoded: {exc}") from None
     probs = prediction.scores
-    bad = np.flatnonzero(~np.isfinite(probs))
+    bad = np.flatnonzero(~np.isfinite(probs).reshape(len(probs), -1).all(axis=1))
     if len(bad):  # (JSON has no NaN; only extreme inputs get here)
         raise ClientError(422, f"row {bad[0]}: the model gives no finite probability for its values")
     timings = prediction.timings
@@ -131,7 +132,7 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
     detected). A small upload of a few delimited lines is read in memory and scored in the
     small-request lane (:func:`~ctrlab.inference.offline.score_small_file`); any other is written
     to a private temporary file (the name is ours, never the client's) and scored as a file.
-    Returns the probabilities float32[N] and the detected format."""
+    Returns the probabilities float32[N] (multi-task: [N, T]) and the detected format."""
     if len(data) <= SMALL_UPLOAD_BYTES:
         try:
             small = score_small_file(loaded.predictor, MemoryFile("upload", data))
@@ -148,7 +149,7 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
             parts = [chunk.probabilities for chunk in score_files(loaded.predictor, name, fmt="auto", report=report)]
         except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
             raise ClientError(422, str(exc).replace(name, "upload")) from None
-        probs = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        probs = np.concatenate(parts) if parts else loaded.predictor.empty_scores(0)
         return probs, report.formats.get(name, "")
     finally:
         try:

@@ -269,14 +269,18 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict_split_distributed(ctx: DistContext, model: torch.nn.Module, split: SplitArrays, batch_size: int,
-                              device: torch.device) -> np.ndarray:
+                              device: torch.device, *, cvr: bool = False) -> np.ndarray:
     """Probabilities for every row of ``split`` in stored order, on every rank: each rank scores its
-    block, then the blocks are all-gathered (padded to the longest) and concatenated."""
+    block, then the blocks are all-gathered (padded to the longest) and concatenated. f32[n], or
+    f32[n, T] (+1 column with ``cvr``) for a multi-task model, as :func:`predict_split`."""
     n = len(split)
     lo, hi = shard_bounds(n, ctx.rank, ctx.world_size)
+    if hi == lo:  # more ranks than rows: score one row for the output's shape, contribute none
+        lo, hi, keep = 0, 1, 0
+    else:
+        keep = hi - lo
     block = SplitArrays(dense=split.dense[lo:hi], sparse=split.sparse[lo:hi], label=split.label[lo:hi])
-    mine = torch.from_numpy(predict_split(model, block, batch_size, device)).to(device) if hi > lo \
-        else torch.zeros(0, dtype=torch.float32, device=device)
+    mine = torch.from_numpy(predict_split(model, block, batch_size, device, cvr=cvr)[:keep]).to(device)
     sizes = [b - a for a, b in (shard_bounds(n, r, ctx.world_size) for r in range(ctx.world_size))]
     probs = _all_gather_rows(mine, sizes).cpu().numpy()
     if probs.shape[0] != n:  # a broken gather must not pass silently

@@ -15,12 +15,13 @@ from ..data.store import Store
 from ..runtime import configure_torch_threads
 from ..metrics import evaluate_scores
 from ..models import build_model, check_params
+from ..models.registry import list_models, multi_task
 from . import distributed as distrib
 from . import fullbatch
 from .rundir import RunDir
 from .store_config import prepare_options
-from .evaluate import evaluate, predict_split
-from .trainer import Trainer, load_weights, set_seed
+from .evaluate import evaluate, predict_split, score_split, split_labels, task_setup
+from .trainer import Trainer, format_task_metrics, load_weights, monitor_key, set_seed, task_weight_vector
 
 
 def ensure_store(cfg: Config, *, progress: bool = True, log: Callable[[str], None] = print) -> Store:
@@ -53,6 +54,42 @@ def check_run_config(cfg: Config) -> None:
         fullbatch.check_full_batch_config(cfg.train)
 
 
+def check_tasks(cfg: Config, store: Store) -> None:
+    """The model, the store's labels and the train section's task settings fit together; a
+    multi-task model gets ``model.params.num_tasks`` = the store's task count (recorded in the run's
+    config.yaml). ConfigError saying what to do otherwise."""
+    name, tasks, t = cfg.model.name, list(store.tasks), cfg.train
+    is_multi = multi_task(name)
+    multi_models = ", ".join(m for m in list_models() if multi_task(m))
+    if t.task is not None:
+        if is_multi:
+            raise ConfigError(f"train.task={t.task!r} trains a single-task model on one task of the store, but model "
+                              f"{name} is multi-task and trains on every task ({', '.join(tasks)}): remove train.task "
+                              "or choose a single-task model")
+        if t.task not in tasks:
+            raise ConfigError(f"train.task: {t.task!r} is not a task of the store {store.path}; its tasks are "
+                              f"{', '.join(tasks)}")
+    elif store.multi_task and not is_multi:
+        raise ConfigError(f"the store {store.path} has several labels ({', '.join(tasks)}) and model {name} predicts "
+                          f"one: set train.task to the one to train on (e.g. train.task={tasks[0]}), or use a "
+                          f"multi-task model ({multi_models})")
+    if is_multi and not store.multi_task:
+        raise ConfigError(f"model {name} is multi-task (one logit per task) but the store {store.path} has one label "
+                          f"({tasks[0]}): prepare a store with several labels (data.schema.label: [click, conversion]) "
+                          "or choose a single-task model")
+    if is_multi:
+        declared = cfg.model.params.get("num_tasks")
+        if declared is not None and declared != len(tasks):
+            raise ConfigError(f"model.params.num_tasks={declared} but the store {store.path} has {len(tasks)} tasks "
+                              f"({', '.join(tasks)}): remove model.params.num_tasks (it is set from the store)")
+        cfg.model.params["num_tasks"] = len(tasks)
+    if store.multi_task and t.optimizer == "lbfgs":
+        raise ConfigError("train.optimizer lbfgs fits one label of a single-label store; this store has several "
+                          f"({', '.join(tasks)}): use another optimizer")
+    task_weight_vector(t.task_weights, tasks)
+    monitor_key(t, [t.task] if t.task is not None else tasks)
+
+
 def record_fitted_features(cfg: Config, store: Store, log: Callable[[str], None]) -> None:
     """Make ``cfg.features`` say what the store's pipeline.json was fitted with (the truth), so the
     run's config.yaml re-creates that pipeline; says so when the config had asked for other settings."""
@@ -69,12 +106,15 @@ def schedule(cfg: Config, store: Store) -> dict[str, Any]:
     t = cfg.train
     if t.optimizer == "lbfgs":
         return fullbatch.schedule(t, rows)
+    watched = monitor_key(t, [t.task] if t.task is not None else list(store.tasks))
+    if store.multi_task and watched == t.monitor and t.task is None:
+        watched = f"{t.monitor} (mean over the tasks)"
     return {
         "epochs": t.epochs,
         "validation": f"{rows:,} rows (valid split)" if rows else "none",
-        "early_stopping": (f"after {t.early_stopping_patience} epochs without valid {t.monitor} improvement"
+        "early_stopping": (f"after {t.early_stopping_patience} epochs without valid {watched} improvement"
                            if rows and t.early_stopping_patience else "off"),
-        "lr_decay": (f"x{t.lr_decay_factor:g} per epoch without valid {t.monitor} improvement"
+        "lr_decay": (f"x{t.lr_decay_factor:g} per epoch without valid {watched} improvement"
                      if rows and t.lr_decay_factor != 1.0 else "off"),
     }
 
@@ -100,7 +140,12 @@ def overlap_warning(shared: list[str]) -> str:
 
 
 def build_model_for(cfg: Config, store: Store) -> torch.nn.Module:
-    return build_model(cfg.model.name, store.spec, cfg.model.params)
+    """The config's model for the store's spec (a multi-task model: one output per store task,
+    unless model.params.num_tasks says otherwise, which :func:`check_tasks` refuses)."""
+    params = dict(cfg.model.params)
+    if store.multi_task and multi_task(cfg.model.name):
+        params.setdefault("num_tasks", len(store.tasks))
+    return build_model(cfg.model.name, store.spec, params)
 
 
 def run_training(cfg: Config, *, resume: bool = True, progress: bool = True,
@@ -142,6 +187,7 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
         cfg.data.store = str(store_dir)
     store = ensure_store(cfg, progress=progress, log=log)
     record_fitted_features(cfg, store, log)
+    check_tasks(cfg, store)
     is_main = ctx is None or ctx.is_main
     if is_main:
         _reset_run_dir(cfg, run, resume)
@@ -187,40 +233,67 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
     }
     best_epoch = trainer.best["epoch"] or trainer.epoch
     best = next((h for h in history if h["epoch"] == best_epoch), None)
+    setup = trainer.setup
+    if setup is not None:  # several labels: which tasks, and the per-task metrics below
+        summary["tasks"] = setup.names
+        if cfg.train.task is not None:
+            summary["task"] = cfg.train.task
     if best:
         summary["valid_auc"], summary["valid_logloss"] = best["valid_auc"], best["valid_logloss"]
+        summary.update({k: v for k, v in best.items() if k.startswith("valid_") and k not in summary})
         summary["train_loss"] = best["train_loss"]
+        summary.update({k: v for k, v in best.items() if k.startswith("train_loss/")})
         summary.update({k: best[k] for k in ("l2", "iterations", "converged") if k in best})  # lbfgs: the chosen L2
         summary["samples_per_s"] = float(np.mean([h["samples_per_s"] for h in history]))
     if store.has_split("test"):
         model.load_state_dict(load_weights(trainer.best_checkpoint()))
-        test = trainer.evaluate_split(store.split("test")) if trainer.dist else \
-            evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
+        if trainer.dist:
+            test = trainer.evaluate_split(store.split("test"))
+        elif setup is None:
+            test = evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device)
+        else:
+            test = evaluate(model, store.split("test"), cfg.train.eval_batch_size, trainer.device, setup)
         summary["test_auc"], summary["test_logloss"], summary["test_rows"] = test["auc"], test["logloss"], test["rows"]
+        if setup is not None:
+            summary.update({f"test_{k}": v for k, v in test.items() if k not in ("auc", "logloss", "rows")})
         shared = train_test_overlap(store.meta)
         summary["test_is_training_data"] = bool(shared)
-        chosen = f"by valid {cfg.train.monitor}" if store.has_split("valid") else "the last: no validation split"
+        chosen = f"by valid {trainer.monitor}" if store.has_split("valid") else "the last: no validation split"
         log(f"best epoch {best_epoch} ({chosen}); test rows {test['rows']:,}")
-        log(f"test AUC {test['auc']:.5f}{overlap_warning(shared)}")
-        log(f"test logloss {test['logloss']:.5f}{overlap_warning(shared)}")
+        if setup is not None and setup.multi:
+            log(f"test {format_task_metrics(test, setup)}{overlap_warning(shared)}")
+        else:
+            log(f"test AUC {test['auc']:.5f}{overlap_warning(shared)}")
+            log(f"test logloss {test['logloss']:.5f}{overlap_warning(shared)}")
     if is_main:
         trainer.run.write_summary(summary)
-    log(format_history(history, best_epoch))
+    log(format_history(history, best_epoch, setup.names if setup is not None and setup.multi else None))
     return summary
 
 
-def format_history(history: list[dict[str, Any]], best_epoch: int | None = None) -> str:
+def format_history(history: list[dict[str, Any]], best_epoch: int | None = None,
+                   tasks: list[str] | None = None) -> str:
+    """The epoch table; with ``tasks`` (a multi-task run) the valid AUC and logloss columns are the
+    means over the tasks and one AUC column per task follows them."""
     full_batch = bool(history) and "l2" in history[0]  # lbfgs: each epoch is one L2 value, solved
     step, work = ("l2", "iterations") if full_batch else ("lr", "samples_per_s")
-    lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13} {step:>9} "
+    tasks = tasks or []
+    widths = [max(9, len(f"AUC {t}")) for t in tasks]
+    task_heads = "".join(f" {'AUC ' + t:>{w}}" for t, w in zip(tasks, widths))
+    lines = [f"{'epoch':>5} {'train loss':>10} {'valid AUC':>9} {'valid logloss':>13}{task_heads} {step:>9} "
              f"{'iterations' if full_batch else 'samples/s':>10} {'s':>7}"]
     for h in history:
         va = f"{h['valid_auc']:.5f}" if h["valid_auc"] is not None else "-"
         vl = f"{h['valid_logloss']:.5f}" if h["valid_logloss"] is not None else "-"
+        cells = "".join(f" {_cell(h.get(f'valid_auc/{t}')):>{w}}" for t, w in zip(tasks, widths))
         mark = " <- best" if best_epoch == h["epoch"] else ""
-        lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13} {h[step]:>9.2e} "
+        lines.append(f"{h['epoch']:>5} {h['train_loss']:>10.5f} {va:>9} {vl:>13}{cells} {h[step]:>9.2e} "
                      f"{h[work]:>10,.0f} {h['seconds']:>7.1f}{mark}")
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.5f}"
 
 
 def parse_epoch_range(text: str | None, available: list[int]) -> list[int]:
@@ -247,18 +320,24 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
         raise FileNotFoundError(f"{run.checkpoints}: no saved epochs (train first)")
     epochs = parse_epoch_range(cfg.eval.epochs, available)
     store = ensure_store(cfg, progress=False, log=log)
+    check_tasks(cfg, store)
     split = store.split(cfg.eval.split)
     configure_torch_threads(cfg.train.threads)
     device = torch.device(cfg.train.device)
     model = build_model_for(cfg, store).to(device)
+    setup = task_setup(model, store, cfg.train.task)
     results = []
-    labels = np.asarray(split.label)
+    labels = split_labels(split, setup)
     warning = overlap_warning(train_test_overlap(store.meta)) if cfg.eval.split == "test" else ""
     for epoch in epochs:
         model.load_state_dict(load_weights(run.checkpoint(epoch)))
-        probs = predict_split(model, split, cfg.eval.batch_size, device)
-        res = {"epoch": epoch, "split": cfg.eval.split, **evaluate_scores(labels, probs)}
+        probs = predict_split(model, split, cfg.eval.batch_size, device, cvr=bool(setup and setup.cvr))
+        res = {"epoch": epoch, "split": cfg.eval.split,
+               **(evaluate_scores(labels, probs) if setup is None else score_split(labels, probs, setup))}
         results.append(res)
-        log(f"epoch {epoch}: {cfg.eval.split} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
-            f"rows {res['rows']:,}{warning}")
+        if setup is not None and setup.multi:
+            log(f"epoch {epoch}: {cfg.eval.split} {format_task_metrics(res, setup)}  rows {res['rows']:,}{warning}")
+        else:
+            log(f"epoch {epoch}: {cfg.eval.split} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
+                f"rows {res['rows']:,}{warning}")
     return results

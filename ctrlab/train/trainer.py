@@ -7,6 +7,12 @@ The run directory's files (checkpoints, epoch and step logs, TensorBoard events)
 Distributed (``dist`` given, see :mod:`ctrlab.train.distributed`): every rank trains on its share of
 each global batch with synchronised gradients and evaluates its block of a split; only rank 0 writes
 the run directory.
+
+Several labels (a multi-task store, labels ``float32[B, T]`` with MISSING_LABEL = 255 where a row
+has no label for a task): the loss is :func:`multitask_loss`, each task's binary cross-entropy
+averaged over its labelled rows, combined with ``train.task_weights``; ESMM and AITM see task 1
+as "click AND conversion" (0 wherever click is 0, :mod:`ctrlab.train.evaluate`). ``train.task``
+trains a single-task model on one task's column, over the rows that carry that label.
 """
 
 from __future__ import annotations
@@ -29,13 +35,59 @@ from ..data.batches import BatchIterator
 from ..data.store import SplitArrays, Store
 from ..features.encoders import NumericTransform
 from ..fileio import atomic_write, disk_errors, remove_stale_temporaries
-from ..metrics import evaluate_scores
+from ..metrics import MISSING_LABEL
 from ..nn.embedding import DenseFieldEmbedding, FieldEmbedding
 from ..runtime import configure_torch_threads, prefetch
 from . import distributed as distrib
-from .evaluate import evaluate
+from .evaluate import TaskSetup, evaluate, split_labels, score_split, task_setup
 from .optim import RowSparseOptimizer, dense_optimizer
 from .rundir import RunDir
+
+
+def task_weight_vector(weights: dict[str, float], tasks: list[str]) -> list[float]:
+    """``train.task_weights`` as one weight per task (1 for a task not named); an unknown task name
+    is a ConfigError."""
+    unknown = [name for name in weights if name not in tasks]
+    if unknown:
+        raise ConfigError(f"train.task_weights: unknown task(s) {', '.join(map(repr, unknown))}; the store's tasks "
+                          f"are {', '.join(tasks)}")
+    return [float(weights.get(name, 1.0)) for name in tasks]
+
+
+def monitor_key(cfg: TrainConfig, tasks: list[str]) -> str:
+    """The key of the validation metric early stopping watches: ``auc`` / ``logloss`` (the mean over
+    the tasks of a multi-task run; the one task otherwise) or ``auc/<task>`` / ``logloss/<task>``."""
+    if cfg.monitor_task == "mean" or (len(tasks) == 1 and cfg.monitor_task == tasks[0]):
+        return cfg.monitor
+    if cfg.monitor_task not in tasks:
+        raise ConfigError(f"train.monitor_task: {cfg.monitor_task!r} is not a task of this run; use mean or one of "
+                          f"{', '.join(tasks)}")
+    return f"{cfg.monitor}/{cfg.monitor_task}"
+
+
+def click_and_conversion_batch(label: torch.Tensor) -> torch.Tensor:
+    """ESMM / AITM batch labels ``[B, 2]``: task 1 is 0 wherever click (task 0) is 0."""
+    return torch.stack([label[:, 0], torch.where(label[:, 0] == 0, torch.zeros_like(label[:, 1]), label[:, 1])],
+                       dim=1)
+
+
+def multitask_loss(logits: torch.Tensor, label: torch.Tensor, weights: torch.Tensor,
+                   dist: "distrib.DistContext | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_t weights[t] * loss_t, loss [T])``: ``loss_t`` is task t's binary cross-entropy on the
+    logits ``[B, T]``, averaged over the rows whose label ``[B, T]`` is not MISSING_LABEL (0 when a
+    batch has none). Distributed: averaged over the labelled rows of the GLOBAL batch (the counts
+    are all-reduced; each rank's value is scaled so that the ranks' averaged gradient is that mean's)."""
+    mask = label != MISSING_LABEL
+    target = torch.where(mask, label, torch.zeros_like(label))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    sums = (bce * mask).sum(dim=0)
+    counts = mask.sum(dim=0).to(sums.dtype)
+    if dist is not None:
+        counts = counts.detach().clone()
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
+        sums = sums * dist.world_size
+    per_task = sums / counts.clamp(min=1)
+    return (per_task * weights).sum(), per_task
 
 
 def set_seed(seed: int) -> None:
@@ -145,6 +197,18 @@ class Trainer:
         self.dense_opt = dense_optimizer(dense_params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum) \
             if dense_params else None
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        is_multi = bool(getattr(model, "multi_task", False))
+        if is_multi != (store.multi_task and cfg.task is None):  # (run_training says more: check_tasks)
+            raise ConfigError(f"model {getattr(model, 'model_name', type(model).__name__)} "
+                              f"({'multi' if is_multi else 'single'}-task) does not fit the store {store.path} "
+                              f"(tasks {', '.join(store.tasks)}; train.task {cfg.task})")
+        self.setup: TaskSetup | None = task_setup(self.model, store, cfg.task)
+        self.tasks = self.setup.names if self.setup else list(store.tasks)
+        self.monitor = monitor_key(cfg, self.tasks)
+        weights = dict(zip(store.tasks, task_weight_vector(cfg.task_weights, list(store.tasks))))
+        self.task_weights = torch.tensor([weights[name] for name in self.tasks], dtype=torch.float32,
+                                         device=self.device)
+        self.train_task_losses: list[float] | None = None  # the last epoch's per-task means (multi-task)
         self.epoch = 0  # epochs completed
         self.step = 0
         self.best: dict[str, Any] = {"epoch": None, "metric": None}
@@ -183,6 +247,18 @@ class Trainer:
         if best is None:
             return True
         return value > best if self.cfg.monitor == "auc" else value < best
+
+    def train_split(self) -> tuple[SplitArrays, np.ndarray | None]:
+        """The split training iterates over and its rows (None: all): train.task trains on its
+        column's labelled rows."""
+        split = self.store.split("train")
+        if self.setup is None or self.setup.task is None:
+            return split, None
+        column = split.label[:, self.setup.task]
+        rows = np.flatnonzero(np.asarray(column) != MISSING_LABEL)
+        if rows.size == 0:
+            raise ValueError(f"{split.where}: no row has a {self.tasks[0]!r} label: nothing to train train.task on")
+        return SplitArrays(split.dense, split.sparse, column, where=f"{split.where} ({self.tasks[0]} rows)"), rows
 
     # ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -230,10 +306,13 @@ class Trainer:
     def evaluate_split(self, split: SplitArrays) -> dict[str, float]:
         """Exact metrics over a whole split (distributed: gathered from every rank's block)."""
         if self.dist is None:
-            return evaluate(self.model, split, self.cfg.eval_batch_size, self.device)
+            if self.setup is None:  # (the single-label call, as tests script it)
+                return evaluate(self.model, split, self.cfg.eval_batch_size, self.device)
+            return evaluate(self.model, split, self.cfg.eval_batch_size, self.device, self.setup)
+        cvr = bool(self.setup and self.setup.cvr)
         probs = distrib.predict_split_distributed(self.dist, self.model, split, self.cfg.eval_batch_size,
-                                                  self.device)
-        return evaluate_scores(np.asarray(split.label), probs)
+                                                  self.device, cvr=cvr)
+        return score_split(split_labels(split, self.setup), probs, self.setup)
 
     def save_checkpoint(self) -> None:
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -244,17 +323,20 @@ class Trainer:
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the training split; returns (mean loss, samples/s)."""
         cfg = self.cfg
-        split = self.store.split("train")
+        split, rows = self.train_split()
         rank, world = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         batches = BatchIterator(split, distrib.local_batch_size(cfg.batch_size, self.dist), shuffle=cfg.shuffle,
-                                seed=cfg.seed, rank=rank, world_size=world, device=self.device)
+                                seed=cfg.seed, rank=rank, world_size=world, device=self.device, rows=rows)
+        multi = self.setup is not None and self.setup.multi
+        both = multi and self.setup.click_and_conversion
+        task_totals = torch.zeros(len(self.tasks), dtype=torch.float64, device=self.device)
         batches.set_epoch(self.epoch)
         self.model.train()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         window_loss, window_rows = 0.0, 0
         started = time.perf_counter()
-        bar = tqdm(total=len(split), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
+        bar = tqdm(total=batches.rows_total, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit=" rows", unit_scale=True,
                    disable=not self.progress, mininterval=1.0, leave=False)
         steps_path = self.run.steps
         with disk_errors(steps_path):
@@ -263,14 +345,26 @@ class Trainer:
             # the next batch is gathered in a thread while this one trains (numpy gathers release
             # the GIL)
             auxiliary = getattr(self.model, "auxiliary_loss", None) if cfg.auxiliary_loss_weight > 0 else None
+            calibration = getattr(self.model, "calibration_loss", None) if multi else None
             for dense, sparse, label in prefetch(iter(batches), depth=2):
                 logits = self.model(dense, sparse)
-                loss = self.loss_fn(logits, label)
+                if multi:
+                    if both:
+                        label = click_and_conversion_batch(label)
+                    loss, per_task = multitask_loss(logits, label, self.task_weights, self.dist)
+                    task_totals += per_task.detach().double() * label.shape[0]
+                else:
+                    loss = self.loss_fn(logits, label)
                 self.sparse_opt.zero_grad()
                 if self.dense_opt:
                     self.dense_opt.zero_grad(set_to_none=True)
+                extra = None
                 if auxiliary is not None:  # (DIEN: the click loss is still what is reported)
-                    (loss + cfg.auxiliary_loss_weight * auxiliary(dense, sparse)).backward()
+                    extra = cfg.auxiliary_loss_weight * auxiliary(dense, sparse)
+                if calibration is not None:  # (AITM: the tasks' weighted loss is still what is reported)
+                    extra = calibration(logits) if extra is None else extra + calibration(logits)
+                if extra is not None:
+                    (loss + extra).backward()
                 else:
                     loss.backward()
                 if self.dist:  # average over the global batch before clipping and stepping
@@ -308,11 +402,13 @@ class Trainer:
                 with disk_errors(steps_path):
                     steps_file.close()
         elapsed = time.perf_counter() - started
+        task_sums = task_totals.tolist()
         if self.dist:  # every rank's rows: the exact mean loss and the global rate
-            loss_sum, seen = distrib.all_reduce_sum([float(total_loss), seen], self.device)
+            loss_sum, seen, *task_sums = distrib.all_reduce_sum([float(total_loss), seen, *task_sums], self.device)
             total_loss = torch.tensor(loss_sum, dtype=torch.float64)
             seen = int(seen)
         mean_loss = float(total_loss) / max(seen, 1)
+        self.train_task_losses = [v / max(seen, 1) for v in task_sums] if multi else None
         if not math.isfinite(mean_loss):
             raise RuntimeError(f"training diverged in epoch {self.epoch + 1} (loss {mean_loss}); lower train.lr")
         return mean_loss, seen / elapsed if elapsed > 0 else float("nan")
@@ -337,11 +433,12 @@ class Trainer:
             lr_dense, _ = self._lrs()
             record = {"epoch": self.epoch, "train_loss": train_loss,
                       "valid_auc": valid["auc"] if valid else None,
-                      "valid_logloss": valid["logloss"] if valid else None,
-                      "lr": lr_dense, "seconds": round(time.perf_counter() - started, 3),
-                      "samples_per_s": round(rate, 1)}
+                      "valid_logloss": valid["logloss"] if valid else None}
+            record.update(self.task_record(train_loss, valid))
+            record.update({"lr": lr_dense, "seconds": round(time.perf_counter() - started, 3),
+                           "samples_per_s": round(rate, 1)})
             if valid:
-                value = valid[cfg.monitor]
+                value = valid[self.monitor]
                 if self._better(value):
                     self.best = {"epoch": self.epoch, "metric": value}
                     self.bad_epochs = 0
@@ -364,8 +461,13 @@ class Trainer:
             if self._tb and valid:
                 self._tb.add_scalar("valid/auc", valid["auc"], self.epoch)
                 self._tb.add_scalar("valid/logloss", valid["logloss"], self.epoch)
+                for key in self.task_metric_keys():
+                    if valid.get(key) is not None:
+                        self._tb.add_scalar(f"valid/{key}", valid[key], self.epoch)
             msg = f"epoch {self.epoch}: train loss {train_loss:.5f}, {rate:,.0f} samples/s"
-            if valid:
+            if valid and self.setup is not None and self.setup.multi:
+                msg += f", valid {format_task_metrics(valid, self.setup)}"
+            elif valid:
                 msg += f", valid AUC {valid['auc']:.5f} logloss {valid['logloss']:.5f}"
             if self.stopped_early:
                 msg += f" (no improvement for {self.bad_epochs} epochs: stopping)"
@@ -375,10 +477,27 @@ class Trainer:
         if self._tb:
             self._tb.close()
         if self.capped_while_improving:
-            self.warn(f"training hit its epoch cap (train.epochs={cfg.epochs}) while valid {cfg.monitor} was "
+            self.warn(f"training hit its epoch cap (train.epochs={cfg.epochs}) while valid {self.monitor} was "
                       f"still improving (best at the last epoch): the model is likely undertrained; raise "
                       f"train.epochs and let early stopping decide")
         return self.history
+
+    def task_metric_keys(self) -> list[str]:
+        """The per-task metric keys of this run's evaluations (none for a single-label run):
+        ``auc/<task>``, ``logloss/<task>`` per task, then ESMM's / AITM's ``ctcvr_auc`` and ESMM's
+        ``cvr_auc``, ``cvr_logloss``."""
+        return task_metric_keys(self.setup)
+
+    def task_record(self, train_loss: float, valid: dict[str, Any] | None) -> dict[str, Any]:
+        """An epoch record's per-task columns (after ``valid_logloss``; none for a single-label run):
+        ``train_loss/<task>`` (multi-task), ``valid_auc/<task>``, ``valid_logloss/<task>``, ..."""
+        out: dict[str, Any] = {}
+        if self.setup is None:
+            return out
+        if self.setup.multi and self.train_task_losses is not None:
+            out.update({f"train_loss/{name}": v for name, v in zip(self.tasks, self.train_task_losses)})
+        out.update({f"valid_{key}": (valid.get(key) if valid else None) for key in self.task_metric_keys()})
+        return out
 
     @property
     def capped_while_improving(self) -> bool:
@@ -388,3 +507,36 @@ class Trainer:
 
     def best_checkpoint(self) -> Path:
         return self.run.checkpoint(self.best["epoch"] or self.epoch)
+
+
+def task_metric_keys(setup: TaskSetup | None) -> list[str]:
+    """See :meth:`Trainer.task_metric_keys`."""
+    if setup is None:
+        return []
+    keys = [f"{metric}/{name}" for name in setup.names for metric in ("auc", "logloss")]
+    if setup.click_and_conversion:
+        keys.append("ctcvr_auc")
+    if setup.cvr:
+        keys += ["cvr_auc", "cvr_logloss"]
+    return keys
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.5f}"
+
+
+def format_task_metrics(metrics: dict[str, Any], setup: TaskSetup, prefix: str = "") -> str:
+    """``AUC click 0.71000 conversion 0.65000 (mean 0.68000), logloss click ... (mean ...)`` of a
+    multi-task evaluation (keys ``[prefix]auc/<task>``, ...); ESMM / AITM name task 1's AUC the CTCVR
+    AUC (all rows) and ESMM adds the CVR AUC (clicked rows)."""
+    parts = []
+    for metric, title in (("auc", "AUC"), ("logloss", "logloss")):
+        cells = []
+        for t, name in enumerate(setup.names):
+            label = f"{name} (CTCVR)" if setup.click_and_conversion and t == 1 else name
+            cells.append(f"{label} {_number(metrics.get(f'{prefix}{metric}/{name}'))}")
+        parts.append(f"{title} {' '.join(cells)} (mean {_number(metrics.get(prefix + metric))})")
+    text = ", ".join(parts)
+    if setup.cvr:
+        text += f", CVR AUC {_number(metrics.get(prefix + 'cvr_auc'))} (clicked rows)"
+    return text

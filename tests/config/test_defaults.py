@@ -17,7 +17,7 @@ from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.synth import write_synthetic
 from ctrlab.features.pipeline import FeaturePipeline, NumericOptions
 from ctrlab.fields import FeatureSpec, ListField
-from ctrlab.models import build_model, flat_models, list_models, needs_sequence, single_task_models
+from ctrlab.models import build_model, flat_models, list_models, needs_sequence
 from ctrlab.train.run import run_training
 from ctrlab.train.trainer import dense_scale_warning
 
@@ -88,7 +88,7 @@ def test_ready_configs_let_early_stopping_decide(name):
 
 
 def test_ready_configs_cover_every_model_but_lr():
-    assert set(single_task_models()) - set(ready_config_names()) <= {"lr"}
+    assert set(list_models()) - set(ready_config_names()) <= {"lr"}
     assert base_config_for("deepfm")["train"]["epochs"] >= 50
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from ctrlab import fileio
 from ctrlab.cli import main as cli_main
+from ctrlab.data import encode as encode_mod  # (the passes of prepare)
 from ctrlab.data import prepare as prepare_mod
 from ctrlab.data.batches import BatchIterator
 from ctrlab.data.ledger import LEDGER_NAME, list_created, record_created
@@ -106,8 +107,10 @@ def test_failed_prepare_leaves_the_old_store(raws, small_store, tmp_path, monkey
         def fail(*args, **kwargs):
             raise expected("injected")
 
-        target = "_finalize_splits" if fault == "interrupt" else "replace_dir"
-        monkeypatch.setattr(prepare_mod, target, fail)
+        if fault == "interrupt":
+            monkeypatch.setattr(encode_mod, "_finalize_splits", fail)
+        else:
+            monkeypatch.setattr(prepare_mod, "replace_dir", fail)
     with pytest.raises(expected):
         make_store(raw, out)
     assert (out / "meta.json").read_bytes() == meta_before

@@ -16,11 +16,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ctrlab.data import prepare as prepare_mod
+from ctrlab.data import encode as prepare_mod  # (the passes of prepare)
 from ctrlab.data import readers
 from ctrlab.data.batches import BatchIterator
 from ctrlab.data.formats import file_schema
-from ctrlab.data.prepare import PrepareOptions, assign_random_split, format_summary, prepare
+from ctrlab.data.encode import assign_random_split
+from ctrlab.data.prepare import PrepareOptions, format_summary, prepare
 from ctrlab.data.readers import DataError, RowReader
 from ctrlab.data.store import SPLITS, SplitArrays, Store, read_npy_shape
 from ctrlab.features.pipeline import CategoricalOptions, FeaturePipeline, NumericOptions

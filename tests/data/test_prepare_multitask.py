@@ -51,8 +51,8 @@ def test_the_schema_names_every_label_column(tmp_path):
 def test_schema_errors_are_clear():
     with pytest.raises(ValueError, match="optional_labels.*are not label columns"):
         Schema("x", "delimited", ("a", "b"), "a", (), ("b",), optional_labels=("b",))
-    with pytest.raises(ValueError, match="several labels need a first label and a delimited format"):
-        Schema("x", "kv", ("a", "b", "c"), "a", (), ("c",), more_labels=("b",))
+    with pytest.raises(ValueError, match="several labels need a first label"):
+        Schema("x", "slot", (), "a", (), ("c",), more_labels=("b",))
     with pytest.raises(ValueError, match="also used as a feature"):
         Schema("x", "delimited", ("a", "b"), "a", (), ("b",), more_labels=("b",))
 

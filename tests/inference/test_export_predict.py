@@ -32,7 +32,8 @@ import ctrlab.export.bundle as bundle_mod
 from ctrlab.cli import deploy as cli_deploy
 from ctrlab.cli.main import COMMANDS
 from ctrlab.config import dump_config, load_config
-from ctrlab.data.prepare import PrepareOptions, assign_random_split, prepare
+from ctrlab.data.encode import assign_random_split
+from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.formats import detect_format, schema_for_file
 from ctrlab.data.readers import DataError, RowReader
 from ctrlab.data.store import SPLITS, Store

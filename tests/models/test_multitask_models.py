@@ -370,3 +370,18 @@ def test_onnx_esmm_extreme_logits_stay_finite(tmp_path):
     logits, probabilities = session.run(None, {"dense": dense.numpy(), "sparse": sparse.numpy()})
     assert np.isfinite(logits).all() and (logits[:, 1] <= logits[:, 0]).all()
     assert onnx_parity(model, path, dense, sparse) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "ple"])
+def test_numeric_features_alone(name):
+    """PaddleRec's census configs feed 499 numeric features and no categorical field."""
+    spec = FeatureSpec(tuple(f"x{i}" for i in range(7)), (), ())
+    torch.manual_seed(0)
+    model = build_model(name, spec, {"num_tasks": 2})
+    dense = torch.randn(5, 7)
+    logits = model(dense, torch.zeros(5, 0, dtype=torch.int64))
+    assert logits.shape == (5, 2) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    changed = dense.clone()
+    changed[:, 3] += 1.0
+    assert not torch.equal(model(changed, torch.zeros(5, 0, dtype=torch.int64)), logits)

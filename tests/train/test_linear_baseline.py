@@ -26,7 +26,8 @@ from sklearn.metrics import roc_auc_score
 import ctrlab.train.fullbatch as fullbatch
 from ctrlab.config import ConfigError, load_config
 from ctrlab.config import base_config_for
-from ctrlab.data.prepare import PrepareOptions, assign_random_split, prepare
+from ctrlab.data.encode import assign_random_split
+from ctrlab.data.prepare import PrepareOptions, prepare
 from ctrlab.data.formats import detect_format, schema_for_file
 from ctrlab.data.readers import RowReader
 from ctrlab.data.store import SPLITS, Store
