@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, FeaturesConfig, dump_config, load_config, parse_value
+from ..schema import FORMAT_NAMES
 from .options import merge_overrides
 
 # --------------------------------------------------------------------------------------------
@@ -33,8 +34,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", help="training data: files, globs or directories (or data.train in the config)")
     p.add_argument("-c", "--config", help="YAML config with data/features sections")
     p.add_argument("--out", help="store directory to write (or data.store in the config)")
-    p.add_argument("--format", help="input format (default: detected): criteo, criteo_test, criteo_kaggle_csv, "
-                                    "criteo_csv, slot, csv, tsv")
+    p.add_argument("--format", help=f"input format (default: detected): {', '.join(FORMAT_NAMES)}")
     p.add_argument("--valid", action="append", default=None, help="explicit validation file(s)")
     p.add_argument("--test", action="append", default=None, help="explicit test file(s)")
     p.add_argument("--split", help="train:valid:test ratios for a random split (default 8:1:1)")

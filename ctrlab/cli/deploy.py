@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..config import ExportConfig, ServeConfig
+from ..schema import FORMAT_NAMES
 from .options import section_from_flags
 
 
@@ -111,8 +112,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="input files, globs or directories")
     p.add_argument("--out", required=True, help="output TSV: one line per input line: [id] probability [skipped]; "
                                                 "written whole or not at all")
-    p.add_argument("--format", default="auto", help="input format (default: detected per file): criteo, criteo_test, "
-                                                    "criteo_kaggle_csv, criteo_csv, slot, csv, tsv")
+    p.add_argument("--format", default="auto", help=f"input format (default: detected per file): {', '.join(FORMAT_NAMES)}")
     p.add_argument("--bad-lines", choices=["error", "skip"], default="error",
                    help="stop at the first bad line (default), or skip, count and report bad lines; a "
                         "skipped line keeps its place in the output: empty probability, reason in a third "

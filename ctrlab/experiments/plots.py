@@ -22,7 +22,7 @@ from typing import Any
 
 from ..train.rundir import EPOCHS_JSONL, SUMMARY, RunDir
 from .layout import MANIFEST, load_experiment_runs, read_manifest, slugify
-from .results import METRICS, format_value, mean_std, run_metrics, same_value
+from .results import METRICS, format_value, mean_std, metric_info, run_metrics, run_tasks, same_value
 
 MAX_CURVES = 12  # points drawn in the per-step / per-epoch charts (the best ones by the ranking metric)
 MAX_ROWS = 40  # points in the per-point charts
@@ -104,7 +104,7 @@ def _point_values(source: Source, key: str) -> dict[str, list[float]]:
 
 def _ranked_points(source: Source, key: str) -> list[str]:
     """Points with a value, best first (by ``key``), then the others in their order."""
-    higher = METRICS[key][1]
+    higher = metric_info(key)[1]
     values = _point_values(source, key)
     scored = [p for p in source.points if values[p]]
     scored.sort(key=lambda p: -mean_std(values[p])[0] if higher else mean_std(values[p])[0])
@@ -241,7 +241,7 @@ def _per_point_chart(source: Source, key: str, title: str, xlabel: str, bars: bo
         hi = max(m + s for m, s in zip(means, stds))
         pad = max((hi - lo) * 0.25, 0.002)
         ax.set_xlim(lo - pad, hi + pad * 1.6)
-    decimals = METRICS[key][2]
+    decimals = metric_info(key)[2]
     for y, m, s, p in zip(ys, means, stds, ranked):
         n = len(values[p])
         text = f"{m:,.{decimals}f}" + (f" ± {s:,.{decimals}f}" if n > 1 else "")
@@ -263,6 +263,15 @@ def chart_test_auc(source: Source):
     key = "test_auc" if any(_point_values(source, "test_auc").values()) else "valid_auc"
     name = "Test" if key == "test_auc" else "Validation"
     return _per_point_chart(source, key, f"{name} AUC per model or setting", f"{name.lower()} AUC", bars=False)
+
+
+def task_charts(source: Source) -> list[tuple[str, Any]]:
+    """Several labels: one test AUC chart per task (``test_auc_<task>``), when every run has them."""
+    tasks = [run_tasks(run.summary) if run.summary else None for run in source.runs]
+    if not tasks or any(t != tasks[0] for t in tasks) or not tasks[0]:
+        return []
+    return [(f"test_auc_{task}", _per_point_chart(source, f"test_auc/{task}", f"Test AUC of {task} per model or setting",
+                                                  f"test AUC {task}", bars=False)) for task in tasks[0]]
 
 
 def chart_throughput(source: Source):
@@ -366,7 +375,7 @@ def plot_paths(paths: list[str | Path], out_dir: str | Path, formats: tuple[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = [("test_auc", chart_test_auc(source)), ("valid_auc", chart_valid_auc(source)),
-              ("train_loss", chart_train_loss(source)), ("throughput", chart_throughput(source))]
+              ("train_loss", chart_train_loss(source)), ("throughput", chart_throughput(source)), *task_charts(source)]
     for exp_dir, manifest in source.manifests:
         charts += sweep_slices(exp_dir, manifest)
     written = []

@@ -87,6 +87,8 @@ def _caption(stem: str) -> str:
     if stem.startswith("sweep_"):
         return ("The ranking metric (and test AUC) along one axis, the other settings held fixed; "
                 "error bars: std over seeds.")
+    if stem.startswith("test_auc_"):  # (several labels: one chart per task)
+        return f"Test AUC of the task {stem[len('test_auc_'):]} per model or setting; error bars: std over seeds."
     return CHART_CAPTIONS.get(stem, stem)
 
 

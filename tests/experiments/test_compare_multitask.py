@@ -66,8 +66,9 @@ def test_the_numbers_are_the_runs_and_their_scores(compared):
             assert scores_auc(labels, scores) == pytest.approx(summary["test_auc"], abs=1e-9)
 
 
-def test_the_report_shows_the_tasks(compared):
+def test_the_report_and_plots_show_the_tasks(compared):
     assert cli("report", compared) == 0
     html = (compared / "report.html").read_text()
     for task in TASKS:
-        assert f"test AUC {task}" in html
+        assert f"test AUC {task}" in html and f"Test AUC of the task {task}" in html
+        assert (compared / "plots" / f"test_auc_{task}.png").is_file()
