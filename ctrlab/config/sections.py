@@ -37,6 +37,11 @@ class DataConfig:
     seed: int = 2024
     bad_lines: str = "error"  # error | skip
     store: str | None = None  # the encoded store (written by prepare, read by train)
+    # a partitioned store (prepare --partition / --append): the partitions to train on, in order
+    # (null: all but valid_partition / test_partition; continuing a run: those its parent did not train on)
+    partitions: list[str] | None = None
+    valid_partition: str | None = None  # a partitioned store: the partition validated on each epoch
+    test_partition: str | None = None  # a partitioned store: the partition tested on at the end
 
 
 @dataclass
@@ -98,6 +103,10 @@ class TrainConfig:
     eval_batch_size: int = 16384
     tensorboard: bool = False
     init_from: str | None = None  # warm start: a checkpoint or model.pt to load weights from
+    # continual training (a partitioned store): the parent run directory to continue from, its tables
+    # grown to the store's current vocabularies (ctrlab.train.grow); scores the new partitions with the
+    # parent first (progressive validation)
+    continue_from: str | None = None
     shuffle: bool = True
     dist_timeout_s: float = 300.0  # distributed runs: a collective waiting longer than this fails the run
     # optimizer lbfgs: mean logloss + l2/2 * ||weights||^2 solved to lbfgs_tolerance (max |gradient|) for
@@ -156,7 +165,7 @@ class Config:
     run_dir: str | None = None  # where training writes checkpoints and logs
 
 
-_LIST_FIELDS = {"train", "valid", "test"}  # accept a single string where a list is expected
+_LIST_FIELDS = {"train", "valid", "test", "partitions"}  # accept a single string where a list is expected
 
 
 def _type_name(tp: Any) -> str:

@@ -18,6 +18,8 @@ from ..models import build_model, check_params
 from ..models.registry import list_models, multi_task
 from . import distributed as distrib
 from . import fullbatch
+from .continual import Parent, progressive_metrics, warm_start
+from .partitions import PartitionedStore, partition_view, read_partitions, spec_fingerprint
 from .rundir import RunDir
 from .store_config import prepare_options
 from .evaluate import evaluate, predict_split, score_split, split_labels, task_setup
@@ -111,7 +113,8 @@ def schedule(cfg: Config, store: Store) -> dict[str, Any]:
         watched = f"{t.monitor} (mean over the tasks)"
     return {
         "epochs": t.epochs,
-        "validation": f"{rows:,} rows (valid split)" if rows else "none",
+        "validation": (f"{rows:,} rows ({'partition ' + store.valid_partition if isinstance(store, PartitionedStore) else 'valid split'})"
+                       if rows else "none"),
         "early_stopping": (f"after {t.early_stopping_patience} epochs without valid {watched} improvement"
                            if rows and t.early_stopping_patience else "off"),
         "lr_decay": (f"x{t.lr_decay_factor:g} per epoch without valid {watched} improvement"
@@ -185,9 +188,20 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
             raise ConfigError(f"distributed training reads a prepared store, and {store_dir} is none: run "
                               "`ctrlab prepare` first (or launch with `ctrlab train --nproc N`, which prepares it)")
         cfg.data.store = str(store_dir)
-    store = ensure_store(cfg, progress=progress, log=log)
-    record_fitted_features(cfg, store, log)
+    raw_store = ensure_store(cfg, progress=progress, log=log)
+    record_fitted_features(cfg, raw_store, log)
+    parent = None
+    if cfg.train.continue_from:
+        if cfg.train.init_from:
+            raise ConfigError("train.continue_from and train.init_from both warm-start a run: set one")
+        if cfg.train.optimizer == "lbfgs":
+            raise ConfigError("train.continue_from continues a run of a row-sparse optimizer; lbfgs solves from "
+                              "scratch (use train.init_from)")
+        parent = Parent(cfg.train.continue_from, raw_store, cfg)
+    store = partition_view(raw_store, cfg.data, parent.untrained(raw_store) if parent else None)
     check_tasks(cfg, store)
+    if resume and isinstance(store, PartitionedStore):
+        _check_resumable(run, store)
     is_main = ctx is None or ctx.is_main
     if is_main:
         _reset_run_dir(cfg, run, resume)
@@ -201,12 +215,63 @@ def _run_training(cfg: Config, ctx: distrib.DistContext | None, *, resume: bool,
     if not resumed and cfg.train.init_from:
         model.load_state_dict(load_weights(cfg.train.init_from))
         log(f"warm start from {cfg.train.init_from}")
+    if isinstance(store, PartitionedStore):
+        lineage = _lineage(cfg, store, parent, trainer, run, resumed, log)
+        if is_main:
+            run.write_lineage(lineage)
+        trainer.lineage = lineage
     if ctx is not None:
         distrib.agree(ctx, (bool(resumed), trainer.epoch, trainer.step), "the resumed epoch and step")
         distrib.broadcast_parameters(model)
         log(f"distributed: {ctx.world_size} processes ({torch.distributed.get_backend()}), global batch "
             f"{cfg.train.batch_size} = {ctx.world_size} x {cfg.train.batch_size // ctx.world_size}")
     return _train_and_summarize(cfg, store, model, trainer, log, is_main)
+
+
+def _check_resumable(run: RunDir, store: PartitionedStore) -> None:
+    """A run on a partitioned store resumes only at the vocabulary version it started at."""
+    previous = run.read_lineage()
+    if run.last_checkpoint.is_file() and previous is not None and previous.get("vocab_version") != store.vocab_version:
+        raise ConfigError(f"{run.path} was started at vocabulary version {previous.get('vocab_version')} of "
+                          f"{store.path}, which is now at version {store.vocab_version} (a partition was appended "
+                          "since): its checkpoints do not fit the store any more; continue it into a new run instead "
+                          f"(--continue {run.path} --out NEW_RUN) or start over (--no-resume)")
+
+
+def _lineage(cfg: Config, store: PartitionedStore, parent: Parent | None, trainer: Trainer, run: RunDir,
+             resumed: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """RUN/lineage.json of a run on a partitioned store; a continued run first scores its training
+    partitions with the parent (progressive validation), then warm-starts from it (not when it
+    resumes: then its recorded lineage stands)."""
+    previous = run.read_lineage() if resumed else None
+    ancestors = list(parent.trained) if parent else []
+    record: dict[str, Any] = {
+        "store": str(store.path), "vocab_version": store.vocab_version, "spec_fingerprint": spec_fingerprint(store.spec),
+        "trained_partitions": store.train_partitions,
+        "all_trained_partitions": ancestors + [p for p in store.train_partitions if p not in ancestors],
+        "valid_partition": store.valid_partition, "test_partition": store.test_partition,
+    }
+    if parent is None:
+        return record
+    record["parent"] = parent.record()
+    again = [p for p in store.train_partitions if p in parent.trained]
+    if again:
+        trainer.warn(f"partition(s) {', '.join(again)} were already trained on by the parent {parent.run.path} (or "
+                     "its ancestors): training on them again; their progressive metrics are not held out")
+    if previous is not None and "progressive" in previous:
+        record.update({k: previous[k] for k in ("progressive", "warm_start") if k in previous})
+        return record
+    progressive = progressive_metrics(parent, cfg, store.store, store.train_partitions, trainer.device)
+    record["progressive"] = progressive
+    names = ", ".join(store.train_partitions)
+    if trainer.setup is not None and trainer.setup.multi:
+        log(f"progressive validation (parent on {names}, before training): "
+            f"{format_task_metrics({k.removeprefix('progressive_'): v for k, v in progressive.items()}, trainer.setup)}")
+    else:
+        log(f"progressive validation (parent on {names}, before training): AUC {progressive['progressive_auc']:.5f} "
+            f"logloss {progressive['progressive_logloss']:.5f} ({progressive['progressive_rows']:,} rows)")
+    record["warm_start"] = warm_start(parent, trainer, store.store, cfg, log)
+    return record
 
 
 def _reset_run_dir(cfg: Config, run: RunDir, resume: bool) -> None:
@@ -231,6 +296,13 @@ def _train_and_summarize(cfg: Config, store: Store, model: torch.nn.Module, trai
         "hit_epoch_cap_while_improving": trainer.capped_while_improving, "warnings": trainer.warnings,
         "train_seconds": round(time.perf_counter() - started, 3), "schedule": plan, "history": history,
     }
+    lineage = getattr(trainer, "lineage", None)
+    if lineage is not None:  # a partitioned store: what was trained on, the parent, progressive validation
+        summary.update({k: lineage[k] for k in ("store", "vocab_version", "trained_partitions", "valid_partition",
+                                                 "test_partition")})
+        if "parent" in lineage:
+            summary["parent"] = lineage["parent"]
+            summary.update(lineage.get("progressive", {}))
     best_epoch = trainer.best["epoch"] or trainer.epoch
     best = next((h for h in history if h["epoch"] == best_epoch), None)
     setup = trainer.setup
@@ -309,8 +381,12 @@ def parse_epoch_range(text: str | None, available: list[int]) -> list[int]:
     return chosen
 
 
-def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Evaluate every saved epoch in ``eval.epochs`` on ``eval.split`` (exact AUC/logloss)."""
+def run_eval(cfg: Config, *, log: Callable[[str], None] = print, partition: str | None = None) -> list[dict[str, Any]]:
+    """Evaluate every saved epoch in ``eval.epochs`` on ``eval.split`` (exact AUC/logloss).
+
+    A run on a partitioned store: ``partition`` (or the run's train / valid / test partitions
+    for ``eval.split``), read as the run's vocabulary version reads it (ids added or changed since
+    are OOV), with the model built for that version's spec: any partition, appended later or not."""
     if not cfg.run_dir:
         raise ConfigError("which run? pass RUN_DIR or set run_dir in the config")
     check_run_config(cfg)
@@ -321,23 +397,44 @@ def run_eval(cfg: Config, *, log: Callable[[str], None] = print) -> list[dict[st
     epochs = parse_epoch_range(cfg.eval.epochs, available)
     store = ensure_store(cfg, progress=False, log=log)
     check_tasks(cfg, store)
-    split = store.split(cfg.eval.split)
     configure_torch_threads(cfg.train.threads)
     device = torch.device(cfg.train.device)
-    model = build_model_for(cfg, store).to(device)
+    where = cfg.eval.split
+    if store.partitioned:
+        lineage = run.read_lineage() or {}
+        version = int(lineage.get("vocab_version") or store.vocab_version)
+        if partition is None:
+            view = partition_view(store, cfg.data, lineage.get("trained_partitions"))
+            names = view.partitions_of[cfg.eval.split]
+            if not names:
+                raise ConfigError(f"{run.path} has no {cfg.eval.split} partition (data.{cfg.eval.split}_partition); "
+                                  "name one with --partition NAME")
+        else:
+            names = [partition]
+        split = read_partitions(store, names, version)
+        where = f"partition {', '.join(names)}"
+        params = dict(cfg.model.params)
+        if store.multi_task and multi_task(cfg.model.name):
+            params.setdefault("num_tasks", len(store.tasks))
+        model = build_model(cfg.model.name, store.spec_at(version), params).to(device)
+    else:
+        if partition is not None:
+            raise ConfigError(f"--partition: {store.path} is not a partitioned store (use --split)")
+        split = store.split(cfg.eval.split)
+        model = build_model_for(cfg, store).to(device)
     setup = task_setup(model, store, cfg.train.task)
     results = []
     labels = split_labels(split, setup)
-    warning = overlap_warning(train_test_overlap(store.meta)) if cfg.eval.split == "test" else ""
+    warning = overlap_warning(train_test_overlap(store.meta)) if cfg.eval.split == "test" and not store.partitioned else ""
     for epoch in epochs:
         model.load_state_dict(load_weights(run.checkpoint(epoch)))
         probs = predict_split(model, split, cfg.eval.batch_size, device, cvr=bool(setup and setup.cvr))
-        res = {"epoch": epoch, "split": cfg.eval.split,
+        res = {"epoch": epoch, "split": cfg.eval.split, **({"partitions": names} if store.partitioned else {}),
                **(evaluate_scores(labels, probs) if setup is None else score_split(labels, probs, setup))}
         results.append(res)
         if setup is not None and setup.multi:
-            log(f"epoch {epoch}: {cfg.eval.split} {format_task_metrics(res, setup)}  rows {res['rows']:,}{warning}")
+            log(f"epoch {epoch}: {where} {format_task_metrics(res, setup)}  rows {res['rows']:,}{warning}")
         else:
-            log(f"epoch {epoch}: {cfg.eval.split} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
+            log(f"epoch {epoch}: {where} AUC {res['auc']:.5f}  logloss {res['logloss']:.5f}  "
                 f"rows {res['rows']:,}{warning}")
     return results

@@ -11,6 +11,10 @@
     RUN/summary.json                written last: best epoch, its metrics, test metrics; a run
                                     without one is unfinished
     RUN/tensorboard/                event files when ``train.tensorboard`` is on
+    RUN/lineage.json                a run on a partitioned store: the store, its vocabulary version and
+                                    spec fingerprint, the partitions trained / validated / tested on, and
+                                    for a continued run (``train.continue_from``) its parent (run dir,
+                                    epoch, vocabulary version) and the progressive metrics
     RUN/store/                      the store prepared from ``data.train`` when no ``data.store`` is set
     RUN/scores_<split>.npz          experiments: the chosen epoch's per-row probabilities on the
                                     valid and test splits (``labels`` uint8[n], ``scores`` f32[n])
@@ -40,6 +44,7 @@ EPOCHS_CSV = "epochs.csv"
 STEPS_JSONL = "steps.jsonl"
 TENSORBOARD = "tensorboard"
 STORE = "store"
+LINEAGE = "lineage.json"
 
 
 def read_records(path: Path, key: str, *, skip_unreadable: bool = False) -> list[dict[str, Any]]:
@@ -113,6 +118,20 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def lineage(self) -> Path:
+        return self.path / LINEAGE
+
+    def read_lineage(self) -> dict[str, Any] | None:
+        """lineage.json (a run on a partitioned store), or None."""
+        if not self.lineage.is_file():
+            return None
+        with open(self.lineage, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def write_lineage(self, record: dict[str, Any]) -> None:
+        write_json_atomic(self.lineage, record, indent=1)
 
     @property
     def store(self) -> Path:
@@ -195,6 +214,6 @@ class RunDir:
         """Remove what an earlier run left (checkpoints, logs, summary, TensorBoard events), so that
         nothing of it is mistaken for a new run's (the caller writes config.yaml next)."""
         shutil.rmtree(self.checkpoints, ignore_errors=True)
-        for path in (self.steps, self.epochs_jsonl, self.epochs_csv, self.summary):
+        for path in (self.steps, self.epochs_jsonl, self.epochs_csv, self.summary, self.lineage):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
