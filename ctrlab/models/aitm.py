@@ -9,8 +9,8 @@ from torch import nn
 
 from ctrlab.fields import FeatureSpec
 from ctrlab.models.registry import register
-from ctrlab.nn import MLP, FeatureEmbedding, deep_input
-from ctrlab.nn.multitask import InformationTransfer
+from ctrlab.nn import MLP
+from ctrlab.nn.multitask import InformationTransfer, TaskInputs
 
 
 @register("aitm")
@@ -54,24 +54,20 @@ class AITM(nn.Module):
         calibrator_weight: float = 0.6,
     ) -> None:
         super().__init__()
-        if num_tasks != 2:
-            raise ValueError(f"aitm has exactly 2 tasks (click, conversion), got num_tasks={num_tasks}")
         if not tower_units:
             raise ValueError("tower_units must not be empty")
+        self.inputs = TaskInputs(spec, embedding_dim, num_tasks, model="aitm", tasks=2)
         self.num_tasks = 2
-        self.n_dense = spec.n_dense
         self.calibrator_weight = float(calibrator_weight)
         options = {"activation": activation, "dropout": dropout, "batch_norm": batch_norm}
-        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        width = self.embedding.output_dim + spec.n_dense
         dim = int(tower_units[-1])
-        self.towers = nn.ModuleList(MLP(width, tower_units, **options) for _ in range(2))
+        self.towers = nn.ModuleList(MLP(self.inputs.output_dim, tower_units, **options) for _ in range(2))
         self.transfer = MLP(dim, (dim,), activation=activation)  # p_0 = transfer(z_0)
         self.attention = InformationTransfer(dim)
         self.heads = nn.ModuleList(nn.Linear(dim, 1) for _ in range(2))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
+        x = self.inputs(dense, sparse)
         z0 = self.towers[0](x)
         z1 = self.attention(self.transfer(z0), self.towers[1](x))
         return torch.cat([self.heads[0](z0), self.heads[1](z1)], dim=1)

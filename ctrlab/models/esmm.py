@@ -9,8 +9,8 @@ from torch import nn
 
 from ctrlab.fields import FeatureSpec
 from ctrlab.models.registry import register
-from ctrlab.nn import MLP, FeatureEmbedding, deep_input
-from ctrlab.nn.multitask import product_logit
+from ctrlab.nn import MLP
+from ctrlab.nn.multitask import TaskInputs, product_logit
 
 
 @register("esmm")
@@ -49,24 +49,17 @@ class ESMM(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_tasks != 2:
-            raise ValueError(f"esmm has exactly 2 tasks (click, conversion), got num_tasks={num_tasks}")
+        self.inputs = TaskInputs(spec, embedding_dim, num_tasks, model="esmm", tasks=2)
         self.num_tasks = 2
-        self.n_dense = spec.n_dense
         options = {"activation": activation, "dropout": dropout, "batch_norm": batch_norm, "output_dim": 1}
-        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        width = self.embedding.output_dim + spec.n_dense
-        self.ctr_tower = MLP(width, tower_units, **options)
-        self.cvr_tower = MLP(width, tower_units, **options)
-
-    def _input(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return deep_input(self.embedding(dense, sparse), dense, self.n_dense)
+        self.ctr_tower = MLP(self.inputs.output_dim, tower_units, **options)
+        self.cvr_tower = MLP(self.inputs.output_dim, tower_units, **options)
 
     def cvr_logits(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """The CVR tower's logit ``[B]`` (pCVR = sigmoid of it; conversion given a click)."""
-        return self.cvr_tower(self._input(dense, sparse)).squeeze(-1)
+        return self.cvr_tower(self.inputs(dense, sparse)).squeeze(-1)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = self._input(dense, sparse)
+        x = self.inputs(dense, sparse)
         ctr = self.ctr_tower(x)  # [B, 1]
         return torch.cat([ctr, product_logit(ctr, self.cvr_tower(x))], dim=1)

@@ -9,8 +9,7 @@ from torch import nn
 
 from ctrlab.fields import FeatureSpec
 from ctrlab.models.registry import register
-from ctrlab.nn import FeatureEmbedding, deep_input
-from ctrlab.nn.multitask import MixtureOfExperts, Towers
+from ctrlab.nn.multitask import MixtureOfExperts, TaskInputs, Towers
 
 
 @register("mmoe")
@@ -48,16 +47,11 @@ class MMoE(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        self.num_tasks = int(num_tasks)
-        self.n_dense = spec.n_dense
+        self.inputs = TaskInputs(spec, embedding_dim, num_tasks, model="mmoe")
+        self.num_tasks = self.inputs.num_tasks
         options = {"activation": activation, "dropout": dropout, "batch_norm": batch_norm}
-        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        self.moe = MixtureOfExperts(self.embedding.output_dim + spec.n_dense, num_experts, num_tasks, expert_units,
-                                    **options)
+        self.moe = MixtureOfExperts(self.inputs.output_dim, num_experts, num_tasks, expert_units, **options)
         self.towers = Towers(self.moe.output_dim, num_tasks, tower_units, **options)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
-        return self.towers(self.moe(x))
+        return self.towers(self.moe(self.inputs(dense, sparse)))

@@ -9,8 +9,7 @@ from torch import nn
 
 from ctrlab.fields import FeatureSpec
 from ctrlab.models.registry import register
-from ctrlab.nn import FeatureEmbedding, deep_input
-from ctrlab.nn.multitask import CGCLayer, Towers
+from ctrlab.nn.multitask import CGCLayer, TaskInputs, Towers
 
 
 @register("ple")
@@ -53,15 +52,12 @@ class PLE(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-        self.num_tasks = int(num_tasks)
-        self.n_dense = spec.n_dense
+        self.inputs = TaskInputs(spec, embedding_dim, num_tasks, model="ple")
+        self.num_tasks = self.inputs.num_tasks
         options = {"activation": activation, "dropout": dropout, "batch_norm": batch_norm}
-        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        width = self.embedding.output_dim + spec.n_dense
+        width = self.inputs.output_dim
         self.levels = nn.ModuleList()
         for level in range(num_levels):
             layer = CGCLayer(width, num_tasks, num_experts, num_shared_experts, expert_units,
@@ -71,7 +67,7 @@ class PLE(nn.Module):
         self.towers = Towers(width, num_tasks, tower_units, **options)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
+        x = self.inputs(dense, sparse)
         h = x.unsqueeze(1).expand(-1, self.num_tasks + 1, -1)  # every task and the shared part read x
         for level in self.levels:
             h = level(h)

@@ -9,8 +9,8 @@ from torch import nn
 
 from ctrlab.fields import FeatureSpec
 from ctrlab.models.registry import register
-from ctrlab.nn import MLP, FeatureEmbedding, deep_input
-from ctrlab.nn.multitask import Towers
+from ctrlab.nn import MLP
+from ctrlab.nn.multitask import TaskInputs, Towers
 
 
 @register("shared_bottom")
@@ -47,17 +47,13 @@ class SharedBottom(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if not hidden_units:
             raise ValueError("hidden_units (the shared bottom) must not be empty")
-        self.num_tasks = int(num_tasks)
-        self.n_dense = spec.n_dense
+        self.inputs = TaskInputs(spec, embedding_dim, num_tasks, model="shared_bottom")
+        self.num_tasks = self.inputs.num_tasks
         options = {"activation": activation, "dropout": dropout, "batch_norm": batch_norm}
-        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
-        self.bottom = MLP(self.embedding.output_dim + spec.n_dense, hidden_units, **options)
+        self.bottom = MLP(self.inputs.output_dim, hidden_units, **options)
         self.towers = Towers(self.bottom.out_features, num_tasks, tower_units, **options)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = deep_input(self.embedding(dense, sparse), dense, self.n_dense)
-        return self.towers(self.bottom(x))
+        return self.towers(self.bottom(self.inputs(dense, sparse)))

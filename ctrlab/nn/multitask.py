@@ -12,7 +12,33 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ctrlab.fields import FeatureSpec
+from ctrlab.nn.embedding import FeatureEmbedding, deep_input
 from ctrlab.nn.mlp import MLP
+
+
+class TaskInputs(nn.Module):
+    """The input every multi-task model shares: the flattened field embeddings followed by the raw
+    numeric values (:func:`~ctrlab.nn.embedding.deep_input`), and the check of its task count
+    (``tasks``: the number a model requires, None for any ``num_tasks >= 1``).
+
+    Shapes: dense float32 ``[B, dense_width]``, sparse int64 ``[B, sparse_width]`` -> ``[B, output_dim]``
+    """
+
+    def __init__(self, spec: FeatureSpec, embedding_dim: int, num_tasks: int, *, model: str,
+                 tasks: int | None = None) -> None:
+        super().__init__()
+        if tasks is not None and num_tasks != tasks:
+            raise ValueError(f"{model} has exactly {tasks} tasks (click, conversion), got num_tasks={num_tasks}")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        self.num_tasks = int(num_tasks)
+        self.n_dense = spec.n_dense
+        self.embedding = FeatureEmbedding(spec, embedding_dim, embed_dense=False)
+        self.output_dim = self.embedding.output_dim + spec.n_dense
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return deep_input(self.embedding(dense, sparse), dense, self.n_dense)
 
 
 def _expert_mlp(input_dim: int, units: Sequence[int], activation: str, dropout: float, batch_norm: bool) -> MLP:

@@ -198,7 +198,7 @@ def test_every_task_has_its_own_gradient_path(name):
     for t in range(2):
         model.zero_grad()
         model(dense, sparse)[:, t].sum().backward()
-        assert model.embedding.sparse.weight.grad.abs().gt(0).any()
+        assert model.inputs.embedding.sparse.weight.grad.abs().gt(0).any()
         if name == "aitm":  # task 0's head never sees task 1's loss; task 1 reads task 0's tower
             assert (model.heads[0].weight.grad.abs().gt(0).any()) == (t == 0)
         elif name == "esmm":  # pCTCVR = pCTR x pCVR: the CVR tower learns from task 1 only

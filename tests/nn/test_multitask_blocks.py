@@ -155,3 +155,21 @@ def test_product_logit_is_finite_and_bounded_at_extremes():
     assert float(product_logit(torch.tensor(200.0), torch.tensor(200.0))) == pytest.approx(200 - math.log(2))
     out.sum().backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_task_inputs_are_the_flat_embeddings_then_the_numeric_values():
+    from ctrlab.fields import FeatureSpec
+    from ctrlab.nn.multitask import TaskInputs
+
+    spec = FeatureSpec(("x0", "x1"), ("a", "b"), (5, 7))
+    block = TaskInputs(spec, 3, 2, model="mmoe")
+    dense, sparse = torch.randn(4, 2), torch.tensor([[1, 2], [0, 6], [4, 1], [3, 3]])
+    table, offsets = block.embedding.sparse.weight, [0, 5]
+    expected = torch.stack([torch.cat([table[offsets[0] + int(r[0])], table[offsets[1] + int(r[1])], d])
+                            for r, d in zip(sparse, dense)])
+    torch.testing.assert_close(block(dense, sparse), expected)
+    assert block.output_dim == 2 * 3 + 2
+    with pytest.raises(ValueError, match="esmm has exactly 2 tasks"):
+        TaskInputs(spec, 3, 3, model="esmm", tasks=2)
+    with pytest.raises(ValueError, match="num_tasks must be >= 1"):
+        TaskInputs(spec, 3, 0, model="mmoe")
