@@ -4,6 +4,8 @@
     valid_auc       validation AUC per epoch (the epoch logs); the best epoch of each run starred
     test_auc        test AUC per model/setting, mean with std over seeds as error bars
     throughput      training samples/s per model/setting, mean with std over seeds
+    progressive_auc runs continued day by day (summary ``progressive_auc``): the progressive AUC per
+                    day (x: the scored partition, in the store's order), one line per lineage
     sweep_<axis>    sweeps: the ranking metric (and test AUC) along each axis, the other settings
                     held at the best point (grid) or the base config (one at a time)
 
@@ -38,6 +40,7 @@ class RunData:
     summary: dict[str, Any] | None
     steps: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    lineage: str = ""  # progressive_auc: the line it belongs to (set by load_sources)
 
 
 @dataclass
@@ -78,8 +81,10 @@ def load_sources(paths: list[str | Path]) -> Source:
             prefix = f"{path.name}/" if prefix_needed else ""
             for run in manifest["runs"]:
                 runs.append(_run_data(prefix + run["name"], prefix + run["point"], path / run["dir"]))
+                runs[-1].lineage = runs[-1].point
         elif RunDir(path).is_run():
             runs.append(_run_data(path.name, path.name, path))
+            runs[-1].lineage = _chained(runs[-1], runs[:-1])
             titles.append(path.name)
         else:
             children = sorted(p for p in path.iterdir() if p.is_dir() and RunDir(p).is_run())
@@ -87,9 +92,22 @@ def load_sources(paths: list[str | Path]) -> Source:
                 raise FileNotFoundError(f"{path}: neither an experiment ({MANIFEST}) nor a run directory "
                                         f"({SUMMARY}, {EPOCHS_JSONL}) nor a folder of run directories")
             runs += [_run_data(p.name, p.name, p) for p in children]
+            for run in runs[-len(children):]:
+                run.lineage = path.name  # a folder of runs: one lineage (e.g. one model's days)
             titles.append(path.name)
     points = list(dict.fromkeys(r.point for r in runs))
     return Source(runs, points, "; ".join(titles), metric or "test_auc", manifests, _colors(points))
+
+
+def _chained(run: RunData, given: list[RunData]) -> str:
+    """A run directory given alone joins the lineage of its parent (summary ``parent.run_dir``)
+    when the parent was given before it, else starts its own."""
+    parent = ((run.summary or {}).get("parent") or {}).get("run_dir")
+    if parent:
+        for other in given:
+            if other.path.resolve() == Path(parent).resolve():
+                return other.lineage
+    return run.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +297,64 @@ def chart_throughput(source: Source):
                             "training samples/s", bars=True)
 
 
+def _partition_order(runs: list[RunData]) -> list[str]:
+    """The scored partitions in the order of their store (meta.json ``partitions``), then any other
+    by name."""
+    import json
+
+    order: list[str] = []
+    for store in dict.fromkeys(str(r.summary.get("store")) for r in runs if r.summary.get("store")):
+        try:
+            meta = json.loads((Path(store) / "meta.json").read_text(encoding="utf-8"))
+            order += [p["name"] for p in meta.get("partitions", []) if p["name"] not in order]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return order
+
+
+def progressive_points(source: Source) -> dict[str, list[tuple[str, float]]]:
+    """Per lineage, its runs' (scored partition, progressive AUC) in the store's partition order
+    (several scored partitions: their names joined by '+', placed at the last one)."""
+    runs = [r for r in source.runs if r.summary and r.summary.get("progressive_auc") is not None]
+    order = _partition_order(runs)
+
+    def rank(name: str) -> tuple[int, str]:
+        last = name.split("+")[-1]
+        return (order.index(last), name) if last in order else (len(order), name)
+
+    out: dict[str, list[tuple[str, float]]] = {}
+    for run in runs:
+        label = "+".join(run.summary.get("progressive_partitions") or [run.name])
+        out.setdefault(run.lineage or run.point, []).append((label, float(run.summary["progressive_auc"])))
+    return {k: sorted(v, key=lambda p: rank(p[0])) for k, v in out.items()}
+
+
+def chart_progressive_auc(source: Source):
+    lines = progressive_points(source)
+    if not lines:
+        return None
+    runs = [r for r in source.runs if r.summary and r.summary.get("progressive_auc") is not None]
+    order = _partition_order(runs)
+    labels = sorted({x for pts in lines.values() for x, _ in pts},
+                    key=lambda n: (order.index(n.split("+")[-1]) if n.split("+")[-1] in order else len(order), n))
+    pos = {x: i for i, x in enumerate(labels)}
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    fig = _figure(max(6.0, min(14.0, 3.0 + 0.45 * len(labels))), 4.8)
+    ax = fig.add_subplot()
+    for i, (name, pts) in enumerate(lines.items()):
+        ax.plot([pos[x] for x, _ in pts], [y for _, y in pts], marker="o", markersize=4, linewidth=1.6,
+                color=cmap(i % cmap.N), label=name)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=45 if len(labels) > 10 else 0)
+    ax.set_title("Progressive AUC per day\n(each model scored on a partition before it trains on it)", fontsize=11)
+    ax.set_xlabel("scored partition")
+    ax.set_ylabel("progressive AUC")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(lines))
+    return fig
+
+
 def sweep_slices(exp_dir: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     """One chart per sweep axis: the points that differ from the centre (best point for a grid,
     the base for one-at-a-time) only in that axis."""
@@ -375,7 +451,8 @@ def plot_paths(paths: list[str | Path], out_dir: str | Path, formats: tuple[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = [("test_auc", chart_test_auc(source)), ("valid_auc", chart_valid_auc(source)),
-              ("train_loss", chart_train_loss(source)), ("throughput", chart_throughput(source)), *task_charts(source)]
+              ("train_loss", chart_train_loss(source)), ("throughput", chart_throughput(source)),
+              ("progressive_auc", chart_progressive_auc(source)), *task_charts(source)]
     for exp_dir, manifest in source.manifests:
         charts += sweep_slices(exp_dir, manifest)
     written = []
