@@ -32,14 +32,10 @@ from __future__ import annotations
 
 import bisect
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import pyarrow as pa
+from typing import Any, Iterator
 
 from ..schema import LABEL, WEIGHTS_SUFFIX, Schema
-from .readers import (FALLBACK_ROWS, MAX_WEIGHT, Chunk, SkipReport, SourceInfo, _ChunkBuilder, iter_lines,
-                      number_error, parse_number)
-from ..fileio import sha256_file
+from .readers import MAX_WEIGHT, Chunk, SkipReport, SourceInfo, iter_lines, number_error, parse_number, read_token_lines
 
 
 def parse_label(text: str) -> float | None:
@@ -105,58 +101,6 @@ class FieldRoles:
                     "multi-valued field"), name
         row[name] = ident
         return None
-
-
-def read_token_lines(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
-                     parse: Callable[[str], Any], reason: str) -> Iterator[Chunk]:
-    """Lines -> chunks of canonical columns (label, dense, sparse, lists, list weights) through
-    ``parse(text)``, which returns (row, None) or (message, field). Lists keep their last
-    ``max_length`` values (the rows cut counted in ``info.truncated``)."""
-    builder = _ChunkBuilder(path, bad_lines, report, info)
-    info.sha256 = sha256_file(path)
-    info.bytes = path.stat().st_size
-    weighted = [c.name for c in schema.lists if c.weight_separator is not None]
-    out_cols = [*([LABEL] if schema.label else []), *schema.dense, *schema.sparse, *schema.list_names,
-                *(n + WEIGHTS_SUFFIX for n in weighted)]
-    types = {LABEL: pa.float64(), **{c: pa.float64() for c in schema.dense}, **{c: pa.string() for c in schema.sparse},
-             **{c: pa.list_(pa.string()) for c in schema.list_names},
-             **{n + WEIGHTS_SUFFIX: pa.list_(pa.float64()) for n in weighted}}
-    columns: dict[str, list[Any]] = {c: [] for c in out_cols}
-    pending = 0
-
-    def flush() -> Chunk:
-        arrays = [pa.array(columns[c], type=types[c]) for c in out_cols]
-        for c in out_cols:
-            columns[c] = []
-        return builder.take(pa.Table.from_arrays(arrays, names=out_cols))
-
-    for line_no, text, problem in iter_lines(path):
-        if problem is not None:
-            builder.bad(line_no, problem[0], problem[1], None)
-            continue
-        if not text.strip():
-            builder.bad(line_no, "empty line", "empty line", None)
-            continue
-        row, field = parse(text)
-        if isinstance(row, str):
-            builder.bad(line_no, reason, row, field)
-            continue
-        for column in schema.lists:
-            values = row[column.name]
-            if column.max_length is not None and len(values) > column.max_length:
-                info.truncated[column.name] = info.truncated.get(column.name, 0) + 1
-                row[column.name] = values[-column.max_length:]
-                if column.name in weighted:
-                    row[column.name + WEIGHTS_SUFFIX] = row[column.name + WEIGHTS_SUFFIX][-column.max_length:]
-        builder.good(line_no)
-        for c in out_cols:
-            columns[c].append(row.get(c))
-        pending += 1
-        if pending >= FALLBACK_ROWS:
-            pending = 0
-            yield flush()
-    if builder.pending:
-        yield flush()
 
 
 def _label(tokens: list[str], schema: Schema, row: dict[str, Any]) -> tuple[str, str | None] | None:

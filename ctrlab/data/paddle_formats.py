@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..schema import LABEL, Schema
-from .libsvm import FieldRoles, _uint, read_token_lines
-from .readers import Chunk, SkipReport, SourceInfo, number_error, parse_number
+from .libsvm import FieldRoles, _uint
+from .readers import Chunk, SkipReport, SourceInfo, number_error, parse_number, read_token_lines
 
 
 def read_feat_idx(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo) -> Iterator[Chunk]:

@@ -836,12 +836,7 @@ def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, inf
     singles = {c for c in (*schema.labels, schema.id_column, *schema.dense, *schema.sparse) if c is not None}
     keyed = sorted((singles - set(positional)) | set(lists))
     whitespace = schema.delimiter.strip() == ""
-    builder = _ChunkBuilder(path, bad_lines, report, info)
-    info.sha256 = sha256_file(path)
-    info.bytes = path.stat().st_size
     task_of = {name: task_column(i) for i, name in enumerate(schema.labels)}
-    out_cols = [*([ID] if schema.id_column else []), *task_of.values(), *schema.dense, *schema.sparse, *lists]
-    columns: dict[str, list[Any]] = {c: [] for c in out_cols}
 
     def parse(line: str) -> tuple[dict[str, Any], None] | tuple[str, str | None]:
         row: dict[str, Any] = {c: [] for c in lists}
@@ -884,15 +879,34 @@ def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, inf
                 row[col] = number
         return row, None
 
+    yield from read_token_lines(path, schema, bad_lines, report, info, parse, "bad key:value line")
+
+
+def read_token_lines(path: Path, schema: Schema, bad_lines: str, report: SkipReport, info: SourceInfo,
+                     parse: Callable[[str], Any], reason: str) -> Iterator[Chunk]:
+    """Lines -> chunks of canonical columns (label, dense, sparse, lists, list weights) through
+    ``parse(text)``, which returns (row, None) or (message, field): a dict keyed by the canonical
+    columns (id, the labels' task columns, dense, sparse, lists and list weights). Lists keep their
+    last ``max_length`` values (the rows cut counted in ``info.truncated``). The one line loop of
+    the token formats (kv here; libsvm, libffm and PaddleRec's in their modules)."""
+    builder = _ChunkBuilder(path, bad_lines, report, info)
+    info.sha256 = sha256_file(path)
+    info.bytes = path.stat().st_size
+    weighted = [c.name for c in schema.lists if c.weight_separator is not None]
+    tasks = [task_column(i) for i in range(len(schema.labels))]
+    out_cols = [*([ID] if schema.id_column else []), *tasks, *schema.dense, *schema.sparse, *schema.list_names,
+                *(n + WEIGHTS_SUFFIX for n in weighted)]
+    types = {ID: pa.string(), **{t: pa.float64() for t in tasks}, **{c: pa.float64() for c in schema.dense},
+             **{c: pa.string() for c in schema.sparse},
+             **{c: pa.list_(pa.string()) for c in schema.list_names},
+             **{n + WEIGHTS_SUFFIX: pa.list_(pa.float64()) for n in weighted}}
+    columns: dict[str, list[Any]] = {c: [] for c in out_cols}
+    pending = 0
+
     def flush() -> Chunk:
-        arrays = []
-        for col in out_cols:
-            if col in lists:
-                arrays.append(pa.array(columns[col], type=pa.list_(pa.string())))
-            else:
-                numeric = col in schema.dense or col in task_of.values()
-                arrays.append(pa.array(columns[col], type=pa.float64() if numeric else pa.string()))
-            columns[col] = []
+        arrays = [pa.array(columns[c], type=types[c]) for c in out_cols]
+        for c in out_cols:
+            columns[c] = []
         return builder.take(pa.Table.from_arrays(arrays, names=out_cols))
 
     for line_no, text, problem in iter_lines(path):
@@ -904,20 +918,25 @@ def _read_kv(path: Path, schema: Schema, bad_lines: str, report: SkipReport, inf
             continue
         row, field = parse(text)
         if isinstance(row, str):
-            builder.bad(line_no, "bad key:value line", row, field)
+            builder.bad(line_no, reason, row, field)
             continue
-        for name, column in lists.items():
-            values = row[name]
+        for column in schema.lists:
+            values = row[column.name]
             if column.max_length is not None and len(values) > column.max_length:
-                info.truncated[name] = info.truncated.get(name, 0) + 1
-                row[name] = values[-column.max_length:]
+                info.truncated[column.name] = info.truncated.get(column.name, 0) + 1
+                row[column.name] = values[-column.max_length:]
+                if column.name in weighted:
+                    row[column.name + WEIGHTS_SUFFIX] = row[column.name + WEIGHTS_SUFFIX][-column.max_length:]
         builder.good(line_no)
-        for col in out_cols:
-            columns[col].append(row.get(col))
-        if len(columns[out_cols[0]]) >= FALLBACK_ROWS:
+        for c in out_cols:
+            columns[c].append(row.get(c))
+        pending += 1
+        if pending >= FALLBACK_ROWS:
+            pending = 0
             yield flush()
     if builder.pending:
         yield flush()
+
 
 
 class RowReader:
