@@ -10,6 +10,8 @@ processes (so peak RSS is measured per run):
 * catcodes: the pipeline the issue describes ("pandas read_csv + category codes"): `pd.read_csv`
            with default dtypes, `astype("category").cat.codes` per categorical column (fitted on all
            rows), fillna + log1p on the counts, a seeded 8:1:1 split, np.save,
+* parse-only: ctrlab's own RowReader over the same file, nothing else (the floor: prepare's
+           speed is also given as a ratio to it),
 * deepctr: the preprocessing of DeepCTR-Torch's Criteo example (what its users copy):
            `pd.read_csv`, fillna, sklearn LabelEncoder per categorical column and MinMaxScaler
            on the counts, both fitted on all rows, then train_test_split,
@@ -103,6 +105,21 @@ print(len(data), time.perf_counter() - t)
 '''
 
 
+# the floor: ctrlab's own reader over the same file (parse and check every row, nothing else),
+# the rate no prepare can beat (issue 18 states prepare's speed as a ratio to it)
+PARSE_ONLY = r'''
+import sys, time
+from pathlib import Path
+from ctrlab.data.formats import detect_format, file_schema
+from ctrlab.data.readers import RowReader
+t = time.perf_counter()
+path = Path(sys.argv[1])
+_, schema = file_schema(path, detect_format(path), None)
+rows = sum(chunk.table.num_rows for chunk in RowReader([path], schema))
+print(rows, time.perf_counter() - t)
+'''
+
+
 def run_child(cmd: list[str]) -> tuple[float, float, str]:
     """Run a command; return (wall seconds, peak RSS in MiB, stdout)."""
     t = time.perf_counter()
@@ -140,9 +157,11 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         wall, rss, _ = run_child([sys.executable, "-m", "ctrlab", "prepare", str(src), "--out", str(out), "--quiet"])
         meta = json.loads((out / "meta.json").read_text())
+        pwall, prss, _ = run_child([sys.executable, "-c", PARSE_ONLY, str(src)])
         res = {"rows": rows, "bytes": size, "ctrlab_s": wall, "ctrlab_rows_s": rows / wall, "ctrlab_rss_mib": rss,
                "ctrlab_internal_rows_s": meta["rows_per_second"],
-               "ids": sum(meta["spec"]["vocab_sizes"])}
+               "ids": sum(meta["spec"]["vocab_sizes"]),
+               "parse_s": pwall, "parse_rows_s": rows / pwall, "parse_rss_mib": prss, "of_parse": pwall / wall}
         shutil.rmtree(out, ignore_errors=True)
         if not args.no_baseline:
             base_out = work / f"pandas_{rows}"
@@ -168,6 +187,9 @@ def main() -> None:
         base = (f"{r['pandas_rows_s']:>14,.0f} {r['pandas_rss_mib']:>7,.0f}Mi {r['speedup']:>5.1f}x"
                 if "pandas_s" in r else f"{'-':>14} {'-':>9} {'-':>6}")
         print(f"{r['rows']:>12,} {r['bytes'] / 1e6:>7,.0f} {r['ctrlab_rows_s']:>14,.0f} {r['ctrlab_rss_mib']:>7,.0f}Mi {base}")
+    for r in results:
+        print(f"{r['rows']:>12,} parse-only floor (RowReader over the same file): {r['parse_rows_s']:,.0f} rows/s, peak RSS "
+              f"{r['parse_rss_mib']:,.0f} MiB; prepare runs at {r['of_parse']:.2f}x of it ({r['ids']:,} ids kept)")
     for r in results:
         if "catcodes_s" in r:
             print(f"{r['rows']:>12,} pandas read_csv + category codes: {r['catcodes_rows_s']:,.0f} rows/s, "
