@@ -157,11 +157,12 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
                         split = np.full(n, SPLITS.index(role), dtype=np.uint8)
                     train_mask = split == 0
                     # rows of each split, so that every column worker scatters its codes straight
-                    # into per-split blocks (no extra copy of the chunk)
+                    # into per-split blocks (no extra copy of the chunk); column-major, so that a
+                    # column's codes land contiguously (the writer thread makes the rows contiguous)
                     parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
-                    codes = {s: np.empty((len(ix), width), dtype=np.int32) for s, ix in parts.items()}
-                    raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64) for s, ix in parts.items()}
-                    weights = {s: np.empty((len(ix), weight_width), dtype=np.float32) for s, ix in parts.items()}
+                    codes = {s: np.empty((len(ix), width), dtype=np.int32, order="F") for s, ix in parts.items()}
+                    raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64, order="F") for s, ix in parts.items()}
+                    weights = {s: np.empty((len(ix), weight_width), dtype=np.float32, order="F") for s, ix in parts.items()}
 
                     def work_estimate(j: int) -> int:
                         return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0

@@ -74,19 +74,15 @@ def unique_inverse(values: Values) -> tuple[Keys, np.ndarray]:
         codes = np.full(len(values), -1, dtype=np.int64)
         codes[~missing] = inverse
         return uniques, codes
+    if isinstance(values, pa.ChunkedArray):
+        # one array (a cheap copy): encoding one is faster than encoding a chunk at a time, and
+        # its dictionary is in the same first-seen order
+        values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        # one hash table runs across the chunks: every chunk carries the (final) dictionary
-        if encoded.num_chunks == 0:
-            return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
-        dictionary = encoded.chunk(encoded.num_chunks - 1).dictionary
-        indices = pa.chunked_array([c.indices for c in encoded.chunks], type=encoded.type.index_type)
-    else:
-        dictionary, indices = encoded.dictionary, encoded.indices
-    codes = indices.to_numpy(zero_copy_only=False) if isinstance(indices, pa.Array) else indices.to_numpy()
+    indices = encoded.indices
     if indices.null_count:
-        codes = np.where(np.asarray(indices.is_valid()), codes, -1)
-    return dictionary, codes.astype(np.int64, copy=False)
+        indices = pc.fill_null(indices, -1)
+    return encoded.dictionary, indices.to_numpy().astype(np.int64)
 
 
 def hash_keys(keys: Keys) -> np.ndarray:
@@ -275,7 +271,13 @@ class _VocabAccumulator:
         uniques, inverse = unique_inverse(values)
         self.int_keys = isinstance(uniques, np.ndarray)
         before = self.table.size
-        codes = self.table.insert(hash_keys(uniques))
+        hashes = hash_keys(uniques)
+        # most keys of a chunk are known already: a (read-only, cheaper) lookup finds them, and
+        # only the new ones are inserted (numbered in their order, as inserting all would)
+        codes = self.table.lookup(hashes)
+        absent = np.flatnonzero(codes < 0)
+        if absent.size:
+            codes[absent] = self.table.insert(hashes[absent])
         new = np.flatnonzero(codes >= before)
         if new.size:
             self.key_chunks.append(_take(uniques, new[np.argsort(codes[new])]))
@@ -471,8 +473,8 @@ class _NumericAccumulator:
     def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)
         if self.t.needs_fit:
-            v = self.t._pre(x if train_mask is None else x[train_mask])
-            v = v[~np.isnan(v)]
+            v = x if train_mask is None else x[train_mask]
+            v = self.t._pre(v[~np.isnan(v)])  # (the transforms keep every non-NaN value non-NaN)
             if v.size:
                 mean_b = float(v.mean())
                 m2_b = float(np.square(v - mean_b).sum())
