@@ -1,8 +1,9 @@
 """What a model needs to know about its input: the fitted feature layout.
 
 A model never sees raw values. The fitted FeaturePipeline turns a row into
-``dense: float32[n_dense]`` and ``sparse: int64[n_sparse]`` and describes that layout
-with a :class:`FeatureSpec`, which is what model constructors take.
+``dense: float32[dense_width]`` (the numeric features, then any list weights) and
+``sparse: int64[sparse_width]`` (the single-valued fields, then any list blocks) and describes that
+layout with a :class:`FeatureSpec`, which is what model constructors take.
 """
 
 from __future__ import annotations

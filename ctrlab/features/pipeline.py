@@ -1,4 +1,4 @@
-"""FeaturePipeline: raw columns -> (dense float32[N, n_dense], sparse int32[N, n_sparse]).
+"""FeaturePipeline: raw columns -> (dense float32[N, dense_width], sparse int32[N, sparse_width]).
 
 The one implementation of feature encoding. Training-data preparation, evaluation, offline
 prediction, the exported bundle and the HTTP server all call :meth:`FeaturePipeline.transform`
@@ -16,9 +16,12 @@ categorical columns (in schema order), then, for each list column (``lists``: mu
 sequence columns, issue 15), a block of ``max_length`` columns with its ids (values first, padding
 with the missing id 0; :func:`~.lists.list_ids`). A list column encodes through its own
 :class:`~.encoders.Vocabulary` or, with ``vocab_of``, through that categorical column's (the same
-ids). A pipeline with list columns has no online lane: :meth:`FeaturePipeline.transform` takes the
-vectorized path for any number of rows and :meth:`FeaturePipeline.transform_columns` refuses; nor
-a streaming fit (:meth:`FeaturePipeline.accumulators`): fit it with :meth:`FeaturePipeline.fit`.
+ids). A weighted list column (``tag:0.7``) also gives a block of ``max_length`` dense columns after
+the numeric ones: its weights where its ids are, 0 at padding
+(:attr:`~ctrlab.fields.FeatureSpec.weight_columns`). With list columns, :meth:`FeaturePipeline.transform`
+of an Arrow table takes the vectorized lane for any number of rows, and
+:meth:`FeaturePipeline.transform_columns` (checked request values) the online lane, with the same
+bytes.
 """
 
 from __future__ import annotations
@@ -127,9 +130,9 @@ class FeaturePipeline:
     Build one with :meth:`from_options` (per-column options, defaults for the rest), fit it with
     :meth:`fit` on training tables (or through ``prepare``), then call :meth:`transform`.
 
-    lists: list-valued columns (:class:`~ctrlab.schema.ListColumn`, with ``max_length`` and no
-    weights), each encoded as a block of ``max_length`` sparse columns after the single-valued
-    ones; list_encoders: the :class:`~.encoders.Vocabulary` of every list column without
+    lists: list-valued columns (:class:`~ctrlab.schema.ListColumn`, with ``max_length``), each
+    encoded as a block of ``max_length`` sparse columns after the single-valued ones (a weighted
+    one's weights as a block of dense columns after the numeric ones); list_encoders: the :class:`~.encoders.Vocabulary` of every list column without
     ``vocab_of`` (one with ``vocab_of`` uses ``encoders[vocab_of]``).
     """
 
