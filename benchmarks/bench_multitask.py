@@ -121,11 +121,12 @@ def scores(model: torch.nn.Module, store: Store, method: str = "forward") -> np.
     return np.concatenate(out)
 
 
-def truth(test_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def truth(test_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The test rows' true P(conversion | click, x), clicks, conversions and true P(click | x)."""
     with open(test_file, encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     return (np.array([float(r["p_cvr"]) for r in rows]), np.array([int(r["click"]) for r in rows]),
-            np.array([int(r["conversion"]) for r in rows]))
+            np.array([int(r["conversion"]) for r in rows]), np.array([float(r["p_click"]) for r in rows]))
 
 
 def fmt(values: list[float], digits: int = 4) -> str:
@@ -149,7 +150,9 @@ def main() -> None:
               f"(of impressions), conversions per click {info['cvr_given_click']:.4f}; true mean P(conversion | click, x) "
               f"over all impressions {info['mean_p_cvr_all']:.4f}, over clicked ones {info['mean_p_cvr_clicked']:.4f}")
         files = split_files(work / "mt.tsv", work)
-        p_cvr, click, conversion = truth(files["test"])
+        p_cvr, click, conversion, p_click = truth(files["test"])
+        quintile = np.digitize(p_click, np.quantile(p_click, [0.2, 0.4, 0.6, 0.8]))  # by true pCTR
+        by_quintile: dict[str, list] = {"esmm": [], "naive": []}  # per seed: mean pCVR per quintile
         both = ["click", "conversion"]
         results: dict[str, list] = {k: [] for k in ("esmm_bias", "naive_bias", "esmm_se", "naive_se")}
         aucs: dict[str, list] = {"mmoe": [], "deepfm": [], "dnn": []}  # per seed: [N, 2] test probabilities
@@ -189,6 +192,7 @@ def main() -> None:
                              for r in csv.DictReader(fh, delimiter="\t")]
             naive_cvr = Predictor(work / f"naive_bundle_{seed}").predict(test_rows).scores
             for name, predicted in (("esmm", esmm_cvr), ("naive", naive_cvr)):
+                by_quintile[name].append([float(predicted[quintile == q].mean()) for q in range(5)])
                 diff = predicted - p_cvr
                 results[f"{name}_bias"].append(float(diff.mean() / p_cvr.mean()))
                 results[f"{name}_se"].append(float(diff.std(ddof=1) / np.sqrt(len(diff)) / p_cvr.mean()))
@@ -207,6 +211,12 @@ def main() -> None:
               f"{np.mean(results['esmm_se']):.3f} | {min(epochs_run['esmm'])}-{max(epochs_run['esmm'])} |")
         print(f"| deepfm, naive CVR | clicked rows only (conversion) | {fmt(results['naive_bias'], 3)} | "
               f"{np.mean(results['naive_se']):.3f} | {min(epochs_run['naive_cvr'])}-{max(epochs_run['naive_cvr'])} |")
+        print("\nmean pCVR per quintile of the impressions' true pCTR (lowest first), mean over seeds:\n")
+        print("| pCTR quintile | true | esmm | naive |")
+        print("| ---: | ---: | ---: | ---: |")
+        for q in range(5):
+            print(f"| {q + 1} | {p_cvr[quintile == q].mean():.3f} | {np.mean([s[q] for s in by_quintile['esmm']]):.3f} | "
+                  f"{np.mean([s[q] for s in by_quintile['naive']]):.3f} |")
         print(f"\nESMM's own target, pCTCVR, over the test impressions: mean {fmt(ctcvr, 5)} (seeds) against "
               f"{conversion.mean():.5f} observed conversions per impression")
         labels = np.stack([click, conversion], axis=1)
@@ -219,7 +229,8 @@ def main() -> None:
                 b = [roc_auc(labels[:, t], s[:, t]) for s in aucs[kind]]
                 test = paired_test("auc", labels[:, t], [s[:, t] for s in aucs["mmoe"]], [s[:, t] for s in aucs[kind]])
                 print(f"| {task} | {fmt(a)} | {kind} | {fmt(b)} | {test.diff:+.4f} +- {test.se:.4f} | {test.p:.3f} |")
-        (work / "results.json").write_text(json.dumps({"bias": results, "epochs": epochs_run}, indent=1))
+        (work / "results.json").write_text(json.dumps({"bias": results, "epochs": epochs_run,
+                                                       "cvr_by_pctr_quintile": by_quintile}, indent=1))
         print(f"\n(work folder: {work})")
     finally:
         if not args.work:
