@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, FeaturesConfig, dump_config, load_config, parse_value
+from ..config import Config, ConfigError, DataConfig, FeaturesConfig, dump_config, load_config, parse_value
 from ..schema import FORMAT_NAMES
 from .options import merge_overrides
 
@@ -46,6 +46,16 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
                                      f"log_square_bucket (default {defaults.numeric.transform})")
     p.add_argument("--bad-lines", choices=["error", "skip"], help="stop at the first bad line (default) or skip "
                                                                   "and count bad lines")
+    p.add_argument("--vocab-memory-mib", type=int, metavar="MIB",
+                   help=f"memory for counting the vocabularies (default {DataConfig().vocab_memory_mib}); past it the "
+                        "counts spill to temporary files and are merged exactly, so memory does not grow with the "
+                        "number of distinct values (0: count in memory)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray tasks, a file each, on a local Ray or the cluster at "
+                        "--address (pip install 'ctrlab[ray]'); the same store, its splits written as shards")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="with --engine ray: the Ray cluster to run on (what `ray start --head` printed, or auto); "
+                        "default: a local Ray started for this command")
     p.add_argument("--partition", metavar="NAME",
                    help="make a partitioned store whose first partition NAME is the whole input (no random split); "
                         "with --append: the new partition's name (default: the first file's name without extension)")
@@ -72,7 +82,7 @@ def prepare_config(args: argparse.Namespace) -> Config:
         "data.store": args.out, "data.format": args.format,
         "data.split": split_ratios(args.split) if args.split else None, "data.seed": args.seed,
         "features.categorical.min_count": args.min_count, "features.numeric.transform": args.numeric,
-        "data.bad_lines": args.bad_lines,
+        "data.bad_lines": args.bad_lines, "data.vocab_memory_mib": args.vocab_memory_mib,
     }
     return load_config(args.config, merge_overrides(args.set, flags))
 
@@ -88,6 +98,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = prepare_config(args)
     if args.evict_after is not None and args.partition is None:
         raise ConfigError("--evict-after applies to a partitioned store: add --partition NAME (or use --append)")
+    if args.address and args.engine != "ray":
+        raise ConfigError("--address names a Ray cluster: add --engine ray")
     if not cfg.data.store:
         raise ConfigError("where should the store go? pass --out DIR or set data.store in the config")
     opts = prepare_options(cfg)
@@ -95,7 +107,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     # config.yaml goes in before the swap: the store and the config that made it arrive together
     store = prepare(opts, out, progress=not args.quiet,
                     before_swap=lambda build: dump_config(cfg, build / "config.yaml"),
-                    partition=args.partition, unseen_partitions=args.evict_after or None)
+                    partition=args.partition, unseen_partitions=args.evict_after or None,
+                    engine=args.engine, address=args.address)
     with disk_errors(out.parent / LEDGER_NAME):
         record_created(out.parent, [out], "store")
     print(format_summary(store.meta))

@@ -36,6 +36,9 @@ class DataConfig:
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train:valid:test (BARS Criteo_x4)
     seed: int = 2024
     bad_lines: str = "error"  # error | skip
+    # memory for counting the vocabularies in prepare: past it the counts spill to disk and are
+    # merged exactly (the same vocabulary), so prepare's memory does not grow with distinct values
+    vocab_memory_mib: int = 512
     store: str | None = None  # the encoded store (written by prepare, read by train)
     # a partitioned store (prepare --partition / --append): the partitions to train on, in order
     # (null: all but valid_partition / test_partition; continuing a run: those its parent did not train on)
@@ -291,6 +294,7 @@ SEED = Range(0, 2**32 - 1)
 LIMITS: dict[tuple[type, str], Range] = {
     (DataConfig, "split"): NON_NEGATIVE,
     (DataConfig, "seed"): SEED,
+    (DataConfig, "vocab_memory_mib"): NON_NEGATIVE,
     (CategoricalOptions, "min_count"): AT_LEAST_1,
     (CategoricalOptions, "max_size"): NON_NEGATIVE,
     (CategoricalOptions, "hash_buckets"): AT_LEAST_1,

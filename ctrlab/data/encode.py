@@ -16,6 +16,7 @@ import contextlib
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -60,17 +61,22 @@ def assign_random_split(n: int, start: int, seed: int, ratios: dict[str, float])
     return codes[np.minimum(which, len(names) - 1)]
 
 
-# what a store directory holds of its own; anything else found there is carried into its replacement
-def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipeline | None = None,
-                 accumulators: Callable[[FeaturePipeline], dict[str, Any]] | None = None,
-                 partition: bool = False) -> tuple[FeaturePipeline, dict[str, Any]]:
-    """Parse, fit, encode and write a whole store into the (new, empty) directory ``out``.
+@dataclass
+class StoreInputs:
+    """A store's checked inputs: per role its files (path, format, schema), how rows are split."""
 
-    partition=True (``ctrlab.data.append``): every row of ``opts.train`` goes into one partition,
-    whose arrays are written straight into ``out``, encoded through ``pipeline`` with the
-    accumulators ``accumulators(pipeline)`` returns (growing vocabularies); nothing else is
-    written there, and the partition's meta is returned with the pipeline."""
-    started = time.perf_counter()
+    files: dict[str, list[tuple[Path, str, Schema]]]
+    train_schema: Schema
+    random_ratios: dict[str, float]
+    split_method: str  # random | files | partition
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.train_schema.labels)
+
+
+def store_inputs(opts: Any, partition: bool = False) -> StoreInputs:
+    """Resolve and check ``opts``' inputs: every file's schema agrees with the training data's."""
     roles = {"train": opts.train, "valid": opts.valid, "test": opts.test}
     sources = {role: resolve_inputs(paths) for role, paths in roles.items() if paths}
     if "train" not in sources:
@@ -90,13 +96,6 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
             if (schema.feature_columns, schema.lists) != (train_schema.feature_columns, train_schema.lists):
                 raise ValueError(f"{path}: its columns {list(schema.feature_columns + schema.list_names)} differ "
                                  f"from the training data's {list(train_schema.feature_columns + train_schema.list_names)}")
-
-    if pipeline is None:
-        pipeline = FeaturePipeline.from_options(list(train_schema.dense), list(train_schema.sparse),
-                                                opts.categorical, opts.numeric, opts.columns, lists=train_schema.lists)
-    list_blocks = _list_blocks(pipeline)
-    weight_first = _weight_blocks(pipeline)  # weighted list column -> its first weight column
-    weight_width = sum(int(column.max_length) for column in pipeline.list_inputs if column.name in weight_first)
     random_ratios = {"train": opts.split[0]}
     if "valid" not in sources:
         random_ratios["valid"] = opts.split[1]
@@ -107,158 +106,238 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
         if set(sources) != {"train"}:
             raise ValueError("a partition takes its rows from its input files alone (no valid/test files)")
         random_ratios, split_method = {"train": 1.0}, "partition"
-    split_dirs = {s: (out if partition else out / s) for s in SPLITS}
+    return StoreInputs(schemas, train_schema, random_ratios, split_method)
 
+
+def new_pipeline(opts: Any, inputs: StoreInputs) -> FeaturePipeline:
+    schema = inputs.train_schema
+    return FeaturePipeline.from_options(list(schema.dense), list(schema.sparse), opts.categorical, opts.numeric,
+                                        opts.columns, lists=schema.lists)
+
+
+class FirstPass:
+    """Pass 1 of a store (or of a shard of one, ``ctrlab.data.ray_engine``): reads input files chunk
+    by chunk, gives each row its split (seeded, from its global index over the training files'
+    rows: ``train_rows_seen``, which a shard starts where its file starts), feeds every column to its
+    accumulator and writes each split's provisional codes, labels, raw numeric values and list
+    weights into ``split_dirs[split]`` (arrays) and ``tmp_dir`` (temporaries). When the vocabularies'
+    counting state passes ``budget`` bytes they spill (``features/spill.py``): ``epoch_starts``
+    holds, per split, the first row of each counting epoch."""
+
+    def __init__(self, opts: Any, inputs: StoreInputs, pipeline: FeaturePipeline, accs: dict[str, Any],
+                 split_dirs: dict[str, Path], tmp_dir: Path, pool: ThreadPoolExecutor, budget: int):
+        self.opts, self.inputs, self.pipeline, self.accs = opts, inputs, pipeline, accs
+        self.split_dirs, self.tmp_dir, self.pool, self.budget = split_dirs, tmp_dir, pool, budget
+        self.locks = {id(acc): threading.Lock() for acc in accs.values()}
+        self.spillable = [acc for acc in {id(a): a for a in accs.values()}.values() if hasattr(acc, "spill")]
+        self.list_blocks = _list_blocks(pipeline)
+        self.weight_first = _weight_blocks(pipeline)  # weighted list column -> its first weight column
+        self.weight_width = sum(int(column.max_length) for column in pipeline.list_inputs
+                                if column.name in self.weight_first)
+        self.width = len(pipeline.sparse_outputs) + sum(column.max_length for column, _ in self.list_blocks)  # type: ignore[misc]
+        n_tasks = len(inputs.tasks)
+        self.label_shape = (n_tasks,) if n_tasks > 1 else ()  # (several labels: one column per task)
+        self.writers: dict[str, dict[str, NpyAppender]] = {}
+        self.split_rows = dict.fromkeys(SPLITS, 0)  # rows written to each split so far
+        self.epoch_starts: dict[str, list[int]] = {s: [0] for s in SPLITS}
+        self.spilled: list[list[Path]] = [[] for _ in self.spillable]  # per spillable accumulator: its epochs
+        self.skipped = SkipReport()
+        self.source_meta: dict[str, list[dict[str, Any]]] = {}
+        self.rows = 0
+        self.train_rows_seen = 0
+        self.write_pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: list[Any] = []
+
+    def writer(self, split_name: str) -> dict[str, NpyAppender]:
+        # pass 1 writes each split's provisional sparse codes straight into its sparse.npy (pass 2
+        # remaps them in place), its labels into label.npy, and its raw dense values to a temp file
+        if split_name not in self.writers:
+            self.split_dirs[split_name].mkdir(exist_ok=True, parents=True)
+            self.writers[split_name] = {
+                "sparse": NpyAppender(self.split_dirs[split_name] / "sparse.npy", np.int32, (self.width,)),
+                "label": NpyAppender(self.split_dirs[split_name] / "label.npy", np.uint8, self.label_shape),
+                "raw_dense": NpyAppender(self.tmp_dir / f"{split_name}.dense.npy", np.float64,
+                                         (len(self.pipeline.dense_outputs),)),
+                "weights": NpyAppender(self.tmp_dir / f"{split_name}.weights.npy", np.float32, (self.weight_width,)),
+            }
+        return self.writers[split_name]
+
+    def read(self, role: str, path: Path, fmt: str, schema: Schema, bar: Any = None) -> None:
+        """All rows of one input file of ``role`` (train / valid / test)."""
+        reader = RowReader([path], schema, bad_lines=self.opts.bad_lines)
+        for chunk in reader:
+            self._chunk(role, chunk.table)
+            if bar is not None:
+                bar.update(chunk.table.num_rows)
+        self.skipped.merge_from(reader.skipped)
+        self.source_meta.setdefault(role, []).extend(
+            {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
+             "skipped": s.skipped, **({"truncated": s.truncated} if s.truncated else {})}
+            for s in reader.sources)
+
+    def _chunk(self, role: str, table: Any) -> None:
+        accs, pipeline, list_blocks, weight_first = self.accs, self.pipeline, self.list_blocks, self.weight_first
+        sparse_out, dense_out, dense_in = pipeline.sparse_outputs, pipeline.dense_outputs, pipeline.dense_inputs
+        n = table.num_rows
+        if role == "train" and self.inputs.split_method == "random":
+            split = assign_random_split(n, self.train_rows_seen, self.opts.seed, self.inputs.random_ratios)
+            self.train_rows_seen += n
+        else:
+            split = np.full(n, SPLITS.index(role), dtype=np.uint8)
+        train_mask = split == 0
+        # rows of each split, so that every column worker scatters its codes straight into
+        # per-split blocks (no extra copy of the chunk); column-major, so that a column's codes
+        # land contiguously (the writer thread makes the rows contiguous)
+        parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
+        codes = {s: np.empty((len(ix), self.width), dtype=np.int32, order="F") for s, ix in parts.items()}
+        raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64, order="F") for s, ix in parts.items()}
+        weights = {s: np.empty((len(ix), self.weight_width), dtype=np.float32, order="F") for s, ix in parts.items()}
+
+        def work_estimate(j: int) -> int:
+            return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0
+
+        def encode(j: int) -> None:  # one column through its accumulator
+            if j >= len(sparse_out) + len(dense_out):  # a list column: its block of codes
+                column, start = list_blocks[j - len(sparse_out) - len(dense_out)]
+                values, offsets = list_values(table.column(column.name))
+                value_mask = np.repeat(train_mask, np.diff(offsets))  # (count training rows)
+                # (a shared vocabulary's accumulator also serves its own column, in another
+                # task: the lock keeps the two updates apart)
+                with self.locks[id(accs[column.name])]:
+                    value_codes = accs[column.name].update(values, value_mask)
+                block = padded(value_codes.astype(np.int32), offsets, column.max_length, fill=0)[0]
+                for s, ix in parts.items():
+                    codes[s][:, start:start + column.max_length] = block[ix]
+                if column.weight_separator is not None:  # its weights, where its ids are
+                    first = weight_first[column.name]
+                    block = list_weights(table.column(column.name + WEIGHTS_SUFFIX), column.max_length)
+                    for s, ix in parts.items():
+                        weights[s][:, first:first + column.max_length] = block[ix]
+            elif j < len(sparse_out):
+                col = sparse_out[j]
+                with self.locks[id(accs[col])]:
+                    values = accs[col].update(column_values(table, col, col in dense_in), train_mask)
+                for s, ix in parts.items():
+                    codes[s][:, j] = values[ix]
+            else:
+                k = j - len(sparse_out)
+                values = accs[dense_out[k]].update(column_values(table, dense_out[k], True), train_mask)
+                for s, ix in parts.items():
+                    raw[s][:, k] = values[ix]
+
+        # columns are independent and Arrow/numpy release the GIL: encode them in parallel longest
+        # first (columns with the most distinct values), so that no thread is left finishing a big
+        # column alone at the end of the chunk
+        tasks = range(len(sparse_out) + len(dense_out) + len(list_blocks))
+        list(self.pool.map(encode, sorted(tasks, key=work_estimate)))
+        label = _labels(table, len(self.inputs.tasks))
+        # writes go to a writer thread (file writes release the GIL), at most two chunks behind,
+        # so the next chunk's encoding overlaps them
+        while len(self.pending) > 2:
+            self.pending.pop(0).result()
+        blocks = [(self.writer(s), codes[s], label[ix], raw[s], weights[s]) for s, ix in parts.items()]
+        self.pending.append(self.write_pool.submit(_append_blocks, blocks))
+        for s, ix in parts.items():
+            self.split_rows[s] += len(ix)
+        self.rows += n
+        if self.budget and self.spillable and sum(acc.nbytes() for acc in self.spillable) > self.budget:
+            self.spill()
+
+    def spill(self) -> None:
+        """Every vocabulary writes its counting epoch to disk and starts the next one."""
+        spillable, directory = self.spillable, self.tmp_dir
+        list(self.pool.map(lambda k: spillable[k].spill(directory / f"vocab-{k}"), range(len(spillable))))
+        for s in SPLITS:
+            self.epoch_starts[s].append(self.split_rows[s])
+
+    def close(self) -> None:
+        """Wait for the writes and close the arrays (also after an error)."""
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.write_pool.shutdown(cancel_futures=True)
+            for w in self.writers.values():
+                for appender in w.values():
+                    appender.close()
+
+
+def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipeline | None = None,
+                 accumulators: Callable[[FeaturePipeline], dict[str, Any]] | None = None,
+                 partition: bool = False) -> tuple[FeaturePipeline, dict[str, Any]]:
+    """Parse, fit, encode and write a whole store into the (new, empty) directory ``out``.
+
+    partition=True (``ctrlab.data.append``): every row of ``opts.train`` goes into one partition,
+    whose arrays are written straight into ``out``, encoded through ``pipeline`` with the
+    accumulators ``accumulators(pipeline)`` returns (growing vocabularies); nothing else is
+    written there, and the partition's meta is returned with the pipeline."""
+    started = time.perf_counter()
+    inputs = store_inputs(opts, partition)
+    if pipeline is None:
+        pipeline = new_pipeline(opts, inputs)
+    split_dirs = {s: (out if partition else out / s) for s in SPLITS}
     tmp_dir = out / ".prepare-tmp"
     tmp_dir.mkdir()
-    accumulator_locks: dict[int, threading.Lock] = {}
     accs = pipeline.accumulators() if accumulators is None else accumulators(pipeline)
-    accumulator_locks.update({id(acc): threading.Lock() for acc in accs.values()})
-    width = len(pipeline.sparse_outputs) + sum(column.max_length for column, _ in list_blocks)  # type: ignore[misc]
-    dense_in = pipeline.dense_inputs
-    dense_out = pipeline.dense_outputs
-    sparse_out = pipeline.sparse_outputs
-    label_names = list(train_schema.labels)  # the tasks
-    label_shape = (len(label_names),) if len(label_names) > 1 else ()  # (several labels: one column per task)
-    # Pass 1 writes each split's provisional sparse codes straight into its sparse.npy (pass 2
-    # remaps them in place), its labels into label.npy, and its raw dense values to a temp file.
-    writers: dict[str, dict[str, NpyAppender]] = {}
-
-    def writer(split_name: str) -> dict[str, NpyAppender]:
-        if split_name not in writers:
-            split_dirs[split_name].mkdir(exist_ok=True)
-            writers[split_name] = {
-                "sparse": NpyAppender(split_dirs[split_name] / "sparse.npy", np.int32, (width,)),
-                "label": NpyAppender(split_dirs[split_name] / "label.npy", np.uint8, label_shape),
-                "raw_dense": NpyAppender(tmp_dir / f"{split_name}.dense.npy", np.float64, (len(dense_out),)),
-                "weights": NpyAppender(tmp_dir / f"{split_name}.weights.npy", np.float32, (weight_width,)),
-            }
-        return writers[split_name]
-
-    skipped = SkipReport()
-    source_meta: dict[str, list[dict[str, Any]]] = {}
-    rows = 0
-    train_rows_seen = 0  # global index over training-source rows, for the seeded split
+    budget = int(opts.vocab_memory_mib * (1 << 20)) if not partition else 0  # (appends grow in memory)
     bar = tqdm(desc="prepare: parse+fit", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5)
     pool = ThreadPoolExecutor(max_workers=available_cores())
-    write_pool = ThreadPoolExecutor(max_workers=1)
-    pending_writes: list[Any] = []
+    first = FirstPass(opts, inputs, pipeline, accs, split_dirs, tmp_dir, pool, budget)
     try:
-        for role, items in schemas.items():
-            for path, fmt, schema in items:
-                reader = RowReader([path], schema, bad_lines=opts.bad_lines)
-                for chunk in reader:
-                    table = chunk.table
-                    n = table.num_rows
-                    if role == "train" and split_method == "random":
-                        split = assign_random_split(n, train_rows_seen, opts.seed, random_ratios)
-                        train_rows_seen += n
-                    else:
-                        split = np.full(n, SPLITS.index(role), dtype=np.uint8)
-                    train_mask = split == 0
-                    # rows of each split, so that every column worker scatters its codes straight
-                    # into per-split blocks (no extra copy of the chunk); column-major, so that a
-                    # column's codes land contiguously (the writer thread makes the rows contiguous)
-                    parts = {SPLITS[c]: np.flatnonzero(split == c) for c in np.unique(split)}
-                    codes = {s: np.empty((len(ix), width), dtype=np.int32, order="F") for s, ix in parts.items()}
-                    raw = {s: np.empty((len(ix), len(dense_out)), dtype=np.float64, order="F") for s, ix in parts.items()}
-                    weights = {s: np.empty((len(ix), weight_width), dtype=np.float32, order="F") for s, ix in parts.items()}
-
-                    def work_estimate(j: int) -> int:
-                        return -accs[sparse_out[j]].distinct_seen if j < len(sparse_out) else 0
-
-                    def encode(j: int) -> None:  # one column through its accumulator
-                        if j >= len(sparse_out) + len(dense_out):  # a list column: its block of codes
-                            column, start = list_blocks[j - len(sparse_out) - len(dense_out)]
-                            values, offsets = list_values(table.column(column.name))
-                            value_mask = np.repeat(train_mask, np.diff(offsets))  # (count training rows)
-                            # (a shared vocabulary's accumulator also serves its own column, in
-                            # another task: the lock keeps the two updates apart)
-                            with accumulator_locks[id(accs[column.name])]:
-                                value_codes = accs[column.name].update(values, value_mask)
-                            block = padded(value_codes.astype(np.int32), offsets, column.max_length, fill=0)[0]
-                            for s, ix in parts.items():
-                                codes[s][:, start:start + column.max_length] = block[ix]
-                            if column.weight_separator is not None:  # its weights, where its ids are
-                                first = weight_first[column.name]
-                                block = list_weights(table.column(column.name + WEIGHTS_SUFFIX), column.max_length)
-                                for s, ix in parts.items():
-                                    weights[s][:, first:first + column.max_length] = block[ix]
-                        elif j < len(sparse_out):
-                            col = sparse_out[j]
-                            with accumulator_locks[id(accs[col])]:
-                                values = accs[col].update(column_values(table, col, col in dense_in), train_mask)
-                            for s, ix in parts.items():
-                                codes[s][:, j] = values[ix]
-                        else:
-                            k = j - len(sparse_out)
-                            values = accs[dense_out[k]].update(column_values(table, dense_out[k], True), train_mask)
-                            for s, ix in parts.items():
-                                raw[s][:, k] = values[ix]
-
-                    # columns are independent and Arrow/numpy release the GIL: encode them in parallel
-                    # longest first (columns with the most distinct values), so that no thread is
-                    # left finishing a big column alone at the end of the chunk
-                    tasks = range(len(sparse_out) + len(dense_out) + len(list_blocks))
-                    list(pool.map(encode, sorted(tasks, key=work_estimate)))
-                    label = _labels(table, len(label_names))
-                    # writes go to a writer thread (file writes release the GIL), at most two
-                    # chunks behind, so the next chunk's encoding overlaps them
-                    while len(pending_writes) > 2:
-                        pending_writes.pop(0).result()
-                    blocks = [(writer(s), codes[s], label[ix], raw[s], weights[s]) for s, ix in parts.items()]
-                    pending_writes.append(write_pool.submit(_append_blocks, blocks))
-                    rows += n
-                    bar.update(n)
-                skipped.merge_from(reader.skipped)
-                source_meta.setdefault(role, []).extend(
-                    {"path": s.path, "format": fmt, "bytes": s.bytes, "sha256": s.sha256, "rows": s.rows,
-                     "skipped": s.skipped, **({"truncated": s.truncated} if s.truncated else {})}
-                    for s in reader.sources)
-        bar.close()
-        for future in pending_writes:
-            future.result()
-        for w in writers.values():
-            for appender in w.values():
-                appender.close()
-        if rows == 0:
-            raise ValueError(f"no rows read from {[str(p) for ps in sources.values() for p in ps]}")
-        if "train" not in writers:
-            raise ValueError(f"no training rows: none of the {rows} rows read from "
-                             f"{[str(p) for p in sources['train']]} went to the train split")
+        try:
+            for role, items in inputs.files.items():
+                for path, fmt, schema in items:
+                    first.read(role, path, fmt, schema, bar)
+        finally:
+            bar.close()
+            first.close()
+        _check_rows_read(first, inputs)
         finalizer = pipeline.finish_fit(accs, pool.map)
-        meta = _finalize_splits(split_dirs, tmp_dir, list(writers), pipeline, finalizer, pool, progress, label_names)
+        present = [s for s in SPLITS if s in first.writers]
+        stats = finalize_rows(split_dirs, tmp_dir, present, pipeline, finalizer, pool, progress,
+                              len(inputs.tasks), first.epoch_starts)
+        meta = summarize(stats, pipeline, inputs.tasks)
     finally:
-        write_pool.shutdown(cancel_futures=True)
         pool.shutdown(cancel_futures=True)
-        bar.close()
-        for w in writers.values():
-            for appender in w.values():
-                appender.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
+    rows = first.rows
     if partition:
-        meta.update({"sources": source_meta.get("train", []), "skipped": skipped.to_dict(), "rows_read": rows,
-                     "seconds": round(elapsed, 3), "schema": train_schema.to_dict()})
+        meta.update({"sources": first.source_meta.get("train", []), "skipped": first.skipped.to_dict(),
+                     "rows_read": rows, "seconds": round(elapsed, 3), "schema": inputs.train_schema.to_dict()})
         return pipeline, meta
     pipeline.save(out / "pipeline.json")
-    meta.update({
+    meta.update(store_meta(opts, inputs, pipeline, first.source_meta, first.skipped, rows, elapsed))
+    write_json_atomic(out / "meta.json", meta, indent=1)
+    return pipeline, meta
+
+
+def _check_rows_read(first: FirstPass, inputs: StoreInputs) -> None:
+    if first.rows == 0:
+        raise ValueError(f"no rows read from {[str(p) for ps in inputs.files.values() for p, _, _ in ps]}")
+    if "train" not in first.writers:
+        raise ValueError(f"no training rows: none of the {first.rows} rows read from "
+                         f"{[str(p) for p, _, _ in inputs.files['train']]} went to the train split")
+
+
+def store_meta(opts: Any, inputs: StoreInputs, pipeline: FeaturePipeline, source_meta: dict[str, Any],
+               skipped: SkipReport, rows: int, elapsed: float) -> dict[str, Any]:
+    """What meta.json holds besides the splits' and fields' statistics (:func:`summarize`)."""
+    return {
         "ctrlab_version": __version__,
         "format_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "schema": train_schema.to_dict(),
+        "schema": inputs.train_schema.to_dict(),
         "sources": source_meta,
-        "split": {"method": split_method, "ratios": random_ratios if split_method == "random" else None,
-                  "seed": opts.seed},
+        "split": {"method": inputs.split_method,
+                  "ratios": inputs.random_ratios if inputs.split_method == "random" else None, "seed": opts.seed},
         "skipped": skipped.to_dict(),
         "rows_read": rows,
         "seconds": round(elapsed, 3),
         "rows_per_second": round(rows / elapsed, 1) if elapsed > 0 else None,
         "spec": pipeline.spec.to_dict(),
-    })
-    write_json_atomic(out / "meta.json", meta, indent=1)
-    return pipeline, meta
+    }
 
 
 def _list_blocks(pipeline: FeaturePipeline) -> list[tuple[Any, int]]:
@@ -313,16 +392,28 @@ def _check_finite_features(dense: np.ndarray, raw: np.ndarray, names: list[str],
                      "choose a transform that bounds it (log1p, log_square_bucket) or fix the input")
 
 
-def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], pipeline: FeaturePipeline,
-                     finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool,
-                     tasks: list[str]) -> dict[str, Any]:
+def _epoch_runs(starts: list[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """Rows lo..hi-1 of a split as runs of one epoch each: (epoch, first, end) relative to lo."""
+    runs = []
+    for epoch, (a, b) in enumerate(zip(starts, starts[1:] + [hi])):
+        a, b = max(a, lo), min(b, hi)
+        if a < b:
+            runs.append((epoch, a - lo, b - lo))
+    return runs
+
+
+def finalize_rows(dirs: dict[str, Path], tmp_dir: Path, present: list[str], pipeline: FeaturePipeline | Any,
+                  finalizer: CodeFinalizer, pool: ThreadPoolExecutor, progress: bool, n_tasks: int,
+                  epoch_starts: dict[str, list[int]], epoch_offset: int = 0) -> dict[str, dict[str, Any]]:
     """Pass 2: provisional codes -> ids in place in each sparse.npy; raw dense values -> dense.npy;
-    per-split statistics."""
+    per-split statistics (:func:`summarize` turns them into meta.json's). epoch_starts: per split,
+    the first row of each vocabulary counting epoch (rows of epoch e hold its codes:
+    ``finalizer.at_epoch(epoch_offset + e)``). pipeline: the fitted pipeline, or anything with its
+    ``spec``, ``sparse_outputs`` and ``dense_outputs`` (a shard's task gets only those)."""
     dense_out = pipeline.dense_outputs
     sparse_out = pipeline.sparse_outputs
     spec = pipeline.spec
     width = spec.sparse_width  # single-valued columns, then the list blocks (not counted per column)
-    list_filled = {s: np.zeros(len(spec.lists), np.int64) for s in present}  # list values kept, per field
     present = [s for s in SPLITS if s in present]
     starts = np.cumsum([len(sparse_out)] + [f.length for f in spec.lists])
     list_spans = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
@@ -330,9 +421,21 @@ def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], p
     bar = tqdm(total=total, desc="prepare: encode+write", unit=" rows", unit_scale=True, disable=not progress,
                mininterval=0.5)
     stats: dict[str, dict[str, Any]] = {}
+    loaded: dict[int, CodeFinalizer] = {}  # the current epoch's finalizer
+
+    def epoch_finalizer(epoch: int) -> CodeFinalizer:
+        with load_lock:
+            if epoch not in loaded:
+                loaded[epoch] = finalizer.at_epoch(epoch_offset + epoch)
+                if len(loaded) > 2:  # the oldest (the rows go through the epochs in order)
+                    del loaded[next(iter(loaded))]
+            return loaded[epoch]
+
+    load_lock = threading.Lock()
     for s in present:
         # plain reads and writes, not memory maps: the store's pages stay out of this process's RSS
         n_rows = NpyAppender.rows_in(dirs[s] / "label.npy")
+        starts_of = epoch_starts[s]
         with contextlib.ExitStack() as files:  # closed on errors too
             sparse_file = files.enter_context(open(dirs[s] / "sparse.npy", "r+b"))
             label_file = files.enter_context(open(dirs[s] / "label.npy", "rb"))
@@ -344,15 +447,15 @@ def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], p
             weight_width = spec.dense_width - len(dense_out)
             dense_writer = NpyAppender(dirs[s] / "dense.npy", np.float32, (spec.dense_width,))
             files.callback(dense_writer.close)
-            st = {"rows": n_rows, "positives": np.zeros(len(tasks), np.int64), "labelled": np.zeros(len(tasks), np.int64),
+            st = {"rows": n_rows, "positives": np.zeros(n_tasks, np.int64), "labelled": np.zeros(n_tasks, np.int64),
                   "missing": np.zeros(len(sparse_out) + len(dense_out), np.int64),
-                  "oov": np.zeros(len(sparse_out), np.int64)}
+                  "oov": np.zeros(len(sparse_out), np.int64), "list_filled": np.zeros(len(spec.lists), np.int64)}
             for lo in range(0, n_rows, PASS2_ROWS):
                 hi = min(n_rows, lo + PASS2_ROWS)
                 start = sparse_file.tell()
                 block = np.fromfile(sparse_file, dtype=np.int32, count=(hi - lo) * width).reshape(hi - lo, -1)
                 raw = np.fromfile(raw_file, dtype=np.float64, count=(hi - lo) * len(dense_out)).reshape(hi - lo, -1)
-                label = np.fromfile(label_file, dtype=np.uint8, count=(hi - lo) * len(tasks)).reshape(hi - lo, -1)
+                label = np.fromfile(label_file, dtype=np.uint8, count=(hi - lo) * n_tasks).reshape(hi - lo, -1)
                 dense = np.empty((hi - lo, spec.dense_width), dtype=np.float32)
                 dense[:, len(dense_out):] = np.fromfile(weights_file, dtype=np.float32,
                                                         count=(hi - lo) * weight_width).reshape(hi - lo, -1)
@@ -360,7 +463,8 @@ def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], p
                 def finalize(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     """One share of the block's rows: ids, numeric features, and their statistics."""
                     part = block[rows]
-                    finalizer.ids(part)  # (a view: in place in block)
+                    for epoch, a, b in _epoch_runs(starts_of, lo + rows.start, lo + rows.stop):
+                        epoch_finalizer(epoch).ids(part[a:b])  # (a view: in place in block)
                     finalizer.features(raw[rows], dense[rows, : len(dense_out)])  # overflows: _check_finite_features reports them
                     single = part[:, : len(sparse_out)]
                     filled = [int(np.count_nonzero(part[:, a:b])) for a, b in list_spans]
@@ -372,7 +476,7 @@ def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], p
                     st["missing"][: len(sparse_out)] += missing_sparse
                     st["missing"][len(sparse_out):] += missing_dense
                     st["oov"] += oov
-                    list_filled[s] += np.asarray(filled, dtype=np.int64)
+                    st["list_filled"] += np.asarray(filled, dtype=np.int64)
                 _check_finite_features(dense[:, : len(dense_out)], raw, dense_out, s, lo)
                 sparse_file.seek(start)
                 block.tofile(sparse_file)
@@ -382,7 +486,24 @@ def _finalize_splits(dirs: dict[str, Path], tmp_dir: Path, present: list[str], p
                 bar.update(hi - lo)
         stats[s] = st
     bar.close()
+    return stats
 
+
+def add_stats(total: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> None:
+    """Add one shard's per-split statistics (:func:`finalize_rows`) into ``total``."""
+    for split, st in more.items():
+        if split not in total:
+            total[split] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+        else:
+            for key, value in st.items():
+                total[split][key] = total[split][key] + value
+
+
+def summarize(stats: dict[str, dict[str, Any]], pipeline: FeaturePipeline, tasks: list[str]) -> dict[str, Any]:
+    """meta.json's splits, vocabulary sizes and per-field statistics from :func:`finalize_rows`'."""
+    present = [s for s in SPLITS if s in stats]
+    sparse_out, dense_out, spec = pipeline.sparse_outputs, pipeline.dense_outputs, pipeline.spec
+    list_filled = {s: stats[s]["list_filled"] for s in present}
     fields: dict[str, Any] = {}
     for j, col in enumerate(sparse_out):
         fields[col] = {

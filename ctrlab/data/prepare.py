@@ -32,26 +32,34 @@ class PrepareOptions:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2024
     bad_lines: str = "error"
+    vocab_memory_mib: int = 512  # counting vocabularies past this spills to disk (features/spill.py); 0: never
     categorical: CategoricalOptions = field(default_factory=CategoricalOptions)
     numeric: NumericOptions = field(default_factory=NumericOptions)
     columns: dict[str, CategoricalOptions | NumericOptions] = field(default_factory=dict)
 
 
-STORE_ENTRIES = frozenset({"meta.json", "pipeline.json", "config.yaml", ".prepare-tmp", "partitions", "vocab", ".append.lock", *SPLITS})
+STORE_ENTRIES = frozenset({"meta.json", "pipeline.json", "config.yaml", ".prepare-tmp", ".ray-tmp", "partitions", "vocab",
+                           ".append.lock", *SPLITS})
 
 
 def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool = True,
             log: Callable[[str], None] = print, before_swap: Callable[[Path], None] | None = None,
-            partition: str | None = None, unseen_partitions: int | None = None) -> Store:
+            partition: str | None = None, unseen_partitions: int | None = None,
+            engine: str = "local", address: str | None = None) -> Store:
     """Prepare a store from raw files; returns it (its ``meta`` holds the summary).
 
     partition: make a partitioned store whose first partition (of that name) is the whole input,
     to which ``ctrlab.data.append.append_partition`` adds more; unseen_partitions: its eviction
-    policy (see ``ctrlab.data.append``).
+    policy (see ``ctrlab.data.append``). engine: ``local`` (this process) or ``ray`` (Ray tasks, the
+    same store written as shards: :mod:`ctrlab.data.ray_engine`; ``address``: the cluster's).
 
     The store is built beside ``out_dir`` in ``.NAME.prepare-PID`` and swapped in whole at the end
     (``before_swap(build_dir)`` may add files to it first, e.g. config.yaml): an error, an interrupt
     or a full disk removes the temporaries and leaves a previous store at ``out_dir`` as it was."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray" and partition is not None:
+        raise ValueError("partitioned stores (--partition / --append) are built by the local engine only")
     out = _store_target(out_dir)
     recover_dir(out)  # a previous swap that died half-way
     for stale in stale_siblings(out, "prepare") + stale_siblings(out, "old"):  # of processes killed earlier
@@ -62,6 +70,10 @@ def prepare(opts: PrepareOptions, out_dir: str | os.PathLike, *, progress: bool 
         build.mkdir(parents=True)
         if partition is not None:
             build_partitioned_store(opts, build, partition, unseen_partitions=unseen_partitions, progress=progress)
+        elif engine == "ray":
+            from .ray_engine import build_store_ray  # (Ray is an optional extra)
+
+            build_store_ray(opts, build, progress, address)
         else:
             _build_store(opts, build, progress)
         if before_swap is not None:

@@ -19,6 +19,7 @@ fitted state.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
+from .spill import epoch_remap, merge_epochs, write_epoch
 from .keytable import STACK_MAX_SLOTS, KeyTable, StackedTables, hash_ints, hash_strings
 
 Values = Any  # a pyarrow string Array/ChunkedArray, or a float64 numpy array (NaN = missing)
@@ -252,20 +254,64 @@ class RemapFinalize:
         return self.remap[codes]
 
 
+class EpochRemaps:
+    """The finalize of a vocabulary counted in several epochs (:mod:`.spill`): epoch e's row codes
+    go through epoch e's own remap, loaded on demand (:meth:`CodeFinalizer.at_epoch`)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    @property
+    def epochs(self) -> int:
+        return len(self.paths)
+
+    def remap(self, epoch: int) -> RemapFinalize:
+        return RemapFinalize(epoch_remap(self.paths[epoch]))
+
+
 class _VocabAccumulator:
     """Gives every distinct key a provisional code (first-seen order) and counts training rows;
-    ``finish`` orders the vocabulary by training count, then by the key's hash."""
+    ``finish`` orders the vocabulary by training count, then by the key's hash.
+
+    ``spill(directory)`` writes the state counted so far to ``directory`` and starts a new epoch
+    whose codes restart at 0 (:mod:`.spill`: how prepare keeps its memory bounded); ``finish``
+    then merges the epochs exactly and returns an :class:`EpochRemaps`."""
 
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
+        self.int_keys = False
+        self.spilled: list[Path] = []  # epoch files written so far
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
         self.table = KeyTable()
         self.key_chunks: list[Keys] = []
-        self.int_keys = False
         self.counts = np.zeros(1024, dtype=np.int64)
 
     @property
     def distinct_seen(self) -> int:
         return self.table.size
+
+    def nbytes(self) -> int:
+        """Memory held by this epoch's counting state."""
+        keys = sum(k.nbytes for k in self.key_chunks)
+        return self.table.nbytes() + self.counts.nbytes + keys
+
+    def spill(self, directory: Path) -> None:
+        directory.mkdir(exist_ok=True)
+        path = directory / f"epoch-{len(self.spilled):05d}.arrow"
+        n = self.table.size
+        write_epoch(path, self.table.hashes(), self.counts[1: n + 1], _concat(self.key_chunks, self.int_keys))
+        self.spilled.append(path)
+        self._new_epoch()
+
+    def absorb(self, other: "_VocabAccumulator") -> None:
+        """Take over another accumulator's spilled epochs, after this one's (the Ray engine: each
+        shard's task counts its rows and spills them; the driver merges them all in shard order)."""
+        if self.table.size or other.table.size:
+            raise RuntimeError("only spilled counts can be combined: spill both accumulators first")
+        self.spilled.extend(other.spilled)
+        self.int_keys = self.int_keys or other.int_keys
 
     def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
         uniques, inverse = unique_inverse(values)
@@ -296,6 +342,13 @@ class _VocabAccumulator:
         return row_codes
 
     def finish(self) -> Finalize:
+        if self.spilled:  # the last epoch too, then the external merge
+            directory = self.spilled[0].parent
+            self.spill(directory)
+            remaps = [path.with_suffix(".remap.npy") for path in self.spilled]
+            self.vocab._set_keys(merge_epochs(self.spilled, remaps, self.vocab.min_count, self.vocab.max_size,
+                                              self.int_keys))
+            return EpochRemaps(remaps)
         n = self.table.size
         counts = self.counts[1 : n + 1]
         eligible = np.flatnonzero(counts >= self.vocab.min_count)
@@ -310,7 +363,7 @@ class _VocabAccumulator:
         remap = np.full(n + 1, OOV_ID, dtype=np.int32)
         remap[0] = MISSING_ID
         remap[order + 1] = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(order), dtype=np.int32)
-        self.table, self.key_chunks = KeyTable(), []  # free the provisional state
+        self._new_epoch()  # free the provisional state
         return RemapFinalize(remap)
 
 
@@ -361,6 +414,9 @@ class _StatelessAccumulator:
 
     def update(self, values: Values, train_mask: np.ndarray | None) -> np.ndarray:
         return self._transform(values)
+
+    def absorb(self, other: "_StatelessAccumulator") -> None:
+        pass  # nothing was counted
 
     def finish(self) -> Finalize:
         return lambda codes: codes
@@ -477,16 +533,24 @@ class _NumericAccumulator:
             v = self.t._pre(v[~np.isnan(v)])  # (the transforms keep every non-NaN value non-NaN)
             if v.size:
                 mean_b = float(v.mean())
-                m2_b = float(np.square(v - mean_b).sum())
-                n_a, n_b = self.n, v.size
-                delta = mean_b - self.mean
-                total = n_a + n_b
-                self.mean += delta * n_b / total
-                self.m2 += m2_b + delta * delta * n_a * n_b / total
-                self.n = total
-                self.lo = min(self.lo, float(v.min()))
-                self.hi = max(self.hi, float(v.max()))
+                self._combine(v.size, mean_b, float(np.square(v - mean_b).sum()), float(v.min()), float(v.max()))
         return x
+
+    def _combine(self, n_b: int, mean_b: float, m2_b: float, lo: float, hi: float) -> None:
+        n_a = self.n
+        delta = mean_b - self.mean
+        total = n_a + n_b
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * n_a * n_b / total
+        self.n = total
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+
+    def absorb(self, other: "_NumericAccumulator") -> None:
+        """Add another accumulator's statistics (of other rows): the same fit as one accumulator
+        over all the rows, up to the last bits that ``finish`` rounds away."""
+        if other.n:
+            self._combine(other.n, other.mean, other.m2, other.lo, other.hi)
 
     def finish(self) -> Finalize:
         t = self.t
@@ -543,6 +607,15 @@ class _BucketAccumulator:
 
     def update(self, values: np.ndarray, train_mask: np.ndarray | None) -> np.ndarray:
         return self.inner.update(log_square_bucket(np.asarray(values, dtype=np.float64)), train_mask)
+
+    def nbytes(self) -> int:
+        return self.inner.nbytes()
+
+    def spill(self, directory: Path) -> None:
+        self.inner.spill(directory)
+
+    def absorb(self, other: "_BucketAccumulator") -> None:
+        self.inner.absorb(other.inner)
 
     def finish(self) -> Finalize:
         return self.inner.finish()

@@ -38,7 +38,7 @@ import pyarrow as pa
 from ..fields import FeatureSpec, ListField
 from ..fileio import write_bytes_atomic
 from ..schema import WEIGHTS_SUFFIX, ListColumn
-from .encoders import (Accumulator, BucketizedNumeric, Finalize, HashBuckets, NumericTransform, RemapFinalize,
+from .encoders import (Accumulator, BucketizedNumeric, EpochRemaps, Finalize, HashBuckets, NumericTransform, RemapFinalize,
                        BATCHED_VOCAB_ROWS, Vocabulary, column_values, encoder_from_dict, growing_accumulator,
                        stacked_tables, vocabulary_ids)
 from .lists import list_ids, list_values, list_weights
@@ -494,6 +494,9 @@ class CodeFinalizer:
     """
 
     def __init__(self, sparse_outputs: list[str], dense_outputs: list[str], finals: dict[str, Finalize]):
+        self._args = (sparse_outputs, dense_outputs, finals)
+        # vocabularies counted in epochs (spilled, :mod:`.spill`): rows of epoch e take at_epoch(e)
+        self.epochs = max((f.epochs for f in finals.values() if isinstance(f, EpochRemaps)), default=0)
         sparse_finals = [finals[c] for c in sparse_outputs]
         self._dense_finals = [finals[c] for c in dense_outputs]
         # vocabulary columns remap through one concatenated lookup array with per-column offsets;
@@ -513,8 +516,21 @@ class CodeFinalizer:
         self._flat_remap = np.concatenate(tables) if tables else np.zeros(0, np.int32)
         self._offsets = np.array(offsets, dtype=np.int32)
 
+    def at_epoch(self, epoch: int) -> "CodeFinalizer":
+        """The finalizer of the rows of one counting epoch (itself when nothing was spilled)."""
+        if not self.epochs:
+            return self
+        sparse_outputs, dense_outputs, finals = self._args
+        loaded: dict[int, Finalize] = {}  # (a shared vocabulary's remap once)
+        for final in finals.values():
+            if isinstance(final, EpochRemaps) and id(final) not in loaded:
+                loaded[id(final)] = final.remap(epoch)
+        return CodeFinalizer(sparse_outputs, dense_outputs, {name: loaded.get(id(f), f) for name, f in finals.items()})
+
     def ids(self, codes: np.ndarray) -> None:
-        """int32[N, n_sparse] provisional codes -> final ids, in place."""
+        """int32[N, n_sparse] provisional codes -> final ids, in place (of one epoch's rows: at_epoch)."""
+        if self.epochs:
+            raise RuntimeError("vocabularies were counted in epochs: finalize each epoch's rows with at_epoch(e)")
         if self._all_remapped:  # one gather
             codes[:] = self._flat_remap[codes + self._offsets]
         elif self._remapped:

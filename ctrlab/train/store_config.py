@@ -28,6 +28,7 @@ def prepare_options(cfg: Config) -> PrepareOptions:
     return PrepareOptions(
         train=cfg.data.train, valid=cfg.data.valid, test=cfg.data.test, format=cfg.data.format,
         schema=cfg.data.schema, split=tuple(cfg.data.split), seed=cfg.data.seed, bad_lines=cfg.data.bad_lines,
+        vocab_memory_mib=cfg.data.vocab_memory_mib,
         categorical=cfg.features.categorical, numeric=cfg.features.numeric,
         columns=column_overrides(cfg.features, list(schema.dense), list(schema.sparse)),
     )

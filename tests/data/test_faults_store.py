@@ -108,7 +108,7 @@ def test_failed_prepare_leaves_the_old_store(raws, small_store, tmp_path, monkey
             raise expected("injected")
 
         if fault == "interrupt":
-            monkeypatch.setattr(encode_mod, "_finalize_splits", fail)
+            monkeypatch.setattr(encode_mod, "finalize_rows", fail)
         else:
             monkeypatch.setattr(prepare_mod, "replace_dir", fail)
     with pytest.raises(expected):
