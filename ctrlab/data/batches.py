@@ -7,7 +7,14 @@ does not matter to the loss). Evaluation order: the split's row order, every row
 once, the last partial batch included.
 
 ``rank``/``world_size`` give each of several processes its own disjoint share of every
-epoch's permutation (for distributed training).
+epoch's permutation (for distributed training). A sharded split (``SplitArrays.shards``, layout in
+:mod:`ctrlab.data.shards`) with ``world_size > 1`` is shared by shard instead: rank r iterates over
+the rows of shards r, r+W, r+2W, ... only (so it reads, and pages in, only its share), in the
+seeded per-epoch permutation of those rows (stored order without ``shuffle``); every rank takes
+the same number of full batches, the minimum over the ranks of ``rows // batch_size`` (computed
+from the shards' row counts, no communication), so the ranks step in lock-step; a rank's rows past
+that are dropped for the epoch (the permutation's tail). With ``world_size`` 1 a sharded split is
+iterated exactly as the same rows unsharded.
 
 Labels: ``float32[B]`` for a single-label split; ``float32[B, T]`` for a multi-task split
 (label.npy ``uint8[N, T]``), where a missing label stays ``MISSING_LABEL`` (255.0): the loss and
@@ -23,6 +30,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .shards import rank_row_count, rank_rows
 from .store import SplitArrays
 
 
@@ -56,12 +64,28 @@ class BatchIterator:
         self.world_size = world_size
         self.device = torch.device(device)
         self.epoch = 0
+        # a sharded split in a distributed run: each rank its own shards, `steps` batches each
+        self.shards = tuple(getattr(split, "shards", ())) if world_size > 1 else ()
+        if self.shards:
+            if len(self.shards) < world_size:
+                raise ValueError(f"{split.where} has {len(self.shards)} shards, fewer than the {world_size} processes "
+                                 "(each reads its own shards): train with at most that many")
+            counts = [rank_row_count(self.shards, r, world_size, self.rows) for r in range(world_size)]
+            self.steps = min(counts) // self.batch_size
+            if self.steps == 0:
+                raise ValueError(f"{split.where}: a process's shards hold {min(counts)} rows, fewer than its batch of "
+                                 f"{self.batch_size}: use fewer processes or a smaller train.batch_size")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def indices(self) -> np.ndarray:
         """This process's row indices for the current epoch, in iteration order."""
+        if self.shards:
+            order = rank_rows(self.shards, self.rank, self.world_size, self.rows)
+            if self.shuffle:
+                order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
+            return order[: self.steps * self.batch_size]
         n = self.rows_total
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
@@ -84,6 +108,8 @@ class BatchIterator:
         return len(self.split) if self.rows is None else len(self.rows)
 
     def __len__(self) -> int:
+        if self.shards:
+            return self.steps
         n = len(self.indices()) if self.world_size > 1 else self.rows_total
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 

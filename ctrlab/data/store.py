@@ -11,6 +11,21 @@
         label.npy   uint8[N], or uint8[N, T] with several labels (meta.json "tasks": their
                     names; MISSING_LABEL where a row's label is missing)
 
+A sharded split (written by a parallel writer, e.g. a future ``prepare --engine ray``; a copy:
+``ctrlab.data.shards.shard_store``) keeps its arrays as shards instead, read as one split::
+
+      train/shards/00000/{dense.npy,sparse.npy,label.npy}    the split's first rows_0 rows
+      train/shards/00001/...                                 the next rows_1 rows, ...
+      meta.json  "splits": {"train": {"rows": N, "positives": ..., "positive_rate": ...,
+                                      "shards": [rows_0, rows_1, ...]}, ...}
+
+A split is sharded when its meta.json entry has "shards" (row counts, in order, summing to
+"rows"); its arrays then live only under ``SPLIT/shards/NNNNN/`` (5 digits, from 00000), each
+with the dtypes and widths of a plain split, and the shards concatenated in order are the
+split's rows. :meth:`Store.split` gives them as one split (:class:`ctrlab.data.shards.ConcatRows`,
+memory maps unread until indexed); distributed training gives rank r of W the shards r, r+W, ...
+only (:class:`ctrlab.data.batches.BatchIterator`).
+
 A partitioned store (``ctrlab prepare --partition``, ``--append``; layout and policy in
 ``ctrlab.data.append``) holds ``partitions/NAME/`` with the same three arrays instead of the
 splits, and ``vocab/`` with its versioned pipeline, vocabulary state and id changes.
@@ -33,6 +48,7 @@ import numpy as np
 from ..features.pipeline import FeaturePipeline
 from ..fields import OOV_ID, FeatureSpec
 from ..fileio import recover_dir
+from .shards import SHARDS_DIR, ConcatRows, shard_dir
 
 SPLITS = ("train", "valid", "test")
 _HEADER_BYTES = 128  # fixed .npy header size, so the row count can be rewritten in place
@@ -98,6 +114,7 @@ class SplitArrays:
     sparse: np.ndarray  # int32[N, n_sparse]
     label: np.ndarray  # uint8[N], or uint8[N, T] (several tasks; MISSING_LABEL = missing)
     where: str = "split"  # what to call it in messages, e.g. "STORE: the train split"
+    shards: tuple[int, ...] = ()  # a sharded split: each shard's row count, in order (the arrays: ConcatRows)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -109,7 +126,8 @@ class StoreError(ValueError):
 
 class Store:
     """Read access to a prepared store directory, verified on opening: meta.json and pipeline.json
-    parse, and every split's arrays have the dtype, columns and row count meta.json records."""
+    parse, and every split's arrays (every shard's, for a sharded split) have the dtype, columns and
+    row count meta.json records."""
 
     ARRAYS = {"dense": np.float32, "sparse": np.int32, "label": np.uint8}
 
@@ -132,7 +150,8 @@ class Store:
             if name not in SPLITS:
                 raise StoreError(f"{meta_path}: unknown split {name!r}")
             if rows > 0:
-                self._verify_split(name, rows, spec.dense_width, spec.sparse_width, len(tasks))
+                for folder, shard_rows in self._array_folders(name):
+                    self._verify_split(folder, shard_rows, spec.dense_width, spec.sparse_width, len(tasks))
         if self.partitioned:
             try:
                 parts = {str(p["name"]): int(p["rows"]) for p in self.meta["partitions"]}
@@ -158,8 +177,29 @@ class Store:
             raise StoreError(f"{path}: damaged (not a JSON object); prepare the store again")
         return data
 
+    def _array_folders(self, name: str) -> list[tuple[str, int]]:
+        """``(folder relative to the store, rows)`` of each folder holding split ``name``'s arrays: the
+        split's own, or its shards' in order (meta.json "shards", which must sum to "rows")."""
+        entry = self.meta["splits"][name]
+        if "shards" not in entry:
+            return [(name, int(entry["rows"]))]
+        try:
+            shards = [int(rows) for rows in entry["shards"]]
+        except (TypeError, ValueError):
+            shards = None
+        if not shards or sum(shards) != int(entry["rows"]) or min(shards) < 0:
+            raise StoreError(f"{self.path / 'meta.json'}: the {name} split's \"shards\" {entry['shards']!r} are not "
+                             f"row counts summing to its {entry['rows']} rows; the store is damaged")
+        folders = [shard_dir(name, k) for k in range(len(shards))]
+        root = self.path / name / SHARDS_DIR
+        extra = sorted(set(root.iterdir()) - {self.path / f for f in folders}) if root.is_dir() else []
+        if extra:
+            raise StoreError(f"{extra[0]}: a shard meta.json does not list (it records {len(shards)} {name} shards); "
+                             "the store is damaged")
+        return [(str(folder), rows) for folder, rows in zip(folders, shards)]
+
     def _verify_split(self, name: str, rows: int, n_dense: int, n_sparse: int, n_tasks: int) -> None:
-        """Each array of the split (``name``: a split, or ``partitions/NAME``): the recorded dtype,
+        """Each array of the split (``name``: a split, ``SPLIT/shards/NNNNN`` or ``partitions/NAME``): the recorded dtype,
         ``rows`` rows, the spec's columns, one label per task (several tasks) and a file long
         enough to hold them."""
         labels = (rows, n_tasks) if n_tasks > 1 else (rows,)
@@ -296,13 +336,13 @@ class Store:
             raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
         if not self.has_split(name):
             raise ValueError(f"{self.path}: the store has no {name!r} rows (it has {', '.join(self.splits) or 'none'})")
-        folder = self.path / name
-        return SplitArrays(
-            np.load(folder / "dense.npy", mmap_mode="r"),
-            np.load(folder / "sparse.npy", mmap_mode="r"),
-            np.load(folder / "label.npy", mmap_mode="r"),
-            where=f"{self.path}: the {name} split",
-        )
+        folders = self._array_folders(name)
+        maps = [[np.load(self.path / folder / f"{array}.npy", mmap_mode="r") for folder, _ in folders]
+                for array in self.ARRAYS]
+        if "shards" not in self.meta["splits"][name]:
+            return SplitArrays(*(m[0] for m in maps), where=f"{self.path}: the {name} split")
+        return SplitArrays(*(ConcatRows(m) for m in maps), where=f"{self.path}: the {name} split",
+                           shards=tuple(rows for _, rows in folders))
 
 
 def npy_layout(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -24,9 +24,16 @@ when adding processes, raise ``train.batch_size`` and scale ``train.lr`` yoursel
 Data: every rank reads the same store (a shared or copied directory) and takes its disjoint share
 of the seeded per-epoch permutation (:class:`~ctrlab.data.batches.BatchIterator` ``rank`` /
 ``world_size``); the ``n % world_size`` rows past the last equal share are dropped per epoch (a
-different few each epoch) so all ranks step in lock-step.
+different few each epoch) so all ranks step in lock-step. A sharded train split (layout in
+:mod:`ctrlab.data.shards`) is shared by shard: rank r reads only shards r, r+W, r+2W, ... (its
+memory and I/O follow its share; there must be at least W shards), in the seeded per-epoch
+permutation of its own rows, and every rank takes the same number of steps, the minimum over the
+ranks of ``rows // (batch_size / W)`` (from meta.json's shard row counts, without communication:
+unequal steps would hang the gradient all-reduce); the rows past it are dropped for that epoch. So a
+sharded run is not the same rows per step as one process (it is with one process: then the shards
+are read as one split, identical to the unsharded store).
 
-Evaluation: each rank scores a contiguous block of the split; the probabilities are all-gathered
+Evaluation: each rank scores a contiguous block of the split (a sharded one read as one); the probabilities are all-gathered
 and concatenated in stored order, so every rank computes the exact metrics over the whole split
 (the same function as one process).
 

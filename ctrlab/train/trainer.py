@@ -6,7 +6,8 @@ The run directory's files (checkpoints, epoch and step logs, TensorBoard events)
 
 Distributed (``dist`` given, see :mod:`ctrlab.train.distributed`): every rank trains on its share of
 each global batch with synchronised gradients and evaluates its block of a split; only rank 0 writes
-the run directory.
+the run directory. A sharded train split (:mod:`ctrlab.data.shards`): each rank reads (and checks the
+ids of) its own shards only; valid and test are read whole, as one split.
 
 Several labels (a multi-task store, labels ``float32[B, T]`` with MISSING_LABEL = 255 where a row
 has no label for a task): the loss is :func:`multitask_loss`, each task's binary cross-entropy
@@ -17,6 +18,7 @@ trains a single-task model on one task's column, over the rows that carry that l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.batches import BatchIterator
+from ..data.shards import rank_ranges
 from ..data.store import SplitArrays, Store
 from ..features.encoders import NumericTransform
 from ..fileio import atomic_write, disk_errors, remove_stale_temporaries
@@ -111,14 +114,18 @@ def embedding_parameters(model: torch.nn.Module, *, ids_checked: bool = False) -
     return params
 
 
-def check_store_ids(store: Store, split: str = "train") -> None:
-    """Every sparse id of a split within its field's vocabulary (once, instead of per batch)."""
+def check_store_ids(store: Store, split: str = "train", rank: int = 0, world_size: int = 1) -> None:
+    """Every sparse id of a split within its field's vocabulary (once, instead of per batch). A
+    sharded split in a distributed run: each rank checks the shards it trains on (all ranks together
+    check every row)."""
     arrays = store.split(split)
     sizes = np.asarray(store.spec.column_vocab_sizes)
     if arrays.sparse.shape[1] != len(sizes):
         raise ValueError(f"{store.path}: {split} has {arrays.sparse.shape[1]} sparse columns, the spec {len(sizes)}")
-    for lo in range(0, len(arrays), 1 << 20):
-        block = np.asarray(arrays.sparse[lo: lo + (1 << 20)])
+    ranges = rank_ranges(arrays.shards, rank, world_size) if arrays.shards and world_size > 1 else [(0, len(arrays))]
+    blocks = ((lo, min(lo + (1 << 20), stop)) for start, stop in ranges for lo in range(start, stop, 1 << 20))
+    for lo, hi in blocks:
+        block = np.asarray(arrays.sparse[lo:hi])
         if block.size and (block.min() < 0 or (block.max(axis=0) >= sizes).any()):
             col = int(np.flatnonzero((block.max(axis=0) >= sizes) | (block.min(axis=0) < 0))[0])
             raise ValueError(f"{store.path}: {split} ids of field {store.spec.column_names[col]!r} fall outside "
@@ -186,7 +193,7 @@ class Trainer:
             raise RuntimeError("train.device is cuda but no CUDA device is available (use --device cpu)")
         configure_torch_threads(distrib.default_threads(cfg.threads, dist))
         self.model = model.to(self.device)
-        check_store_ids(store)
+        check_store_ids(store, rank=dist.rank if dist else 0, world_size=dist.world_size if dist else 1)
         sparse_params = embedding_parameters(self.model, ids_checked=True)
         sparse_ids = {id(p) for p in sparse_params}
         dense_params = [p for p in self.model.parameters() if id(p) not in sparse_ids and p.requires_grad]
@@ -258,7 +265,7 @@ class Trainer:
         rows = np.flatnonzero(np.asarray(column) != MISSING_LABEL)
         if rows.size == 0:
             raise ValueError(f"{split.where}: no row has a {self.tasks[0]!r} label: nothing to train train.task on")
-        return SplitArrays(split.dense, split.sparse, column, where=f"{split.where} ({self.tasks[0]} rows)"), rows
+        return dataclasses.replace(split, label=column, where=f"{split.where} ({self.tasks[0]} rows)"), rows
 
     # ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
