@@ -36,19 +36,21 @@ import pyarrow.parquet as pq
 
 from ..fileio import sha256_file
 from ..schema import WEIGHTS_SUFFIX, Schema, task_column
-from .readers import (ID, MAX_WEIGHT, Chunk, DataError, SkipReport, SourceInfo, _is_gzip, _split_lists, describe,
-                      keep_last, number_error, parse_number)
+from .readers import (ID, MAX_WEIGHT, Chunk, DataError, MemoryFile, SkipReport, SourceInfo, _is_gzip, _split_lists,
+                      describe, keep_last, number_error, parse_number)
 
 _NUMBER_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 
 
 class _Opened:
-    """A Parquet file opened for reading (a gzip-compressed one unpacked to a temp file)."""
+    """A Parquet file opened for reading (a gzip-compressed one unpacked to a temp file; a
+    MemoryFile read from its bytes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str | Path | MemoryFile):
         self.tmp = None
-        source: Any = str(path)
-        if _is_gzip(path):
+        in_memory = isinstance(path, MemoryFile)
+        source: Any = pa.BufferReader(path.data) if in_memory else str(path)
+        if not in_memory and _is_gzip(path):
             self.tmp = tempfile.TemporaryFile()
             try:
                 with gzip.open(path, "rb") as fh:
@@ -70,11 +72,21 @@ class _Opened:
             self.tmp = None
 
 
-def parquet_columns(path: str | Path) -> list[str]:
+def parquet_columns(path: str | Path | MemoryFile) -> list[str]:
     """The column names of a Parquet file."""
-    opened = _Opened(Path(path))
+    opened = _Opened(path)
     try:
         return list(opened.file.schema_arrow.names)
+    finally:
+        opened.close()
+
+
+def parquet_rows(path: str | Path | MemoryFile) -> int:
+    """The row count of a Parquet file, from its footer (no data read; a DataError when the
+    footer cannot be read, a truncated file say)."""
+    opened = _Opened(path)
+    try:
+        return opened.file.metadata.num_rows
     finally:
         opened.close()
 

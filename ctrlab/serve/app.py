@@ -66,7 +66,7 @@ from .fastlane import FastLane, single_file_part, upload_query
 from .limits import BodyLimitMiddleware, BodyTooLarge, ClientError, decode_json
 from .metrics import Metrics, MetricsMiddleware, input_metrics, process_metrics
 from .model import ServerState, load_model
-from .scoring import check_upload_text, parse_predict_body, score_rows, score_upload
+from .scoring import check_upload, parse_predict_body, score_rows, score_upload
 
 _log = logging.getLogger("ctrlab.serve")
 
@@ -125,8 +125,8 @@ _UPLOAD_BODY = {
     "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary",
-                                "description": "raw lines in any format `ctrlab predict` reads (plain UTF-8 text; "
-                                               "the format is detected from the content)"}}}}},
+                                "description": "raw lines in any format `ctrlab predict` reads (plain UTF-8 text, "
+                                               "or a Parquet file; the format is detected from the content)"}}}}},
 }
 
 
@@ -137,7 +137,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
     """A FastAPI app serving the bundle at ``bundle_dir`` (loaded now: errors surface at startup).
 
     ``threads``: intra-op threads of the model (default: the available cores).
-    ``max_rows``: rows per request (/v1/predict rows, /upload lines); ``max_body_bytes``: request body cap.
+    ``max_rows``: rows per request (/v1/predict rows, /upload lines or Parquet rows); ``max_body_bytes``: request body cap.
     ``reload_token_env``: the env var holding the /admin/reload token, read per request (unset or
     empty: reload is disabled, 404). ``batch_window_ms``: small /v1/predict requests arriving within
     this window are scored in one model call (:mod:`.batching`; 0: each alone)."""
@@ -212,7 +212,7 @@ def create_app(bundle_dir: str | os.PathLike, *, backend: str = ServeConfig.back
         loaded = state.current
 
         def work():
-            check_upload_text(data, max_rows)
+            check_upload(data, max_rows)
             return score_upload(loaded, data)
         probs, fmt = work() if len(data) <= INLINE_BODY_BYTES else await in_worker(work)
         metrics.add_rows("/upload", len(probs))

@@ -3,8 +3,8 @@
 ``/v1/predict``: :func:`parse_predict_body` (JSON ``{"rows": [...]}`` or ``{"columns": {...}}``,
 counted on its raw bytes first, :mod:`.limits`) then :func:`score_rows` (:meth:`Predictor.predict`: the one scoring path,
 whose stage timings the answer reports; several small requests may share one call,
-:mod:`.batching`). ``/upload``: :func:`check_upload_text` then :func:`score_upload` (the file
-scoring of ``ctrlab predict``). Every bad input is a
+:mod:`.batching`). ``/upload``: :func:`check_upload` (text, or Parquet by its ``PAR1`` magic) then
+:func:`score_upload` (the file scoring of ``ctrlab predict``). Every bad input is a
 :class:`~ctrlab.serve.limits.ClientError` (4xx) naming the row and field, never a 500.
 """
 
@@ -15,7 +15,9 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from ..data.parquet import parquet_rows
 from ..data.readers import DataError, MemoryFile
 from ..inference import IGNORED_KEYS, FileScoring, InputError, score_files
 from ..inference.offline import score_small_file
@@ -106,6 +108,27 @@ def score_rows(loaded: LoadedModel, rows: list[Any]) -> tuple[np.ndarray, dict[s
                    "inference": timings.inference * 1e3}
 
 
+#: the first bytes of a Parquet file
+PARQUET_MAGIC = b"PAR1"
+
+
+def check_upload(data: bytes, max_rows: int) -> None:
+    """ClientError unless an uploaded file may be scored: a Parquet file (``PAR1``) whose footer
+    reads and counts 1..``max_rows`` rows (counted before any data is read), or text
+    (:func:`check_upload_text`)."""
+    if not data.startswith(PARQUET_MAGIC):
+        check_upload_text(data, max_rows)
+        return
+    try:
+        rows = parquet_rows(MemoryFile("upload", data))
+    except DataError as exc:  # a truncated or corrupt file
+        raise ClientError(422, str(exc)) from None
+    if rows == 0:
+        raise ClientError(400, "the uploaded Parquet file has no rows")
+    if rows > max_rows:
+        raise ClientError(413, f"the upload has {rows:,} rows; the limit is {max_rows:,} rows per request")
+
+
 def check_upload_text(data: bytes, max_rows: int) -> None:
     """ClientError unless an uploaded file is non-empty UTF-8 text of at most ``max_rows`` rows
     (plus a header line); the line and byte of the first bad byte are named."""
@@ -131,9 +154,11 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
     """Score an uploaded file's raw lines with the same readers as ``ctrlab predict`` (format
     detected). A small upload of a few delimited lines is read in memory and scored in the
     small-request lane (:func:`~ctrlab.inference.offline.score_small_file`); any other is written
-    to a private temporary file (the name is ours, never the client's) and scored as a file.
-    Returns the probabilities float32[N] (multi-task: [N, T]) and the detected format."""
-    if len(data) <= SMALL_UPLOAD_BYTES:
+    to a private temporary file (the name is ours, never the client's) and scored as a file
+    (a Parquet upload always: the Parquet reader of ``prepare``, which names a bad value's row
+    group, row and column). Returns the probabilities float32[N] (multi-task: [N, T]) and the
+    detected format."""
+    if len(data) <= SMALL_UPLOAD_BYTES and not data.startswith(PARQUET_MAGIC):
         try:
             small = score_small_file(loaded.predictor, MemoryFile("upload", data))
         except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
@@ -147,7 +172,8 @@ def score_upload(loaded: LoadedModel, data: bytes) -> tuple[np.ndarray, str]:
         report = FileScoring()
         try:
             parts = [chunk.probabilities for chunk in score_files(loaded.predictor, name, fmt="auto", report=report)]
-        except (DataError, InputError, ValueError, UnicodeDecodeError) as exc:
+        except (DataError, InputError, ValueError, UnicodeDecodeError, pa.ArrowException) as exc:
+            # (ArrowException: a Parquet column Arrow cannot convert, the client's file too)
             raise ClientError(422, str(exc).replace(name, "upload")) from None
         probs = np.concatenate(parts) if parts else loaded.predictor.empty_scores(0)
         return probs, report.formats.get(name, "")
