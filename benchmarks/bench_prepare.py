@@ -20,6 +20,14 @@ and print rows/s, the speed ratio ctrlab/pandas, and each run's peak RSS.
 
     python benchmarks/bench_prepare.py --rows 2000000            # the required comparison
     python benchmarks/bench_prepare.py --rows 2000000,10000000 --no-baseline   # RSS vs size
+    python benchmarks/bench_prepare.py --rows 45000000 --no-baseline --min-count 1   # full-Criteo cardinality
+    python benchmarks/bench_prepare.py --rows 2000000 --no-baseline --ray 4   # Ray engine vs local engine
+
+``--ray PARTS`` also writes the file as PARTS part files in a directory (the Ray engine's unit of
+work is a file) and runs the local and the Ray engine over that directory, side by side (the Ray
+run's RSS is its driver's; its workers are separate processes). ``--min-count 1`` keeps every
+value seen in the training rows, so "ids kept" is the number of distinct values (plus 2 reserved
+ids per field): the case where prepare's memory would grow most.
 """
 
 from __future__ import annotations
@@ -133,6 +141,43 @@ def run_child(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024.0, out
 
 
+def compare_engines(src: Path, work: Path, rows: int, parts: int, extra: list[str]) -> dict:
+    """The local and the Ray engine over ``src`` cut into ``parts`` part files, same invocation."""
+    import numpy as np
+
+    from ctrlab.data.store import SPLITS, Store
+
+    folder = work / f"parts_{rows}_{parts}"
+    if not folder.is_dir():
+        tmp = work / f".parts_{rows}_{parts}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        per_part = -(-rows // parts)
+        with open(src, "rb") as fh:
+            for k in range(parts):
+                with open(tmp / f"part-{k:03d}.tsv", "wb") as out:
+                    for _ in range(per_part):
+                        line = fh.readline()
+                        if not line:
+                            break
+                        out.write(line)
+        tmp.rename(folder)
+    stores = {engine: work / f"store_{rows}_{engine}" for engine in ("local", "ray")}
+    timing = {}
+    for engine, out in stores.items():
+        shutil.rmtree(out, ignore_errors=True)
+        timing[engine] = run_child([sys.executable, "-m", "ctrlab", "prepare", str(folder), "--out", str(out), "--quiet",
+                                    "--engine", engine, *extra])
+    a, b = Store(stores["local"]), Store(stores["ray"])
+    identical = (stores["local"] / "pipeline.json").read_bytes() == (stores["ray"] / "pipeline.json").read_bytes() and all(
+        np.array_equal(np.asarray(getattr(a.split(s), k)), np.asarray(getattr(b.split(s), k)))
+        for s in SPLITS for k in ("dense", "sparse", "label"))
+    for out in stores.values():
+        shutil.rmtree(out, ignore_errors=True)
+    return {"parts": parts, "local_parts_s": timing["local"][0], "local_parts_rss_mib": timing["local"][1],
+            "ray_s": timing["ray"][0], "ray_rss_mib": timing["ray"][1], "identical": identical}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="2000000", help="comma-separated row counts (default 2000000)")
@@ -141,6 +186,9 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the pandas baseline")
     ap.add_argument("--deepctr", action="store_true", help="also run the DeepCTR-Torch example preprocessing")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic inputs for a next run")
+    ap.add_argument("--min-count", type=int, help="prepare's --min-count (default: prepare's)")
+    ap.add_argument("--ray", type=int, metavar="PARTS", help="also compare the Ray engine with the local one over "
+                                                             "the file cut into PARTS part files")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,7 +203,8 @@ def main() -> None:
         size = src.stat().st_size
         out = work / f"store_{rows}"
         shutil.rmtree(out, ignore_errors=True)
-        wall, rss, _ = run_child([sys.executable, "-m", "ctrlab", "prepare", str(src), "--out", str(out), "--quiet"])
+        extra = [] if args.min_count is None else ["--min-count", str(args.min_count)]
+        wall, rss, _ = run_child([sys.executable, "-m", "ctrlab", "prepare", str(src), "--out", str(out), "--quiet", *extra])
         meta = json.loads((out / "meta.json").read_text())
         pwall, prss, _ = run_child([sys.executable, "-c", PARSE_ONLY, str(src)])
         res = {"rows": rows, "bytes": size, "ctrlab_s": wall, "ctrlab_rows_s": rows / wall, "ctrlab_rss_mib": rss,
@@ -177,6 +226,8 @@ def main() -> None:
                 res.update({"deepctr_s": dwall, "deepctr_rows_s": rows / dwall, "deepctr_rss_mib": drss,
                             "deepctr_speedup": dwall / wall})
             shutil.rmtree(base_out, ignore_errors=True)
+        if args.ray:
+            res.update(compare_engines(src, work, rows, args.ray, extra))
         results.append(res)
         if not args.keep:
             src.unlink()
@@ -197,6 +248,12 @@ def main() -> None:
         if "deepctr_s" in r:
             print(f"{r['rows']:>12,} DeepCTR-Torch example preprocessing: {r['deepctr_rows_s']:,.0f} rows/s, "
                   f"peak RSS {r['deepctr_rss_mib']:,.0f} MiB; ctrlab is {r['deepctr_speedup']:.1f}x faster")
+    for r in results:
+        if "ray_s" in r:
+            print(f"{r['rows']:>12,} in {r['parts']} part files: local engine {r['rows'] / r['local_parts_s']:,.0f} rows/s "
+                  f"(peak RSS {r['local_parts_rss_mib']:,.0f} MiB), Ray engine {r['rows'] / r['ray_s']:,.0f} rows/s "
+                  f"(driver peak RSS {r['ray_rss_mib']:,.0f} MiB): Ray/local speed {r['local_parts_s'] / r['ray_s']:.2f}x; "
+                  f"stores identical: {r['identical']}")
     print("\n(rows/s = wall time of the whole child process, interpreter start included; "
           "ratio = pandas time / ctrlab time, same input, same machine, same invocation)")
     r = results[-1]

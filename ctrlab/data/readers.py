@@ -94,6 +94,9 @@ class DataError(ValueError):
             at = f"{at}, {where}"
         super().__init__(f"{at}: {describe(message, field)}")
 
+    def __reduce__(self):  # (pickled whole: the Ray engine's tasks raise it in the driver)
+        return DataError, (self.path, self.line, self.reason, self.field, self.where)
+
 
 @dataclass
 class SkipReport:

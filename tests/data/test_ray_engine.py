@@ -1,0 +1,89 @@
+"""``prepare --engine ray`` (issue 18) on a local Ray cluster of 2 workers: the store is the local
+engine's byte for byte (shards concatenated, pipeline.json, meta.json but for timings and shard
+lists), with counts spilled inside the tasks too, and a bad line is reported as the local engine
+reports it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ctrlab.cli import main
+from ctrlab.data.prepare import PrepareOptions, prepare
+from ctrlab.data.readers import DataError
+from ctrlab.data.store import SPLITS, Store
+from ctrlab.data.synth import write_synthetic
+from ctrlab.data.synth_sequence import write_sequence_synthetic
+from ctrlab.features.pipeline import CategoricalOptions, NumericOptions
+from ctrlab.schema import GenericSchemaConfig
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _same_store(local, sharded) -> None:
+    a, b = Store(local), Store(sharded)
+    assert (local / "pipeline.json").read_bytes() == (sharded / "pipeline.json").read_bytes()
+    for split in SPLITS:
+        x, y = a.split(split), b.split(split)
+        assert b.meta["splits"][split]["shards"] and sum(b.meta["splits"][split]["shards"]) == len(x)
+        assert (sharded / split / "shards" / "00000" / "sparse.npy").is_file()
+        for name in ("dense", "sparse", "label"):
+            assert np.asarray(getattr(x, name)).tobytes() == np.asarray(getattr(y, name)).tobytes(), (split, name)
+    drop = {"seconds", "rows_per_second", "created", "engine", "splits"}
+    ma, mb = (json.loads((p / "meta.json").read_text()) for p in (local, sharded))
+    assert mb["engine"] == "ray" and "engine" not in ma
+    assert {k: v for k, v in ma.items() if k not in drop} == {k: v for k, v in mb.items() if k not in drop}
+    assert ma["splits"] == {s: {k: v for k, v in entry.items() if k != "shards"} for s, entry in mb["splits"].items()}
+
+
+def test_random_split_over_part_files_gives_the_local_store(tmp_path):
+    files = [tmp_path / f"part-{i}.tsv" for i in range(3)]
+    for i, path in enumerate(files):
+        write_synthetic(path, 3000 + 500 * i, seed=i, progress=False)
+    opts = PrepareOptions(train=[str(p) for p in files], categorical=CategoricalOptions(min_count=2),
+                          columns={"C7": CategoricalOptions(max_size=30), "I2": NumericOptions(transform="log_square_bucket")})
+    prepare(opts, tmp_path / "local", progress=False)
+    prepare(opts, tmp_path / "ray", progress=False, engine="ray")
+    _same_store(tmp_path / "local", tmp_path / "ray")
+    assert len(Store(tmp_path / "ray").meta["splits"]["train"]["shards"]) == 3
+
+
+def test_lists_split_files_and_spilled_counts_give_the_local_store(tmp_path):
+    files = {name: tmp_path / f"{name}.tsv" for name in ("a", "b", "valid", "test")}
+    for seed, path in enumerate(files.values()):
+        write_sequence_synthetic(path, 1200, seed=seed, max_history=15)
+    lists = {"hist_item_id": {"kind": "sequence", "max_length": 10, "vocab_of": "item_id"}}
+    schema = GenericSchemaConfig(dense=["price"], sparse=["user_id", "item_id", "cate_id"], lists=lists)
+
+    def opts(budget):
+        return PrepareOptions(train=[str(files["a"]), str(files["b"])], valid=[str(files["valid"])],
+                              test=[str(files["test"])], format="tsv", schema=schema, vocab_memory_mib=budget)
+    prepare(opts(0), tmp_path / "local", progress=False)
+    prepare(opts(1e-6), tmp_path / "ray", progress=False, engine="ray")  # (a spill after every chunk)
+    _same_store(tmp_path / "local", tmp_path / "ray")
+
+
+def test_cli_engine_ray_and_a_bad_line(tmp_path, capsys):
+    good = tmp_path / "good.tsv"
+    write_synthetic(good, 2000, seed=4, progress=False)
+    assert main(["prepare", str(good), "--engine", "ray", "--out", str(tmp_path / "store"), "--quiet"]) == 0
+    assert "store:" in capsys.readouterr().out and Store(tmp_path / "store").meta["engine"] == "ray"
+    bad = tmp_path / "bad.tsv"
+    lines = good.read_text().splitlines(keepends=True)
+    bad.write_text("".join(lines[:700]) + "1\tnot-a-number" + "\t" * 38 + "\n" + "".join(lines[700:]))
+    with pytest.raises(DataError) as local_error:
+        prepare(PrepareOptions(train=[str(good), str(bad)]), tmp_path / "s1", progress=False)
+    with pytest.raises(DataError) as ray_error:
+        prepare(PrepareOptions(train=[str(good), str(bad)]), tmp_path / "s2", progress=False, engine="ray")
+    assert str(ray_error.value) == str(local_error.value) and "bad.tsv" in str(ray_error.value)
+    assert "701" in str(ray_error.value)
+    assert not (tmp_path / "s2").exists() and not list(tmp_path.glob(".s2*"))  # nothing left behind
