@@ -20,14 +20,14 @@ and print rows/s, the speed ratio ctrlab/pandas, and each run's peak RSS.
 
     python benchmarks/bench_prepare.py --rows 2000000            # the required comparison
     python benchmarks/bench_prepare.py --rows 2000000,10000000 --no-baseline   # RSS vs size
-    python benchmarks/bench_prepare.py --rows 45000000 --no-baseline --min-count 1   # full-Criteo cardinality
+    python benchmarks/bench_prepare.py --rows 2000000 --no-baseline --repeat 5   # the floor ratio, 5 pairs
+    python benchmarks/bench_prepare.py --rows 45000000 --no-baseline   # full-Criteo size and cardinality
     python benchmarks/bench_prepare.py --rows 2000000 --no-baseline --ray 4   # Ray engine vs local engine
 
 ``--ray PARTS`` also writes the file as PARTS part files in a directory (the Ray engine's unit of
 work is a file) and runs the local and the Ray engine over that directory, side by side (the Ray
 run's RSS is its driver's; its workers are separate processes). ``--min-count 1`` keeps every
-value seen in the training rows, so "ids kept" is the number of distinct values (plus 2 reserved
-ids per field): the case where prepare's memory would grow most.
+value seen in the training rows (the kept vocabulary as large as it gets).
 """
 
 from __future__ import annotations
@@ -186,6 +186,8 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the pandas baseline")
     ap.add_argument("--deepctr", action="store_true", help="also run the DeepCTR-Torch example preprocessing")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic inputs for a next run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of prepare and of the parse-only floor, alternated; "
+                                                          "the pair with the median ratio is reported (default 1)")
     ap.add_argument("--min-count", type=int, help="prepare's --min-count (default: prepare's)")
     ap.add_argument("--ray", type=int, metavar="PARTS", help="also compare the Ray engine with the local one over "
                                                              "the file cut into PARTS part files")
@@ -204,13 +206,20 @@ def main() -> None:
         out = work / f"store_{rows}"
         shutil.rmtree(out, ignore_errors=True)
         extra = [] if args.min_count is None else ["--min-count", str(args.min_count)]
-        wall, rss, _ = run_child([sys.executable, "-m", "ctrlab", "prepare", str(src), "--out", str(out), "--quiet", *extra])
+        pairs = []  # (prepare, parse-only) runs alternated: a noisy machine slows both alike
+        for _ in range(args.repeat):
+            shutil.rmtree(out, ignore_errors=True)
+            run = run_child([sys.executable, "-m", "ctrlab", "prepare", str(src), "--out", str(out), "--quiet", *extra])
+            pairs.append((run, run_child([sys.executable, "-c", PARSE_ONLY, str(src)])))
         meta = json.loads((out / "meta.json").read_text())
-        pwall, prss, _ = run_child([sys.executable, "-c", PARSE_ONLY, str(src)])
+        ratios = sorted(parse[0] / prep[0] for prep, parse in pairs)
+        (wall, rss, _), (pwall, prss, _) = sorted(pairs, key=lambda pair: pair[1][0] / pair[0][0])[len(pairs) // 2]
         res = {"rows": rows, "bytes": size, "ctrlab_s": wall, "ctrlab_rows_s": rows / wall, "ctrlab_rss_mib": rss,
                "ctrlab_internal_rows_s": meta["rows_per_second"],
                "ids": sum(meta["spec"]["vocab_sizes"]),
-               "parse_s": pwall, "parse_rows_s": rows / pwall, "parse_rss_mib": prss, "of_parse": pwall / wall}
+               "distinct": sum(f.get("distinct_train", 0) for f in meta["fields"].values()),
+               "parse_s": pwall, "parse_rows_s": rows / pwall, "parse_rss_mib": prss, "of_parse": pwall / wall,
+               "of_parse_runs": ratios, "peak_rss_max_mib": max(prep[1] for prep, _ in pairs)}
         shutil.rmtree(out, ignore_errors=True)
         if not args.no_baseline:
             base_out = work / f"pandas_{rows}"
@@ -240,7 +249,11 @@ def main() -> None:
         print(f"{r['rows']:>12,} {r['bytes'] / 1e6:>7,.0f} {r['ctrlab_rows_s']:>14,.0f} {r['ctrlab_rss_mib']:>7,.0f}Mi {base}")
     for r in results:
         print(f"{r['rows']:>12,} parse-only floor (RowReader over the same file): {r['parse_rows_s']:,.0f} rows/s, peak RSS "
-              f"{r['parse_rss_mib']:,.0f} MiB; prepare runs at {r['of_parse']:.2f}x of it ({r['ids']:,} ids kept)")
+              f"{r['parse_rss_mib']:,.0f} MiB; prepare runs at {r['of_parse']:.2f}x of it ({r['distinct']:,} distinct values in the "
+              f"training rows, {r['ids']:,} ids kept)"
+              + (f"; ratios over {len(r['of_parse_runs'])} alternated pairs: "
+                 f"{', '.join(f'{x:.2f}' for x in r['of_parse_runs'])}; prepare's peak RSS at most "
+                 f"{r['peak_rss_max_mib']:,.0f} MiB" if len(r["of_parse_runs"]) > 1 else ""))
     for r in results:
         if "catcodes_s" in r:
             print(f"{r['rows']:>12,} pandas read_csv + category codes: {r['catcodes_rows_s']:,.0f} rows/s, "

@@ -508,6 +508,7 @@ def summarize(stats: dict[str, dict[str, Any]], pipeline: FeaturePipeline, tasks
     for j, col in enumerate(sparse_out):
         fields[col] = {
             "output": "sparse", "encoder": pipeline.encoders[col].kind, "vocab_size": spec.vocab_sizes[j],
+            **_distinct(pipeline.encoders[col]),
             "missing_rate": {s: _rate(stats[s]["missing"][j], stats[s]["rows"]) for s in present},
             "oov_rate": {s: _rate(stats[s]["oov"][j], stats[s]["rows"] - stats[s]["missing"][j]) for s in present},
         }
@@ -536,6 +537,13 @@ def summarize(stats: dict[str, dict[str, Any]], pipeline: FeaturePipeline, tasks
         "vocab_sizes": dict(zip(sparse_out, spec.vocab_sizes)),
         "fields": fields,
     }
+
+
+def _distinct(encoder: Any) -> dict[str, int]:
+    """A vocabulary's count of distinct values in the training rows, as fitted (``{}`` otherwise)."""
+    vocab = getattr(encoder, "vocab", encoder)
+    seen = getattr(vocab, "seen_", None)
+    return {} if seen is None else {"distinct_train": seen}
 
 
 def _rate(num: int | np.integer, den: int | np.integer) -> float:

@@ -84,7 +84,7 @@ def unique_inverse(values: Values) -> tuple[Keys, np.ndarray]:
     indices = encoded.indices
     if indices.null_count:
         indices = pc.fill_null(indices, -1)
-    return encoded.dictionary, indices.to_numpy().astype(np.int64)
+    return encoded.dictionary, indices.to_numpy()  # (int32: gathers and counts take it as it is)
 
 
 def hash_keys(keys: Keys) -> np.ndarray:
@@ -129,6 +129,7 @@ class Vocabulary:
         self.min_count = int(min_count)
         self.max_size = None if max_size is None else int(max_size)
         self.keys_: Keys | None = None
+        self.seen_: int | None = None  # distinct values in the training rows at the last fit (not saved)
         self._table: KeyTable | None = None
 
     # fitting ---------------------------------------------------------------------------------
@@ -346,11 +347,13 @@ class _VocabAccumulator:
             directory = self.spilled[0].parent
             self.spill(directory)
             remaps = [path.with_suffix(".remap.npy") for path in self.spilled]
-            self.vocab._set_keys(merge_epochs(self.spilled, remaps, self.vocab.min_count, self.vocab.max_size,
-                                              self.int_keys))
+            keys, self.vocab.seen_ = merge_epochs(self.spilled, remaps, self.vocab.min_count, self.vocab.max_size,
+                                                  self.int_keys)
+            self.vocab._set_keys(keys)
             return EpochRemaps(remaps)
         n = self.table.size
         counts = self.counts[1 : n + 1]
+        self.vocab.seen_ = int(np.count_nonzero(counts))
         eligible = np.flatnonzero(counts >= self.vocab.min_count)
         all_keys = _concat(self.key_chunks, self.int_keys)
         # most frequent first, ties by the key's hash: the vocabulary depends on the training
@@ -428,7 +431,10 @@ class _StatelessAccumulator:
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     """sign(x) * ln(1 + |x|): a log that keeps the (rare) negative counts finite and ordered."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    out = np.abs(x)
+    np.log1p(out, out=out)
+    out *= np.sign(x)  # (in place: the same values as sign(x) * log1p(|x|), one array fewer)
+    return out
 
 
 def log_square_bucket(x: np.ndarray) -> np.ndarray:
@@ -484,12 +490,16 @@ class NumericTransform:
         x = np.asarray(x, dtype=np.float64)
         v = self._pre(x)
         if self.kind == "log1p_standardize":
-            v = (v - self.mean_) / self.std_
+            v -= self.mean_  # (v is the new array _pre made: updated in place)
+            v /= self.std_
         elif self.kind == "minmax":
             span = (self.max_ - self.min_) or 1.0  # type: ignore[operator]
             v = np.clip((v - self.min_) / span, 0.0, 1.0)
-        v = np.where(np.isnan(x), self.fill_value, v)
-        return v.astype(np.float32)
+        out = v.astype(np.float32)
+        missing = np.isnan(x)
+        if missing.any():
+            out[missing] = np.float32(self.fill_value)
+        return out
 
     def accumulator(self) -> "_NumericAccumulator":
         return _NumericAccumulator(self)

@@ -169,9 +169,28 @@ class KeyTable:
             cap *= 2
         self._keys = np.zeros(cap, dtype=np.uint64)
         self._codes = np.full(cap, -1, dtype=np.int32)
-        old = self._by_code[: self.size].copy()
-        self.size = 0
-        self.insert(old)  # re-inserted in code order: codes unchanged
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Place every key (``_by_code``) into the new, empty slot arrays, codes unchanged.
+
+        Without probing: in the order of their home slots, each key takes the first slot at or after
+        its home that the keys before it left free, ``slot[i] = i + max_{j <= i}(home[j] - j)``, a
+        running maximum. Every slot between a key's home and its slot is then taken, which is all
+        linear probing needs (the layout may differ from inserting one by one; the codes do not).
+        The few keys pushed past the last slot wrap around through :meth:`_probe`."""
+        hashes = self._by_code[: self.size]
+        mask = len(self._keys) - 1
+        home = (hashes & np.uint64(mask)).astype(np.int64)
+        order = np.argsort(home, kind="stable")
+        rank = np.arange(len(order), dtype=np.int64)
+        slot = rank + np.maximum.accumulate(home[order] - rank) if len(order) else rank
+        fits = slot <= mask
+        self._keys[slot[fits]] = hashes[order[fits]]
+        self._codes[slot[fits]] = order[fits].astype(np.int32)
+        wrapped = order[~fits]
+        if wrapped.size:
+            self._codes[self._probe(hashes[wrapped])] = wrapped.astype(np.int32)
 
     def insert(self, hashes: np.ndarray) -> np.ndarray:
         """Codes for ``hashes`` (which must be distinct), adding the ones not yet present;

@@ -92,16 +92,19 @@ def _totals(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def merge_epochs(paths: list[Path], remap_paths: list[Path], min_count: int, max_size: int | None,
-                 int_keys: bool) -> Any:
+                 int_keys: bool) -> tuple[Any, int]:
     """Merge a vocabulary's epoch files: write each epoch's remap (:func:`epoch_remap`) to
-    ``remap_paths[e]`` and return the kept keys in id order."""
+    ``remap_paths[e]`` and return the kept keys in id order and the number of distinct values
+    counted in the training rows."""
     epochs = _Epochs(paths)
     groups = epochs.groups()
     # first read: how many kept values each group has per count
     per_group: list[tuple[np.ndarray, np.ndarray]] = []
+    seen = 0
     for a, b in groups:
         _, table = epochs.read(a, b)
         _, totals, _, _ = _totals(table)
+        seen += int(np.count_nonzero(totals))
         per_group.append(np.unique(totals[totals >= min_count], return_counts=True))
     classes = np.unique(np.concatenate([values for values, _ in per_group])) if per_group else np.zeros(0, np.int64)
     classes = classes[::-1]  # the kept counts, descending: class i
@@ -150,7 +153,7 @@ def merge_epochs(paths: list[Path], remap_paths: list[Path], min_count: int, max
     by_rank[ranks] = np.arange(len(ranks))
     keys = pa.concat_arrays(kept_keys) if kept_keys else pa.array([], type=pa.int64() if int_keys else pa.string())
     keys = keys.take(pa.array(by_rank))
-    return keys.to_numpy().astype(np.int64) if int_keys else keys
+    return (keys.to_numpy().astype(np.int64) if int_keys else keys), seen
 
 
 def epoch_remap(path: Path) -> np.ndarray:

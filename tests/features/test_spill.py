@@ -51,6 +51,8 @@ def test_merge_of_epochs_equals_the_in_memory_fit(tmp_path, monkeypatch, string_
     assert final_spilled.epochs == len(acc_spilled.spilled) > 5
     keys_plain, keys_spilled = plain.to_dict(), spilled.to_dict()
     assert keys_spilled == keys_plain
+    training = [c[mask] for c, (_, mask) in zip(codes_plain, chunks)]
+    assert spilled.seen_ == plain.seen_ == len({int(k) for c in training for k in c[c > 0]})  # distinct, training rows
     assert plain.size_ > 2 + (0 if max_size is None else min(max_size, 5) - 1)
     for codes, (epoch, epoch_codes) in zip(codes_plain, codes_spilled):
         np.testing.assert_array_equal(final_spilled.remap(epoch)(epoch_codes), final_plain(codes))
