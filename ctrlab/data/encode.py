@@ -292,11 +292,15 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
             bar.close()
             first.close()
         _check_rows_read(first, inputs)
+        timings = {"parse_and_count": time.perf_counter() - started}
         finalizer = pipeline.finish_fit(accs, pool.map)
+        timings["fit"] = time.perf_counter() - started - timings["parse_and_count"]
         present = [s for s in SPLITS if s in first.writers]
         stats = finalize_rows(split_dirs, tmp_dir, present, pipeline, finalizer, pool, progress,
                               len(inputs.tasks), first.epoch_starts)
+        timings["encode_and_write"] = time.perf_counter() - started - timings["parse_and_count"] - timings["fit"]
         meta = summarize(stats, pipeline, inputs.tasks)
+        meta["timings"] = {**{k: round(v, 3) for k, v in timings.items()}, "count_epochs": len(first.epoch_starts["train"])}
     finally:
         pool.shutdown(cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -136,7 +136,14 @@ def format_summary(meta: dict[str, Any]) -> str:
             lines.append(f"  {p['name']:<12} {p['rows']:>12,} rows  positive rate {p['positive_rate']:.4f}  v{p['vocab_version']}: "
                          f"+{grew:,} ids, {retired:,} retired, {reused:,} reused")
     else:
-        lines.append(f"store: {total:,} rows in {meta['seconds']:.1f} s ({meta['rows_per_second']:,.0f} rows/s)")
+        lines.append(f"store: {total:,} rows in {meta['seconds']:.1f} s ({meta['rows_per_second']:,.0f} rows/s)"
+                     + (" with the Ray engine" if meta.get("engine") == "ray" else ""))
+        t = meta.get("timings")
+        if t:
+            epochs = t["count_epochs"]
+            lines.append(f"  passes: parse+count {t['parse_and_count']:.1f} s, fit {t['fit']:.1f} s, encode+write "
+                         f"{t['encode_and_write']:.1f} s" + (f" (vocabulary counts spilled: {epochs} epochs)"
+                                                            if epochs > 1 else ""))
     for name, s in meta["splits"].items():
         if "tasks" in s:  # several labels: each task's positive rate over its labelled rows
             rates = ", ".join(f"{t} {v['positive_rate']:.4f}" + (f" ({v['labelled']:,} labelled)"

@@ -91,8 +91,10 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
                 if id(acc) not in absorbed:  # (a shared vocabulary once)
                     absorbed.add(id(acc))
                     acc.absorb(r["accs"][name])
+        timings = {"parse_and_count": time.perf_counter() - started}
         with ThreadPoolExecutor(max_workers=2) as pool:
             finalizer = pipeline.finish_fit(accs, pool.map)
+        timings["fit"] = time.perf_counter() - started - timings["parse_and_count"]
         layout = SimpleNamespace(spec=pipeline.spec, sparse_outputs=pipeline.sparse_outputs,
                                  dense_outputs=pipeline.dense_outputs)
         offsets = [0]
@@ -101,6 +103,7 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
         shard_stats = _gather(ray, [second.remote(tmp / f"shard-{k:05d}", r["present"], layout, finalizer,
                                                   len(inputs.tasks), r["epoch_starts"], offsets[k])
                                     for k, r in enumerate(results)], "prepare (ray): encode+write", progress)
+        timings["encode_and_write"] = time.perf_counter() - started - timings["parse_and_count"] - timings["fit"]
     finally:
         if own_ray:
             ray.shutdown()
@@ -118,6 +121,7 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
     for split, rows in shards.items():
         if rows:
             meta["splits"][split]["shards"] = rows
+    meta["timings"] = {**{k: round(v, 3) for k, v in timings.items()}, "count_epochs": offsets[-1]}
     source_meta: dict[str, list[dict[str, Any]]] = {}
     skipped = SkipReport()
     for r in results:

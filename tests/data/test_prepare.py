@@ -29,7 +29,7 @@ from ctrlab.fields import MISSING_ID, OOV_ID
 from ctrlab.schema import CRITEO_DENSE, CRITEO_SPARSE, GenericSchemaConfig
 
 RATIOS = {"train": 0.8, "valid": 0.1, "test": 0.1}
-TIMING_KEYS = ("created", "seconds", "rows_per_second")
+TIMING_KEYS = ("created", "seconds", "rows_per_second", "timings")
 
 
 def read_table(path: Path, fmt: str = "auto", bad_lines: str = "error") -> pa.Table:

@@ -64,7 +64,7 @@ def _same_store(a, b) -> None:
     assert names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for name in names:
         if name.name == "meta.json":
-            drop = ("seconds", "rows_per_second", "created")
+            drop = ("seconds", "rows_per_second", "created", "timings")
             ma, mb = (json.loads((root / name).read_text()) for root in (a, b))
             assert {k: v for k, v in ma.items() if k not in drop} == {k: v for k, v in mb.items() if k not in drop}
         else:
