@@ -21,7 +21,7 @@ and print rows/s, the speed ratio ctrlab/pandas, and each run's peak RSS.
     python benchmarks/bench_prepare.py --rows 2000000            # the required comparison
     python benchmarks/bench_prepare.py --rows 2000000,10000000 --no-baseline   # RSS vs size
     python benchmarks/bench_prepare.py --rows 2000000 --no-baseline --repeat 5   # the floor ratio, 5 pairs
-    python benchmarks/bench_prepare.py --rows 45000000 --no-baseline   # full-Criteo size and cardinality
+    python benchmarks/bench_prepare.py --rows 45000000 --no-baseline --split 1:0:0   # full-Criteo size, 35M distinct
     python benchmarks/bench_prepare.py --rows 2000000 --no-baseline --ray 4   # Ray engine vs local engine
 
 ``--ray PARTS`` also writes the file as PARTS part files in a directory (the Ray engine's unit of
@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of prepare and of the parse-only floor, alternated; "
                                                           "the pair with the median ratio is reported (default 1)")
     ap.add_argument("--min-count", type=int, help="prepare's --min-count (default: prepare's)")
+    ap.add_argument("--split", help="prepare's --split (default 8:1:1); 1:0:0 makes every row a training row "
+                                    "(every distinct value counted)")
     ap.add_argument("--ray", type=int, metavar="PARTS", help="also compare the Ray engine with the local one over "
                                                              "the file cut into PARTS part files")
     args = ap.parse_args()
@@ -205,7 +207,8 @@ def main() -> None:
         size = src.stat().st_size
         out = work / f"store_{rows}"
         shutil.rmtree(out, ignore_errors=True)
-        extra = [] if args.min_count is None else ["--min-count", str(args.min_count)]
+        extra = ([] if args.min_count is None else ["--min-count", str(args.min_count)]) + \
+            ([] if args.split is None else ["--split", args.split])
         pairs = []  # (prepare, parse-only) runs alternated: a noisy machine slows both alike
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)

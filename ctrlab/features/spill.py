@@ -32,7 +32,7 @@ from ..fields import MISSING_ID, NUM_RESERVED_IDS, OOV_ID
 
 _FINE_BITS = 8
 _FINE_RANGES = 1 << _FINE_BITS  # hash ranges per epoch file (one record batch each)
-_GROUP_RECORDS = 1 << 22  # records merged at a time (about 150 MB of working memory)
+_GROUP_RECORDS = 1 << 21  # records merged at a time (about 150 MB of working memory per merging thread)
 
 
 def write_epoch(path: Path, hashes: np.ndarray, counts: np.ndarray, keys: Any) -> None:
