@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of prepare and of the parse-only floor, alternated; "
                                                           "the pair with the median ratio is reported (default 1)")
     ap.add_argument("--min-count", type=int, help="prepare's --min-count (default: prepare's)")
+    ap.add_argument("--vocab-memory-mib", help="prepare's --vocab-memory-mib (0: count in memory, no spilling)")
     ap.add_argument("--split", help="prepare's --split (default 8:1:1); 1:0:0 makes every row a training row "
                                     "(every distinct value counted)")
     ap.add_argument("--ray", type=int, metavar="PARTS", help="also compare the Ray engine with the local one over "
@@ -208,7 +209,8 @@ def main() -> None:
         out = work / f"store_{rows}"
         shutil.rmtree(out, ignore_errors=True)
         extra = ([] if args.min_count is None else ["--min-count", str(args.min_count)]) + \
-            ([] if args.split is None else ["--split", args.split])
+            ([] if args.split is None else ["--split", args.split]) + \
+            ([] if args.vocab_memory_mib is None else ["--vocab-memory-mib", args.vocab_memory_mib])
         pairs = []  # (prepare, parse-only) runs alternated: a noisy machine slows both alike
         for _ in range(args.repeat):
             shutil.rmtree(out, ignore_errors=True)
