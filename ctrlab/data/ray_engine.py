@@ -2,7 +2,9 @@
 many (``pip install 'ctrlab[ray]'``).
 
 Every input file is a shard and a task (a directory of part files is many). The local engine's
-passes (:mod:`ctrlab.data.encode`) run per shard, map-reduce style:
+passes (:mod:`ctrlab.data.encode`) run per shard, map-reduce style, as Ray Core tasks (not Ray
+Data's Dataset API: each file's global row offset and its counting epochs must stay in file order,
+which Dataset re-blocking would hide):
 
 1. *Row counts* (random split only): a task per training file counts its rows, so that every row
    gets the global index that seeds its split, as in the local engine.
