@@ -1,7 +1,8 @@
 """``ctrlab prepare --engine ray``: the local engine's store, built by Ray tasks on one machine or
 many (``pip install 'ctrlab[ray]'``).
 
-Every input file is a shard and a task (a directory of part files is many). The local engine's
+Every input file is a shard and a task (a directory of part files is many; a big plain-text file
+is cut into pieces at line boundaries, a shard each: :mod:`ctrlab.data.pieces`). The local engine's
 passes (:mod:`ctrlab.data.encode`) run per shard, map-reduce style, as Ray Core tasks (not Ray
 Data's Dataset API: each file's global row offset and its counting epochs must stay in file order,
 which Dataset re-blocking would hide):
@@ -24,10 +25,10 @@ one, and with ``--nproc N`` each rank reads its own shards.
 The tasks read the input files and write the store's build folder by path: on several machines,
 both must be on a filesystem every node mounts (NFS, a cluster filesystem) at the same path. What
 scales: parsing and encoding (the bulk of the work) run on as many cores as the cluster has, a
-file at a time; the merge of the vocabularies runs in the driver, one hash range at a time (its
-memory is the kept vocabulary, its time linear in the distinct values). What does not: one big
-file is one task (split it into parts to spread it), and the row counting parses the training
-files once more when the split is random (give valid/test files to skip it).
+file or piece at a time; the merge of the vocabularies runs in the driver, one hash range at a time
+(its memory is the kept vocabulary, its time linear in the distinct values). What does not: a gzip
+or Parquet file is one task, and the row counting parses the training files once more when the
+split is random (give valid/test files to skip it).
 """
 
 from __future__ import annotations
@@ -45,18 +46,23 @@ from tqdm import tqdm
 from ..fileio import write_json_atomic
 from .encode import (FirstPass, StoreInputs, _check_rows_read, add_stats, finalize_rows, new_pipeline, store_inputs,
                      store_meta, summarize)
-from .readers import RowReader, SkipReport
+from ..fileio import sha256_file
+from .pieces import LineMap, Piece, count_lines, merge_sources, piece_file, plan_pieces, remove_copy
+from .readers import DataError, RowReader, SkipReport
 from .shards import shard_dir
 from .store import SPLITS
 
 RAY_MISSING = "the Ray engine needs Ray: pip install 'ctrlab[ray]' (or pip install 'ray>=2.9')"
 
 
-def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = None) -> tuple[Any, dict[str, Any]]:
+def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = None,
+                    piece_bytes: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Like :func:`ctrlab.data.encode._build_store`, with Ray tasks; the splits written as shards.
 
     address: a running cluster's ``HOST:PORT`` (``ray start --head`` printed it), ``auto`` for the
-    one this machine belongs to, or None for a local Ray started (and stopped) here."""
+    one this machine belongs to, or None for a local Ray started (and stopped) here. piece_bytes:
+    plain-text files larger than this are read as pieces of about this size (default
+    :data:`~ctrlab.data.pieces.PIECE_BYTES`)."""
     try:
         import ray
     except ImportError:
@@ -64,25 +70,36 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
     started = time.perf_counter()
     inputs = store_inputs(opts)
     pipeline = new_pipeline(opts, inputs)
-    items = [(role, path, fmt, schema) for role, files in inputs.files.items() for path, fmt, schema in files]
+    # the units of work: each input file, or each piece of a big plain-text one (pieces.py)
+    items = [(role, piece, fmt, schema) for role, files in inputs.files.items() for path, fmt, schema in files
+             for piece in plan_pieces(path, fmt, bool(schema.header), piece_bytes)]
     own_ray = not ray.is_initialized()
     if own_ray:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tmp = out / ".ray-tmp"
     tmp.mkdir()
     try:
-        count, first, second = (ray.remote(f).options(max_retries=0) for f in (_count_rows, _first_pass, _second_pass))
-        starts = [0] * len(items)  # each training file's first global training row
-        if inputs.split_method == "random":
-            train = [k for k, item in enumerate(items) if item[0] == "train"]
-            counted = _gather(ray, [count.remote(items[k][1], items[k][3], opts.bad_lines) for k in train],
-                              "prepare (ray): count rows", progress)
-            total = 0
-            for k, rows in zip(train, counted):
-                starts[k], total = total, total + rows
-        results = _gather(ray, [first.remote(opts, inputs, pipeline, item, start, tmp / f"shard-{k:05d}")
-                                for k, (item, start) in enumerate(zip(items, starts))],
+        tasks = (_count, _first_pass, _second_pass, sha256_file)
+        count, first, second, digest = (ray.remote(f).options(max_retries=0) for f in tasks)
+        random = inputs.split_method == "random"
+        # training rows (a random split: each row's global index seeds its split) and lines (a piece's
+        # first line) of every item that needs them
+        needs = [k for k, (role, piece, _, _) in enumerate(items) if (random and role == "train") or not piece.whole]
+        counted = dict(zip(needs, _gather(ray, [count.remote(items[k][1], items[k][3], opts.bad_lines,
+                                                             random and items[k][0] == "train", tmp / f"count-{k:05d}")
+                                                for k in needs], "prepare (ray): count rows", progress)))
+        split_files = sorted({str(piece.path) for _, piece, _, _ in items if not piece.whole})
+        digests = {path: ray_ref for path, ray_ref in zip(split_files, [digest.remote(p) for p in split_files])}
+        starts, first_lines, total = [], [], 0
+        for k, (role, piece, _, _) in enumerate(items):
+            rows, lines = counted.get(k, (0, 0))
+            starts.append(total)
+            total += rows
+            first_lines.append(1 if piece.index == 0 else first_lines[-1] + counted[k - 1][1])
+        results = _gather(ray, [first.remote(opts, inputs, pipeline, item, start, line, tmp / f"shard-{k:05d}")
+                                for k, (item, start, line) in enumerate(zip(items, starts, first_lines))],
                           "prepare (ray): parse+count", progress)
+        sha256 = dict(zip(digests, ray.get(list(digests.values()))))
         passed = SimpleNamespace(rows=sum(r["rows"] for r in results),
                                  writers={s for r in results for s in r["present"]})
         _check_rows_read(passed, inputs)  # type: ignore[arg-type]
@@ -124,12 +141,12 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
         if rows:
             meta["splits"][split]["shards"] = rows
     meta["timings"] = {**{k: round(v, 3) for k, v in timings.items()}, "count_epochs": offsets[-1]}
-    source_meta: dict[str, list[dict[str, Any]]] = {}
+    pieces: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     skipped = SkipReport()
-    for r in results:
-        for role, entries in r["sources"].items():
-            source_meta.setdefault(role, []).extend(entries)
+    for (role, piece, _, _), r in zip(items, results):
+        pieces.setdefault(role, []).extend((piece, entry) for entry in r["sources"].get(role, []))
         skipped.merge_from(r["skipped"])
+    source_meta = {role: merge_sources(entries, sha256) for role, entries in pieces.items()}
     pipeline.save(out / "pipeline.json")
     meta.update(store_meta(opts, inputs, pipeline, source_meta, skipped, passed.rows, time.perf_counter() - started))
     meta["engine"] = "ray"
@@ -138,48 +155,70 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
 
 
 def _gather(ray: Any, refs: list[Any], what: str, progress: bool) -> list[Any]:
-    """The tasks' results in submission order, with a progress bar; a task's error re-raised as
-    itself (a bad line names its file and line, as with the local engine)."""
-    with tqdm(total=len(refs), desc=what, unit=" files", disable=not progress) as bar:
+    """The tasks' results in submission order, with a progress bar. When tasks fail, the error of
+    the earliest one in that order is raised as itself (a bad line names its file and line, and the
+    first bad line of the input, as with the local engine); the tasks after it are cancelled."""
+    position = {ref: k for k, ref in enumerate(refs)}
+    failed: dict[int, BaseException] = {}
+    with tqdm(total=len(refs), desc=what, unit=" tasks", disable=not progress) as bar:
         pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
                 ray.get(done)
-                bar.update(len(done))
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, BaseException) else exc) from None
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                k = position[done[0]]
+                failed[k] = cause if isinstance(cause, BaseException) else exc
+                for ref in [r for r in pending if position[r] > k]:  # (their errors would come later)
+                    ray.cancel(ref, force=True)
+                pending = [r for r in pending if position[r] < k]
+            bar.update(len(done))
+    if failed:
+        raise failed[min(failed)] from None
+    return ray.get(refs)
 
 
 # the tasks (plain functions: ray.remote wraps them in the driver) ----------------------------
 
-def _count_rows(path: Path, schema: Any, bad_lines: str) -> int:
-    return sum(chunk.table.num_rows for chunk in RowReader([path], schema, bad_lines=bad_lines))
+def _count(piece: Piece, schema: Any, bad_lines: str, rows: bool, folder: Path) -> tuple[int, int]:
+    """(rows, lines) of a piece: its rows when asked (a parse), the newlines of its bytes."""
+    n = 0
+    if rows:
+        copy = piece_file(piece, folder)
+        try:
+            n = sum(chunk.table.num_rows for chunk in RowReader([copy], schema, bad_lines=bad_lines))
+        except DataError:
+            n = -1  # (the first pass meets it again and names the file's line, which it knows)
+        finally:
+            remove_copy(piece, copy)
+    return n, count_lines(piece)
 
 
 def _first_pass(opts: Any, inputs: StoreInputs, pipeline: Any, item: tuple[Any, ...], train_start: int,
-                folder: Path) -> dict[str, Any]:
-    """Pass 1 over one file into ``folder`` (SPLIT/ arrays, tmp/); every count spilled at the end."""
-    role, path, fmt, schema = item
+                first_line: int, folder: Path) -> dict[str, Any]:
+    """Pass 1 over one file or piece into ``folder`` (SPLIT/ arrays, tmp/); every count spilled at the end."""
+    role, piece, fmt, schema = item
     tmp = folder / "tmp"
     tmp.mkdir(parents=True)
     accs = pipeline.accumulators()
     budget = int(opts.vocab_memory_mib * (1 << 20))
+    copy = piece_file(piece, folder / "piece")
+    lines = LineMap(piece, copy, first_line)
     with ThreadPoolExecutor(max_workers=1) as pool:  # (one core per task: Ray runs tasks side by side)
         first = FirstPass(opts, inputs, pipeline, accs, {s: folder / s for s in SPLITS}, tmp, pool, budget)
         first.train_rows_seen = train_start
         try:
-            first.read(role, path, fmt, schema)
+            first.read(role, copy, fmt, schema)
+        except DataError as exc:
+            raise lines.error(exc) from None
         finally:
             first.close()
+            remove_copy(piece, copy)
         first.spill()  # (the file's last epoch: the driver merges spilled counts only)
     return {"accs": accs, "rows": first.rows, "present": [s for s in SPLITS if s in first.writers],
             "epoch_starts": first.epoch_starts, "epochs": len(first.epoch_starts["train"]) - 1,
-            "sources": first.source_meta, "skipped": first.skipped}
+            "sources": first.source_meta, "skipped": lines.skipped(first.skipped)}
 
 
 def _second_pass(folder: Path, present: list[str], layout: Any, finalizer: Any, n_tasks: int,

@@ -87,3 +87,64 @@ def test_cli_engine_ray_and_a_bad_line(tmp_path, capsys):
     assert str(ray_error.value) == str(local_error.value) and "bad.tsv" in str(ray_error.value)
     assert "701" in str(ray_error.value)
     assert not (tmp_path / "s2").exists() and not list(tmp_path.glob(".s2*"))  # nothing left behind
+
+
+def _criteo_csv(tsv, csv) -> None:
+    """The TSV rows as Criteo CSV with a header line (format criteo_csv): pieces after the first
+    read with the header in front."""
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    csv.write_text(",".join(names) + "\n" + tsv.read_text().replace("\t", ","))
+
+
+@pytest.mark.parametrize("with_header", [False, True])
+def test_a_big_file_read_in_pieces_gives_the_local_store(tmp_path, monkeypatch, with_header):
+    import ctrlab.data.pieces as pieces
+
+    src = tmp_path / "day.tsv"
+    write_synthetic(src, 6000, seed=5, progress=False)
+    if with_header:
+        _criteo_csv(src, tmp_path / "day.csv")
+        src = tmp_path / "day.csv"
+    monkeypatch.setattr(pieces, "PIECE_BYTES", src.stat().st_size // 4 + 1)
+    assert len(pieces.plan_pieces(src, "criteo", with_header)) == 4
+    opts = PrepareOptions(train=[str(src)])
+    prepare(opts, tmp_path / "local", progress=False)
+    prepare(opts, tmp_path / "ray", progress=False, engine="ray")
+    _same_store(tmp_path / "local", tmp_path / "ray")  # (sources too: one entry, the file's size and sha256)
+    assert len(Store(tmp_path / "ray").meta["splits"]["train"]["shards"]) == 4
+
+
+def test_bad_lines_in_pieces_are_named_by_the_files_lines(tmp_path, monkeypatch):
+    import ctrlab.data.pieces as pieces
+
+    good = tmp_path / "good.tsv"
+    write_synthetic(good, 6000, seed=6, progress=False)
+    lines = good.read_text().splitlines(keepends=True)
+    for at in (4200, 5100, 1800):  # (file lines 4201, 5102, 1801 in the end: inserted in this order)
+        lines.insert(at, "1\tnan-or-worse" + "\t" * 38 + "\n")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("".join(lines))
+    monkeypatch.setattr(pieces, "PIECE_BYTES", bad.stat().st_size // 5 + 1)
+    with pytest.raises(DataError) as local_error:
+        prepare(PrepareOptions(train=[str(bad)]), tmp_path / "s1", progress=False)
+    with pytest.raises(DataError) as ray_error:
+        prepare(PrepareOptions(train=[str(bad)]), tmp_path / "s2", progress=False, engine="ray")
+    assert str(ray_error.value) == str(local_error.value) and ray_error.value.line == 1801  # the first, in file order
+    skip = PrepareOptions(train=[str(bad)], bad_lines="skip")
+    prepare(skip, tmp_path / "local", progress=False)
+    prepare(skip, tmp_path / "ray", progress=False, engine="ray")
+    local, ray_meta = (Store(tmp_path / name).meta for name in ("local", "ray"))
+    assert ray_meta["skipped"]["total"] == local["skipped"]["total"] == 3
+    assert ray_meta["sources"] == local["sources"]
+    for example in ray_meta["skipped"]["examples"]:  # each names the file and a line that is bad there
+        path, line, _ = example.split(":", 2)
+        assert path == str(bad) and "nan-or-worse" in lines[int(line) - 1]
+    _same_store_arrays(tmp_path / "local", tmp_path / "ray")
+
+
+def _same_store_arrays(local, sharded) -> None:
+    a, b = Store(local), Store(sharded)
+    assert (local / "pipeline.json").read_bytes() == (sharded / "pipeline.json").read_bytes()
+    for split in SPLITS:
+        for name in ("dense", "sparse", "label"):
+            assert np.asarray(getattr(a.split(split), name)).tobytes() == np.asarray(getattr(b.split(split), name)).tobytes()
