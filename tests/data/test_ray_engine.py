@@ -148,3 +148,36 @@ def _same_store_arrays(local, sharded) -> None:
     for split in SPLITS:
         for name in ("dense", "sparse", "label"):
             assert np.asarray(getattr(a.split(split), name)).tobytes() == np.asarray(getattr(b.split(split), name)).tobytes()
+
+
+def test_gzip_and_parquet_parts_give_the_local_store(tmp_path):
+    """Whole-file tasks for formats that cannot be cut: gzip text and a directory of Parquet parts."""
+    import gzip
+
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    plain = tmp_path / "a.tsv"
+    write_synthetic(plain, 3000, seed=8, progress=False)
+    packed = tmp_path / "b.tsv.gz"
+    write_synthetic(packed, 2500, seed=9, progress=False)
+    assert packed.read_bytes()[:2] == b"\x1f\x8b"
+    opts = PrepareOptions(train=[str(plain), str(packed)])
+    prepare(opts, tmp_path / "local", progress=False)
+    prepare(opts, tmp_path / "ray", progress=False, engine="ray")
+    _same_store(tmp_path / "local", tmp_path / "ray")
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    table = pcsv.read_csv(gzip.open(packed), read_options=pcsv.ReadOptions(column_names=names),
+                          parse_options=pcsv.ParseOptions(delimiter="\t"),
+                          convert_options=pcsv.ConvertOptions(column_types={f"C{i}": "string" for i in range(1, 27)}))
+    for k, lo in enumerate(range(0, table.num_rows, 1000)):
+        pq.write_table(table.slice(lo, 1000), parts / f"part-{k}.parquet")
+    schema = GenericSchemaConfig(label="label", dense=names[1:14], sparse=names[14:])
+    opts = PrepareOptions(train=[str(parts)], format="parquet", schema=schema)
+    prepare(opts, tmp_path / "local_pq", progress=False)
+    prepare(opts, tmp_path / "ray_pq", progress=False, engine="ray")
+    _same_store(tmp_path / "local_pq", tmp_path / "ray_pq")
+    assert len(Store(tmp_path / "ray_pq").meta["splits"]["train"]["shards"]) == 3
