@@ -541,6 +541,11 @@ class CodeFinalizer:
     def features(self, raw: np.ndarray, out: np.ndarray) -> None:
         """float64[N, n_dense] raw numeric values -> float32 features written to ``out[N, n_dense]``;
         a finite value whose feature overflows float32 becomes inf there, for the caller to report."""
+        # column by column on a transposed copy: each transform then runs over contiguous values
+        # that stay in cache, not over a strided column of the whole block (about 2x faster)
+        columns = np.ascontiguousarray(raw.T)
+        features = np.empty((len(self._dense_finals), len(raw)), dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             for k, final in enumerate(self._dense_finals):
-                out[:, k] = final(raw[:, k])
+                features[k] = final(columns[k])
+        out[...] = features.T
