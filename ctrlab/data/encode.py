@@ -7,7 +7,10 @@ chunk (only training rows count towards the fit) and turns values into provision
 which are written straight into each split's ``sparse.npy`` (raw numeric values go to a
 temporary file). The encoders are then fitted, and pass 2 remaps the codes to final ids in
 place and transforms the numeric values, with numpy alone. Memory holds a chunk or two plus
-the vocabularies being counted; the temporary files are deleted at the end.
+the vocabularies being counted, up to ``vocab_memory_mib``: past it their counts spill to disk in
+epochs (:mod:`ctrlab.features.spill`), and pass 2 remaps each epoch's rows through its own table.
+The temporary files are deleted at the end. The passes are pieces (:class:`FirstPass`,
+:func:`finalize_rows`, :func:`summarize`) that :mod:`ctrlab.data.ray_engine` runs per shard too.
 """
 
 from __future__ import annotations

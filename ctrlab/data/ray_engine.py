@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,6 +76,7 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
              for piece in plan_pieces(path, fmt, bool(schema.header), piece_bytes)]
     own_ray = not ray.is_initialized()
     if own_ray:
+        _check_reachable(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tmp = out / ".ray-tmp"
     tmp.mkdir()
@@ -152,6 +154,20 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
     meta["engine"] = "ray"
     write_json_atomic(out / "meta.json", meta, indent=1)
     return pipeline, meta
+
+
+def _check_reachable(address: str | None, seconds: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is an error now (Ray itself would retry for minutes)."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=seconds):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                           f"`ray start --head --port {port}` on that node, or leave --address out for a local "
+                           "Ray") from None
 
 
 def _gather(ray: Any, refs: list[Any], what: str, progress: bool) -> list[Any]:

@@ -1,7 +1,7 @@
 """Sharded store splits: the layout, the one-split view of the shards, each rank's share, and
 :func:`shard_store` (a sharded copy of a store: for tests, and the reference for a writer).
 
-Layout (what a writer, e.g. a future ``prepare --engine ray``, must produce)::
+Layout (what a writer produces: ``prepare --engine ray``, :mod:`ctrlab.data.ray_engine`)::
 
     STORE/SPLIT/shards/00000/{dense.npy,sparse.npy,label.npy}
     STORE/SPLIT/shards/00001/...

@@ -11,7 +11,7 @@
         label.npy   uint8[N], or uint8[N, T] with several labels (meta.json "tasks": their
                     names; MISSING_LABEL where a row's label is missing)
 
-A sharded split (written by a parallel writer, e.g. a future ``prepare --engine ray``; a copy:
+A sharded split (written by ``prepare --engine ray``, :mod:`ctrlab.data.ray_engine`; a copy:
 ``ctrlab.data.shards.shard_store``) keeps its arrays as shards instead, read as one split::
 
       train/shards/00000/{dense.npy,sparse.npy,label.npy}    the split's first rows_0 rows

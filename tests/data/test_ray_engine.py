@@ -181,3 +181,17 @@ def test_gzip_and_parquet_parts_give_the_local_store(tmp_path):
     prepare(opts, tmp_path / "ray_pq", progress=False, engine="ray")
     _same_store(tmp_path / "local_pq", tmp_path / "ray_pq")
     assert len(Store(tmp_path / "ray_pq").meta["splits"]["train"]["shards"]) == 3
+
+
+def test_an_address_nothing_answers_on_is_an_error_at_once():
+    import socket
+
+    from ctrlab.data.ray_engine import _check_reachable
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(RuntimeError, match=f"127.0.0.1:{port}: no Ray cluster answers there"):
+        _check_reachable(f"127.0.0.1:{port}", seconds=2)
+    _check_reachable(None)
+    _check_reachable("auto")  # (Ray's own lookups: nothing to check here)
