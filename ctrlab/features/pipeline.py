@@ -531,8 +531,9 @@ class CodeFinalizer:
         """int32[N, n_sparse] provisional codes -> final ids, in place (of one epoch's rows: at_epoch)."""
         if self.epochs:
             raise RuntimeError("vocabularies were counted in epochs: finalize each epoch's rows with at_epoch(e)")
-        if self._all_remapped:  # one gather
-            codes[:] = self._flat_remap[codes + self._offsets]
+        if self._all_remapped:  # one gather, in place (take converts the indices to intp first)
+            np.add(codes, self._offsets, out=codes)
+            np.take(self._flat_remap, codes, out=codes, mode="clip")  # (codes are in range by construction)
         elif self._remapped:
             codes[:, self._remapped] = self._flat_remap[codes[:, self._remapped] + self._offsets]
         for j, final in self._others:
