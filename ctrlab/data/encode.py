@@ -282,7 +282,7 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
     tmp_dir = out / ".prepare-tmp"
     tmp_dir.mkdir()
     accs = pipeline.accumulators() if accumulators is None else accumulators(pipeline)
-    budget = int(opts.vocab_memory_mib * (1 << 20)) if not partition else 0  # (appends grow in memory)
+    budget = vocab_budget(opts) if not partition else 0  # (appends grow in memory)
     bar = tqdm(desc="prepare: parse+fit", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5)
     pool = ThreadPoolExecutor(max_workers=available_cores())
     first = FirstPass(opts, inputs, pipeline, accs, split_dirs, tmp_dir, pool, budget)
@@ -294,7 +294,7 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
         finally:
             bar.close()
             first.close()
-        _check_rows_read(first, inputs)
+        check_rows_read(first.rows, first.writers, inputs)
         timings = {"parse_and_count": time.perf_counter() - started}
         finalizer = pipeline.finish_fit(accs, pool.map)
         timings["fit"] = time.perf_counter() - started - timings["parse_and_count"]
@@ -320,12 +320,18 @@ def _build_store(opts: Any, out: Path, progress: bool, *, pipeline: FeaturePipel
     return pipeline, meta
 
 
-def _check_rows_read(first: FirstPass, inputs: StoreInputs) -> None:
-    if first.rows == 0:
+def check_rows_read(rows: int, splits: Any, inputs: StoreInputs) -> None:
+    """Some rows were read (``rows``), and some went to the train split (``splits``: those written)."""
+    if rows == 0:
         raise ValueError(f"no rows read from {[str(p) for ps in inputs.files.values() for p, _, _ in ps]}")
-    if "train" not in first.writers:
-        raise ValueError(f"no training rows: none of the {first.rows} rows read from "
+    if "train" not in splits:
+        raise ValueError(f"no training rows: none of the {rows} rows read from "
                          f"{[str(p) for p, _, _ in inputs.files['train']]} went to the train split")
+
+
+def vocab_budget(opts: Any) -> int:
+    """Bytes the vocabularies may count in before they spill (``data.vocab_memory_mib``; 0: never)."""
+    return int(opts.vocab_memory_mib * (1 << 20))
 
 
 def store_meta(opts: Any, inputs: StoreInputs, pipeline: FeaturePipeline, source_meta: dict[str, Any],

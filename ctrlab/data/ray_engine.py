@@ -45,8 +45,8 @@ from typing import Any
 from tqdm import tqdm
 
 from ..fileio import write_json_atomic
-from .encode import (FirstPass, StoreInputs, _check_rows_read, add_stats, finalize_rows, new_pipeline, store_inputs,
-                     store_meta, summarize)
+from .encode import (FirstPass, StoreInputs, add_stats, check_rows_read, finalize_rows, new_pipeline, store_inputs,
+                     store_meta, summarize, vocab_budget)
 from ..fileio import sha256_file
 from .pieces import LineMap, Piece, count_lines, merge_sources, piece_file, plan_pieces, remove_copy
 from .readers import DataError, RowReader, SkipReport
@@ -91,7 +91,7 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
                                                              random and items[k][0] == "train", tmp / f"count-{k:05d}")
                                                 for k in needs], "prepare (ray): count rows", progress)))
         split_files = sorted({str(piece.path) for _, piece, _, _ in items if not piece.whole})
-        digests = {path: ray_ref for path, ray_ref in zip(split_files, [digest.remote(p) for p in split_files])}
+        digests = {path: digest.remote(path) for path in split_files}
         starts, first_lines, total = [], [], 0
         for k, (role, piece, _, _) in enumerate(items):
             rows, lines = counted.get(k, (0, 0))
@@ -102,9 +102,8 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
                                 for k, (item, start, line) in enumerate(zip(items, starts, first_lines))],
                           "prepare (ray): parse+count", progress)
         sha256 = dict(zip(digests, ray.get(list(digests.values()))))
-        passed = SimpleNamespace(rows=sum(r["rows"] for r in results),
-                                 writers={s for r in results for s in r["present"]})
-        _check_rows_read(passed, inputs)  # type: ignore[arg-type]
+        rows_read = sum(r["rows"] for r in results)
+        check_rows_read(rows_read, {s for r in results for s in r["present"]}, inputs)
         accs = pipeline.accumulators()
         for r in results:  # every shard's counts, in shard order
             absorbed: set[int] = set()
@@ -150,7 +149,7 @@ def build_store_ray(opts: Any, out: Path, progress: bool, address: str | None = 
         skipped.merge_from(r["skipped"])
     source_meta = {role: merge_sources(entries, sha256) for role, entries in pieces.items()}
     pipeline.save(out / "pipeline.json")
-    meta.update(store_meta(opts, inputs, pipeline, source_meta, skipped, passed.rows, time.perf_counter() - started))
+    meta.update(store_meta(opts, inputs, pipeline, source_meta, skipped, rows_read, time.perf_counter() - started))
     meta["engine"] = "ray"
     write_json_atomic(out / "meta.json", meta, indent=1)
     return pipeline, meta
@@ -218,7 +217,7 @@ def _first_pass(opts: Any, inputs: StoreInputs, pipeline: Any, item: tuple[Any, 
     tmp = folder / "tmp"
     tmp.mkdir(parents=True)
     accs = pipeline.accumulators()
-    budget = int(opts.vocab_memory_mib * (1 << 20))
+    budget = vocab_budget(opts)
     copy = piece_file(piece, folder / "piece")
     lines = LineMap(piece, copy, first_line)
     with ThreadPoolExecutor(max_workers=1) as pool:  # (one core per task: Ray runs tasks side by side)
